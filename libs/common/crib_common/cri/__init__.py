@@ -1,0 +1,1 @@
+"""Generated CRI types (see ../proto/ORIGIN.md). Do not edit."""

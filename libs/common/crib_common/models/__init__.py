@@ -1,0 +1,1 @@
+"""Pydantic models of each daemon's HTTP API, shared by server and client."""

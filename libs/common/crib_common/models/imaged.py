@@ -1,0 +1,78 @@
+"""The HTTP contract of imaged, shared by the daemon and `crib_common.clients.imaged`.
+
+Between daemons, models ignore unknown fields (a restarted imaged one version ahead still
+talks to runtimed); operator request bodies forbid them so typos fail loudly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ImageInfo",
+    "Mount",
+    "Snapshot",
+    "SnapshotCreate",
+    "SnapshotUsage",
+]
+
+_Peer = ConfigDict(extra="ignore")
+_Operator = ConfigDict(extra="forbid")
+
+
+class ImageInfo(BaseModel):
+    """One stored image. `config` is the OCI image config JSON (with its `config` object
+    holding Entrypoint, Cmd, Env, WorkingDir, User, StopSignal, Volumes, ...)."""
+
+    model_config = _Peer
+    id: str  # the config digest, "sha256:..."
+    repo_tags: list[str] = Field(default_factory=list)
+    repo_digests: list[str] = Field(default_factory=list)
+    size: int = 0
+    manifest_digest: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    pinned: bool = False
+    created_at: int = 0  # unix nanoseconds
+
+
+class Mount(BaseModel):
+    """A mount description as containerd's snapshotters give it (`mount -t type -o options
+    source target`)."""
+
+    model_config = _Peer
+    type: str
+    source: str
+    options: list[str] = Field(default_factory=list)
+
+
+class SnapshotCreate(BaseModel):
+    """Prepare a writable snapshot `key` (runtimed uses the container ID) of `image`
+    (a reference, an ID or a unique ID prefix)."""
+
+    model_config = _Operator
+    key: str
+    image: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Snapshot(BaseModel):
+    model_config = _Peer
+    key: str
+    image_id: str
+    # Overlay mount: lowerdir (top layer first), upperdir and workdir in options. Option
+    # strings stay under the kernel's one-page limit for any layer count.
+    mounts: list[Mount]
+    upperdir: str
+    created_at: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class SnapshotUsage(BaseModel):
+    """Disk used by the writable layer of a snapshot."""
+
+    model_config = _Peer
+    key: str
+    bytes: int
+    inodes: int

@@ -1,0 +1,494 @@
+"""The HTTP side every daemon shares: app skeleton, middlewares, CRI dispatch, serving.
+
+A daemon builds its app with `create_daemon_app`, registers its operator REST routes on a
+`RouteTable` (which also yields the OpenAPI document) and its CRI methods on a `CriTable`,
+then calls `serve` with its UNIX socket path.
+
+CRI calls arrive from the gateway as `POST /v1/cri/<Service>/<Method>` with the protobuf
+request as body (`application/x-protobuf`); the answer is the protobuf response, or for a
+server-streaming RPC a chunked body of messages each prefixed with a 4-byte big-endian
+length. The kubelet's deadline arrives as the header `X-Crib-Timeout` (seconds left) and
+is enforced around the handler; the request id as `X-Request-Id`, echoed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import betterproto
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+
+from .version import __version__
+from .errors import CribError, DeadlineExceeded, Internal, InvalidArgument, Unimplemented
+
+__all__ = [
+    "CriTable",
+    "HEALTH_KEY",
+    "Health",
+    "RouteTable",
+    "create_daemon_app",
+    "json_response",
+    "parse_body",
+    "serve",
+    "serve_unix",
+    "run_daemon",
+    "METRICS_KEY",
+    "REQUEST_ID_HEADER",
+    "TIMEOUT_HEADER",
+    "STREAM_CONTENT_TYPE",
+    "PROTO_CONTENT_TYPE",
+]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+TIMEOUT_HEADER = "X-Crib-Timeout"
+PROTO_CONTENT_TYPE = "application/x-protobuf"
+STREAM_CONTENT_TYPE = "application/x-crib-stream"
+
+log = structlog.get_logger("crib.server")
+
+M = TypeVar("M", bound=BaseModel)
+P = TypeVar("P", bound=betterproto.Message)
+
+
+class Health(BaseModel):
+    """What `/healthz` answers; `ready` false carries a reason and message."""
+
+    service: str
+    version: str = __version__
+    ready: bool = True
+    reason: str = ""
+    message: str = ""
+    details: dict[str, Any] = {}
+
+
+HealthCheck = Callable[[], Awaitable[Health]]
+HEALTH_KEY = web.AppKey("crib_health_check", object)
+SERVICE_KEY = web.AppKey("crib_service", str)
+METRICS_KEY = web.AppKey("crib_metrics", object)
+
+
+# ---------------------------------------------------------------- operator REST routes
+
+
+@dataclass
+class _RouteInfo:
+    method: str
+    path: str
+    summary: str
+    request: type[BaseModel] | None
+    response: type[BaseModel] | None
+    response_list: bool
+    query: dict[str, str]
+    streaming: bool
+
+
+@dataclass
+class RouteTable:
+    """Operator REST routes with the metadata the OpenAPI document is built from."""
+
+    routes: list[tuple[_RouteInfo, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = (
+        field(default_factory=list)
+    )
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        request: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        response_list: bool = False,
+        query: dict[str, str] | None = None,
+        streaming: bool = False,
+    ) -> Callable[
+        [Callable[[web.Request], Awaitable[web.StreamResponse]]],
+        Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ]:
+        def register(
+            fn: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+            info = _RouteInfo(
+                method.upper(), path, summary, request, response, response_list,
+                query or {}, streaming,
+            )
+            self.routes.append((info, fn))
+            return fn
+
+        return register
+
+    def add_to(self, app: web.Application) -> None:
+        for info, fn in self.routes:
+            app.router.add_route(info.method, info.path, fn)
+
+    def openapi(self, title: str, extra: list[_RouteInfo] | None = None) -> dict[str, Any]:
+        paths: dict[str, Any] = {}
+        schemas: dict[str, Any] = {}
+
+        def ref(model: type[BaseModel]) -> dict[str, Any]:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in schema.pop("$defs", {}).items():
+                schemas[name] = sub
+            schemas[model.__name__] = schema
+            return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+        for info, _fn in self.routes + [(i, None) for i in (extra or [])]:  # type: ignore[misc]
+            op: dict[str, Any] = {"summary": info.summary, "responses": {}}
+            params = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _path_params(info.path)
+            ]
+            params += [
+                {"name": name, "in": "query", "required": False,
+                 "schema": {"type": "string"}, "description": desc}
+                for name, desc in info.query.items()
+            ]
+            if params:
+                op["parameters"] = params
+            if info.request is not None:
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(info.request)}},
+                }
+            if info.response is not None:
+                body = ref(info.response)
+                if info.response_list:
+                    body = {"type": "array", "items": body}
+                ctype = "application/x-ndjson" if info.streaming else "application/json"
+                op["responses"]["200"] = {
+                    "description": "OK", "content": {ctype: {"schema": body}},
+                }
+            else:
+                op["responses"]["204" if info.method == "DELETE" else "200"] = {
+                    "description": "OK"
+                }
+            op["responses"]["default"] = {
+                "description": "Error",
+                "content": {"application/json": {"schema": ref(_ErrorModel)}},
+            }
+            paths.setdefault(_openapi_path(info.path), {})[info.method.lower()] = op
+        return {
+            "openapi": "3.0.3",
+            "info": {"title": title, "version": __version__},
+            "paths": paths,
+            "components": {"schemas": schemas},
+        }
+
+
+class _ErrorModel(BaseModel):
+    kind: str
+    message: str
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+
+
+def _openapi_path(path: str) -> str:
+    return "/".join(
+        "{" + part[1:-1].split(":")[0] + "}" if part.startswith("{") else part
+        for part in path.split("/")
+    )
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """Parse a JSON body into `model`, or answer InvalidArgument naming the problem."""
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidArgument(f"bad request body: {problems}") from None
+
+
+def json_response(model: BaseModel | list[Any], status: int = 200) -> web.Response:
+    if isinstance(model, list):
+        text = "[" + ",".join(m.model_dump_json() for m in model) + "]"
+    else:
+        text = model.model_dump_json()
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+# ---------------------------------------------------------------- CRI dispatch
+
+UnaryHandler = Callable[[Any], Awaitable[betterproto.Message]]
+StreamHandler = Callable[[Any], AsyncIterator[betterproto.Message]]
+
+
+@dataclass
+class _CriMethod:
+    request_type: type[betterproto.Message]
+    handler: Callable[[Any], Any]
+    streaming: bool
+
+
+@dataclass
+class CriTable:
+    """The CRI methods one daemon implements, keyed by gRPC path."""
+
+    methods: dict[str, _CriMethod] = field(default_factory=dict)
+
+    def unary(
+        self, path: str, request_type: type[P]
+    ) -> Callable[[Callable[[P], Awaitable[Any]]], Callable[[P], Awaitable[Any]]]:
+        def register(fn: Callable[[P], Awaitable[Any]]) -> Callable[[P], Awaitable[Any]]:
+            self.methods[path] = _CriMethod(request_type, fn, False)
+            return fn
+
+        return register
+
+    def stream(
+        self, path: str, request_type: type[P]
+    ) -> Callable[[Callable[[P], AsyncIterator[Any]]], Callable[[P], AsyncIterator[Any]]]:
+        def register(fn: Callable[[P], AsyncIterator[Any]]) -> Callable[[P], AsyncIterator[Any]]:
+            self.methods[path] = _CriMethod(request_type, fn, True)
+            return fn
+
+        return register
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_post("/v1/cri/{service}/{method}", self._dispatch)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = f"/{request.match_info['service']}/{request.match_info['method']}"
+        method = self.methods.get(path)
+        if method is None:
+            raise Unimplemented(f"{path} is not implemented by crib")
+        raw = await request.read()
+        try:
+            message = method.request_type().parse(raw)
+        except Exception as exc:  # betterproto raises assorted errors on bad wire data
+            raise InvalidArgument(f"malformed {method.request_type.__name__}: {exc}") from None
+        structlog.contextvars.bind_contextvars(rpc=path.rsplit("/", 1)[-1])
+        if not method.streaming:
+            timeout = _timeout_of(request)
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await method.handler(message)
+            except TimeoutError:
+                raise DeadlineExceeded(f"{path} did not finish within {timeout:.3f}s") from None
+            return web.Response(body=bytes(reply), content_type=PROTO_CONTENT_TYPE)
+        response = web.StreamResponse(headers={"Content-Type": STREAM_CONTENT_TYPE})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        async for item in method.handler(message):
+            data = bytes(item)
+            await response.write(struct.pack(">I", len(data)) + data)
+        await response.write_eof()
+        return response
+
+
+def _timeout_of(request: web.Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"bad {TIMEOUT_HEADER} header {raw!r}") from None
+    return max(value, 0.0)
+
+
+# ---------------------------------------------------------------- middlewares and app
+
+
+class _Metrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.calls = Counter(
+            "crib_requests_total", "Requests served, by route and status",
+            ["service", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "crib_request_duration_seconds", "Request latency, by route",
+            ["service", "route"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                     5, 10, 30, 60, 120),
+        )
+        self.up = Gauge(
+            "crib_up", "1 while the daemon serves", ["service", "version"],
+            registry=self.registry,
+        )
+        self.up.labels(service, __version__).set(1)
+
+
+def _route_name(request: web.Request) -> str:
+    if request.path.startswith("/v1/cri/"):
+        return request.path
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def _edge_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Request id, one canonical log line, metrics, and errors mapped to the JSON body."""
+    request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+    route = _route_name(request)
+    metrics: _Metrics = request.app[METRICS_KEY]  # type: ignore[assignment]
+    service = request.app[SERVICE_KEY]
+    start = time.perf_counter()
+    status = 500
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+            status = response.status
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except CribError as exc:
+            status = exc.http_status
+            log.info("request failed", route=route, kind=exc.kind, error=exc.message)
+            response = web.Response(
+                text=exc.body().model_dump_json(), status=exc.http_status,
+                content_type="application/json",
+            )
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = 499
+            raise
+        except Exception as exc:
+            log.exception("internal error", route=route)
+            err = Internal(f"internal error: {type(exc).__name__}: {exc}")
+            response = web.Response(
+                text=err.body().model_dump_json(), status=500, content_type="application/json",
+            )
+        finally:
+            elapsed = time.perf_counter() - start
+            metrics.calls.labels(service, route, str(status)).inc()
+            metrics.latency.labels(service, route).observe(elapsed)
+            if route not in ("/healthz", "/metrics"):
+                log.debug(
+                    "request", method=request.method, route=route, status=status,
+                    ms=round(elapsed * 1000, 3),
+                )
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    check: HealthCheck | None = request.app.get(HEALTH_KEY)  # type: ignore[assignment]
+    health = await check() if check else Health(service=request.app[SERVICE_KEY])
+    return json_response(health, status=200 if health.ready else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics: _Metrics = request.app[METRICS_KEY]  # type: ignore[assignment]
+    return web.Response(
+        body=generate_latest(metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+def create_daemon_app(
+    service: str,
+    routes: RouteTable | None = None,
+    cri: CriTable | None = None,
+    health: HealthCheck | None = None,
+) -> web.Application:
+    """The common skeleton: middlewares, /healthz, /metrics, /openapi.json, CRI dispatch."""
+    app = web.Application(middlewares=[_edge_middleware], client_max_size=64 * 1024 * 1024)
+    app[SERVICE_KEY] = service
+    app[METRICS_KEY] = _Metrics(service)
+    if health is not None:
+        app[HEALTH_KEY] = health
+    table = routes or RouteTable()
+    table.add_to(app)
+    if cri is not None:
+        cri.add_to(app)
+    extra = [
+        _RouteInfo("GET", "/healthz", "Health and readiness", None, Health, False, {}, False),
+        _RouteInfo("GET", "/metrics", "Prometheus metrics", None, None, False, {}, False),
+        _RouteInfo("GET", "/openapi.json", "This document", None, None, False, {}, False),
+    ]
+    document = table.openapi(f"crib {service}", extra)
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+async def serve_unix(app: web.Application, socket_path: Path, mode: int = 0o660,
+                     shutdown_timeout: float = 10.0) -> web.AppRunner:
+    """Start serving `app` on a UNIX socket; the caller cleans the runner up."""
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None,
+                           handle_signals=False)
+    await runner.setup()
+    site = web.UnixSite(runner, str(socket_path))
+    await site.start()
+    os.chmod(socket_path, mode)
+    log.info("listening", socket=str(socket_path))
+    return runner
+
+
+async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
+                shutdown_timeout: float = 10.0) -> None:
+    """Serve `app` on a UNIX socket until SIGTERM or SIGINT, then drain and return."""
+    runner = await serve_unix(app, socket_path, mode, shutdown_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+
+
+def run_daemon(
+    service: str,
+    build: Callable[[Any], Awaitable[web.Application] | web.Application],
+    socket_of: Callable[[Any], Path],
+) -> None:
+    """A daemon's `main`: settings, then logging, then its app, then serve until SIGTERM."""
+    import sys
+
+    import uvloop
+
+    from .logging import configure_logging
+    from .settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"crib-{service}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log, service)
+
+    async def main() -> None:
+        app = build(settings)
+        if not isinstance(app, web.Application):
+            app = await app
+        await serve(app, socket_of(settings))
+
+    uvloop.install()
+    asyncio.run(main())

@@ -1,0 +1,189 @@
+"""Settings for every crib daemon: defaults, then `/etc/crib/crib.toml`, then environment.
+
+One file configures the whole node; each daemon reads its own section. Environment
+variables win over the file: `CRIB_<SECTION>__<KEY>`, e.g. `CRIB_RUNTIMED__DEFAULT_HANDLER=crun`.
+The file is chosen with `CRIB_CONFIG` (default `/etc/crib/crib.toml`; a missing file is
+fine, a malformed one is an error naming the file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "CribSettings",
+    "GatewaySection",
+    "ImagedSection",
+    "LogSection",
+    "NetdSection",
+    "RegistryConfig",
+    "RuntimeHandler",
+    "RuntimedSection",
+    "SettingsError",
+    "load_settings",
+    "DEFAULT_CONFIG_PATH",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/crib/crib.toml")
+
+_Section = ConfigDict(extra="forbid")
+
+
+class LogSection(BaseModel):
+    model_config = _Section
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # "auto": JSON lines unless stderr is a terminal.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class GatewaySection(BaseModel):
+    model_config = _Section
+    socket: Path = Path("/run/crib/cri.sock")
+    socket_mode: int = 0o660
+    # Operator REST (/healthz, /metrics, /openapi.json) of the gateway itself.
+    http_socket: Path = Path("/run/crib/gateway.sock")
+    # The kubelet's own limit on CRI messages (its remote runtime uses 16 MiB), as in
+    # containerd and CRI-O.
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # Connecting to a daemon's socket is local: anything slower means it is down.
+    connect_timeout: float = Field(default=1.0, gt=0)
+    # Used when the kubelet sent no deadline.
+    default_timeout: float = Field(default=240.0, gt=0)
+
+
+class RegistryConfig(BaseModel):
+    model_config = _Section
+    mirrors: list[str] = Field(default_factory=list)
+    insecure: bool = False  # plain HTTP
+    ca_file: Path | None = None
+    skip_verify: bool = False
+
+
+class ImagedSection(BaseModel):
+    model_config = _Section
+    socket: Path = Path("/run/crib/imaged.sock")
+    root: Path = Path("/var/lib/crib/imaged")
+    run_dir: Path = Path("/run/crib/imaged")
+    max_concurrent_downloads: int = Field(default=3, gt=0)
+    # Keyed by registry host ("docker.io", "localhost:5000").
+    registries: dict[str, RegistryConfig] = Field(default_factory=dict)
+    # Hosts answered over plain HTTP, besides loopback which always is (as in containerd).
+    insecure_registries: list[str] = Field(default_factory=list)
+    pull_timeout: float = Field(default=600.0, gt=0)
+
+
+class RuntimeHandler(BaseModel):
+    model_config = _Section
+    path: str
+    # Extra arguments placed before the runtime's subcommand (e.g. "--systemd-cgroup").
+    root: Path | None = None
+
+
+def _default_handlers() -> dict[str, RuntimeHandler]:
+    return {
+        "runc": RuntimeHandler(path="/usr/sbin/runc"),
+        "crun": RuntimeHandler(path="/usr/bin/crun"),
+    }
+
+
+class RuntimedSection(BaseModel):
+    model_config = _Section
+    socket: Path = Path("/run/crib/runtimed.sock")
+    root: Path = Path("/var/lib/crib/runtimed")
+    run_dir: Path = Path("/run/crib/runtimed")
+    handlers: dict[str, RuntimeHandler] = Field(default_factory=_default_handlers)
+    default_handler: str = "runc"
+    conmon: str = "/usr/bin/conmon"
+    pinns_dir: Path = Path("/run/crib/ns")
+    catatonit: str = "/usr/bin/catatonit"
+    # Empty: sandboxes hold namespaces by bind mounts, no infra container (CRI-O's
+    # drop_infra_ctr). Set an image to run a pause container instead.
+    pause_image: str = ""
+    cgroup_parent: str = "/crib"
+    # Streaming server for Exec/Attach/PortForward.
+    stream_address: str = "127.0.0.1"
+    stream_port: int = Field(default=0, ge=0, le=65535)
+    stream_url_ttl: float = Field(default=60.0, gt=0)
+
+    @field_validator("default_handler")
+    @classmethod
+    def _handler_name(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must name a runtime handler")
+        return value
+
+
+class NetdSection(BaseModel):
+    model_config = _Section
+    socket: Path = Path("/run/crib/netd.sock")
+    root: Path = Path("/var/lib/crib/netd")
+    conf_dir: Path = Path("/etc/cni/net.d")
+    plugin_dirs: list[Path] = Field(
+        default_factory=lambda: [Path("/usr/lib/cni"), Path("/opt/cni/bin")]
+    )
+    netns_dir: Path = Path("/run/netns")
+    cache_dir: Path = Path("/var/lib/crib/netd/cache")
+    # Written to conf_dir when it holds no configuration at all.
+    install_default_config: bool = True
+    default_bridge: str = "crib0"
+    default_subnet: str = "10.88.0.0/16"
+    plugin_timeout: float = Field(default=60.0, gt=0)
+
+
+class CribSettings(BaseSettings):
+    """Everything a crib node can be told; each daemon reads its own section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CRIB_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    log: LogSection = Field(default_factory=LogSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    imaged: ImagedSection = Field(default_factory=ImagedSection)
+    runtimed: RuntimedSection = Field(default_factory=RuntimedSection)
+    netd: NetdSection = Field(default_factory=NetdSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("CRIB_CONFIG", str(DEFAULT_CONFIG_PATH)))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
+
+
+class SettingsError(Exception):
+    """A bad configuration; the message names the key and the source."""
+
+
+def load_settings(**overrides: object) -> CribSettings:
+    """Read and validate the settings, or raise `SettingsError` with a readable message."""
+    path = os.environ.get("CRIB_CONFIG", str(DEFAULT_CONFIG_PATH))
+    try:
+        return CribSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError(
+            f"invalid crib configuration (file {path}, env CRIB_*):\n" + "\n".join(lines)
+        ) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise SettingsError(f"cannot read crib configuration {path}: {exc}") from None

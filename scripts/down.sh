@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stop the daemons `make up` started (by their pid files). Containers keep running only if
+# they were left; `make down` stops the daemons, not the pods.
+set -uo pipefail
+for svc in gateway runtimed imaged netd; do
+    pidfile=/run/crib/$svc.pid
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        echo "crib-$svc stopped"
+    fi
+    rm -f "$pidfile"
+done

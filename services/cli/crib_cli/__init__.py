@@ -1,0 +1,1 @@
+"""The `crib` operator CLI."""

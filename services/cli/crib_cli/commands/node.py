@@ -1,0 +1,80 @@
+"""`crib version`, `crib status`, `crib wait`, `crib config`: the node as a whole."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError
+
+from crib_common.cri.runtime.v1 import RuntimeServiceStub, StatusRequest, VersionRequest
+from crib_common.settings import CribSettings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("version", help="CRI Version through the gateway")
+    p.set_defaults(func=version)
+    p = sub.add_parser("status", help="CRI Status: RuntimeReady and NetworkReady")
+    p.set_defaults(func=status)
+    p = sub.add_parser("wait", help="wait until the CRI socket answers")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=wait)
+    p = sub.add_parser("config", help="print the effective configuration (TOML-like JSON)")
+    p.set_defaults(func=config)
+
+
+def _stub(settings: CribSettings) -> tuple[Channel, RuntimeServiceStub]:
+    channel = Channel(path=str(settings.gateway.socket))
+    return channel, RuntimeServiceStub(channel)
+
+
+async def version(args: argparse.Namespace, settings: CribSettings) -> int:
+    channel, stub = _stub(settings)
+    try:
+        reply = await stub.version(VersionRequest(), timeout=5)
+        print(f"{reply.runtime_name} {reply.runtime_version} (CRI {reply.runtime_api_version})")
+    finally:
+        channel.close()
+    return 0
+
+
+async def status(args: argparse.Namespace, settings: CribSettings) -> int:
+    channel, stub = _stub(settings)
+    try:
+        reply = await stub.status(StatusRequest(), timeout=5)
+    finally:
+        channel.close()
+    ok = True
+    for cond in reply.status.conditions:
+        ok = ok and cond.status
+        line = f"{cond.type}: {'true' if cond.status else 'false'}"
+        if not cond.status:
+            line += f" ({cond.reason}: {cond.message})"
+        print(line)
+    return 0 if ok else 1
+
+
+async def wait(args: argparse.Namespace, settings: CribSettings) -> int:
+    deadline = time.monotonic() + args.timeout
+    last = ""
+    while time.monotonic() < deadline:
+        channel, stub = _stub(settings)
+        try:
+            await stub.version(VersionRequest(), timeout=2)
+            return 0
+        except (OSError, GRPCError, asyncio.TimeoutError) as exc:
+            last = str(exc)
+        finally:
+            channel.close()
+        await asyncio.sleep(0.2)
+    print(f"crib: the CRI socket {settings.gateway.socket} did not answer: {last}")
+    return 1
+
+
+async def config(args: argparse.Namespace, settings: CribSettings) -> int:
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0

@@ -1,0 +1,54 @@
+"""The routing table: which daemon owns each CRI RPC.
+
+Adding an RPC is one row. An RPC without a row answers UNIMPLEMENTED at once, naming it;
+a routed RPC its daemon does not implement yet answers UNIMPLEMENTED from the daemon.
+`LOCAL` rows are answered by the gateway itself (Status aggregates the daemons' health).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+RUNTIME = "/runtime.v1.RuntimeService/"
+IMAGE = "/runtime.v1.ImageService/"
+
+IMAGED: Final = "imaged"
+RUNTIMED: Final = "runtimed"
+LOCAL: Final = "gateway"
+
+ROUTES: dict[str, str] = {
+    RUNTIME + "Version": RUNTIMED,
+    RUNTIME + "Status": LOCAL,
+    RUNTIME + "RunPodSandbox": RUNTIMED,
+    RUNTIME + "StopPodSandbox": RUNTIMED,
+    RUNTIME + "RemovePodSandbox": RUNTIMED,
+    RUNTIME + "PodSandboxStatus": RUNTIMED,
+    RUNTIME + "ListPodSandbox": RUNTIMED,
+    RUNTIME + "CreateContainer": RUNTIMED,
+    RUNTIME + "StartContainer": RUNTIMED,
+    RUNTIME + "StopContainer": RUNTIMED,
+    RUNTIME + "RemoveContainer": RUNTIMED,
+    RUNTIME + "ListContainers": RUNTIMED,
+    RUNTIME + "ContainerStatus": RUNTIMED,
+    RUNTIME + "UpdateContainerResources": RUNTIMED,
+    RUNTIME + "ReopenContainerLog": RUNTIMED,
+    RUNTIME + "ExecSync": RUNTIMED,
+    RUNTIME + "Exec": RUNTIMED,
+    RUNTIME + "Attach": RUNTIMED,
+    RUNTIME + "PortForward": RUNTIMED,
+    RUNTIME + "ContainerStats": RUNTIMED,
+    RUNTIME + "ListContainerStats": RUNTIMED,
+    RUNTIME + "PodSandboxStats": RUNTIMED,
+    RUNTIME + "ListPodSandboxStats": RUNTIMED,
+    RUNTIME + "UpdateRuntimeConfig": RUNTIMED,
+    RUNTIME + "GetContainerEvents": RUNTIMED,
+    RUNTIME + "ListMetricDescriptors": RUNTIMED,
+    RUNTIME + "ListPodSandboxMetrics": RUNTIMED,
+    RUNTIME + "RuntimeConfig": RUNTIMED,
+    RUNTIME + "CheckpointContainer": RUNTIMED,
+    IMAGE + "ListImages": IMAGED,
+    IMAGE + "ImageStatus": IMAGED,
+    IMAGE + "PullImage": IMAGED,
+    IMAGE + "RemoveImage": IMAGED,
+    IMAGE + "ImageFsInfo": IMAGED,
+}

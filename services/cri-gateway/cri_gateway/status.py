@@ -1,0 +1,61 @@
+"""`Status`: RuntimeReady and NetworkReady from the daemons' health, answered locally.
+
+The gateway stays up when a daemon is down, so the kubelet hears *why* the node is not
+ready (a condition with a reason) instead of a transport error, as containerd's
+`status.go` reports a CNI problem as NetworkReady=false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from crib_common.client import DaemonClient
+from crib_common.cri.runtime.v1 import RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse
+from crib_common.errors import CribError
+from crib_common.errors import InvalidArgument
+
+RUNTIME_READY = "RuntimeReady"
+NETWORK_READY = "NetworkReady"
+
+
+async def _health(client: DaemonClient, timeout: float) -> tuple[bool, str, str, dict[str, Any]]:
+    try:
+        body = await client.health(timeout=timeout)
+    except CribError as exc:
+        return False, f"{client.name.capitalize()}Unavailable", exc.message, {}
+    ready = bool(body.get("ready"))
+    return ready, str(body.get("reason") or ""), str(body.get("message") or ""), body
+
+
+def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: DaemonClient):  # type: ignore[no-untyped-def]
+    async def status(raw: bytes, timeout: float | None) -> bytes:
+        try:
+            request = StatusRequest().parse(raw)
+        except Exception as exc:
+            raise InvalidArgument(f"malformed StatusRequest: {exc}") from None
+        budget = min(timeout or 2.0, 2.0)
+        (r_ok, r_reason, r_msg, r_body), (n_ok, n_reason, n_msg, n_body), (i_ok, i_reason, i_msg, i_body) = (
+            await asyncio.gather(
+                _health(runtimed, budget), _health(netd, budget), _health(imaged, budget)
+            )
+        )
+        if r_ok and not i_ok:
+            # Without imaged no container can be created: the runtime is not ready.
+            r_ok, r_reason, r_msg = False, i_reason or "ImagedNotReady", i_msg
+        conditions = [
+            RuntimeCondition(type=RUNTIME_READY, status=r_ok, reason="" if r_ok else r_reason,
+                             message="" if r_ok else r_msg),
+            RuntimeCondition(type=NETWORK_READY, status=n_ok, reason="" if n_ok else n_reason,
+                             message="" if n_ok else n_msg),
+        ]
+        response = StatusResponse(status=RuntimeStatus(conditions=conditions))
+        if request.verbose:
+            response.info = {
+                "runtimed": json.dumps(r_body), "netd": json.dumps(n_body),
+                "imaged": json.dumps(i_body),
+            }
+        return bytes(response)
+
+    return status

@@ -1,0 +1,1 @@
+"""crib's imaged: pulls, stores and unpacks images; hands out overlay snapshots."""

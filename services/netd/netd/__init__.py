@@ -1,0 +1,1 @@
+"""crib's netd: pod network namespaces and CNI plugins."""

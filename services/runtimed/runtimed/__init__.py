@@ -1,0 +1,1 @@
+"""crib's runtimed: pods and containers through OCI runtimes and conmon."""

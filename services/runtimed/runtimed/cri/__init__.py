@@ -1,0 +1,1 @@
+"""One module per CRI RPC runtimed owns, named resource_verb."""

@@ -1,0 +1,28 @@
+"""Shared fixtures: a real crib stack on private sockets, and the independent CRI client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.stack import Stack
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root (real namespaces, mounts, runtimes)")
+        for item in items:
+            if "integration" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """One crib node for the session; tests that kill daemons restart them."""
+    s = Stack.create().start()
+    try:
+        yield s
+    finally:
+        s.cleanup()
