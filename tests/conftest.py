@@ -9,6 +9,9 @@ import pytest
 
 from tests.support.stack import Stack
 
+# Registry and test-image fixtures (session-scoped) live in tests/support/fixtures.py.
+pytest_plugins = ["tests.support.fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,6 +28,8 @@ class Stack:
     """A crib node for tests: `start()`, `kill('imaged')`, `start_one('imaged')`, `stop()`."""
 
     root: Path
+    # Each stack gets its own bridge and /24 so stacks of parallel runs never share IPs.
+    net_index: int = field(default_factory=lambda: random.randint(1, 250))
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -60,17 +63,26 @@ class Stack:
                 "CRIB_RUNTIMED__ROOT": str(r / "lib/runtimed"),
                 "CRIB_RUNTIMED__RUN_DIR": str(r / "run/runtimed"),
                 "CRIB_RUNTIMED__PINNS_DIR": str(r / "run/ns"),
-                "CRIB_RUNTIMED__CGROUP_PARENT": f"/crib-test-{r.name[5:]}",
+                "CRIB_RUNTIMED__CGROUP_PARENT": self.cgroup_parent,
                 "CRIB_NETD__SOCKET": str(self.socket("netd")),
                 "CRIB_NETD__ROOT": str(r / "lib/netd"),
                 "CRIB_NETD__CACHE_DIR": str(r / "lib/netd/cache"),
                 "CRIB_NETD__CONF_DIR": str(r / "cni"),
-                "CRIB_NETD__DEFAULT_BRIDGE": "cribt0",
-                "CRIB_NETD__DEFAULT_SUBNET": "10.213.0.0/24",
+                "CRIB_NETD__NETNS_DIR": str(r / "run/netns"),
+                "CRIB_NETD__DEFAULT_BRIDGE": self.bridge,
+                "CRIB_NETD__DEFAULT_SUBNET": f"10.213.{self.net_index}.0/24",
             }
         )
         env.update(self.extra_env)
         return env
+
+    @property
+    def bridge(self) -> str:
+        return f"cribt{self.net_index}"
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/crib-test-{self.root.name[5:]}"
 
     # ------------------------------------------------------------- lifecycle
     def start(self, services: tuple[str, ...] = SERVICES) -> Stack:
@@ -115,7 +127,23 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def cleanup(self) -> None:
+        """Stop the daemons and remove what the stack made on the host."""
         self.stop()
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        for ctrl in Path("/sys/fs/cgroup").iterdir():
+            cg = ctrl / self.cgroup_parent.lstrip("/")
+            if cg.is_dir():
+                # Leaf cgroups first; a cgroup directory is removed with rmdir.
+                for sub in sorted(cg.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                    if sub.is_dir():
+                        with contextlib.suppress(OSError):
+                            sub.rmdir()
+                with contextlib.suppress(OSError):
+                    cg.rmdir()
+        # Anything still mounted under the stack (snapshots, netns pins) goes first.
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for target in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -1,0 +1,1 @@
+"""Session fixtures for a real local registry and the test images pushed to it."""
