@@ -137,7 +137,30 @@ class NetdSection(BaseModel):
     install_default_config: bool = True
     default_bridge: str = "crib0"
     default_subnet: str = "10.88.0.0/16"
+    # Optional IPv6 range for the default network (dual stack); empty: IPv4 only.
+    default_subnet6: str = ""
     plugin_timeout: float = Field(default=60.0, gt=0)
+    # Interface name inside the pod (CNI_IFNAME).
+    pod_ifname: str = "eth0"
+    # Per-attachment limit when settling records at start (containerd loadContainerTimeout).
+    recover_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("default_bridge")
+    @classmethod
+    def _bridge_name(cls, value: str) -> str:
+        # IFNAMSIZ is 16 with the NUL (<linux/if.h>).
+        if not value or len(value) > 15 or "/" in value or " " in value:
+            raise ValueError("must be a Linux interface name of 1-15 characters")
+        return value
+
+    @field_validator("default_subnet", "default_subnet6")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        import ipaddress
+
+        if value:
+            ipaddress.ip_network(value, strict=False)
+        return value
 
 
 class CribSettings(BaseSettings):

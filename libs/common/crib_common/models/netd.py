@@ -7,7 +7,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "CniConfigView",
     "DnsConfig",
+    "GcReport",
+    "NetworkNamespace",
     "PodIP",
     "PodNetwork",
     "PodNetworkCreate",
@@ -68,3 +71,54 @@ class PodNetwork(BaseModel):
     # The CNI result of the last plugin of the chain, as the plugin printed it.
     result: dict[str, Any] = Field(default_factory=dict)
     created_at: int = 0
+    # Added fields (optional, for operators): "creating", "ready" or "deleting"; a record
+    # left "deleting" is one whose CNI DEL failed and will be retried.
+    state: str = "ready"
+    pod_name: str = ""
+    pod_namespace: str = ""
+    ifname: str = "eth0"
+    # The configuration file the ADD used, and the CNI version spoken to the plugins.
+    config_source: str = ""
+    cni_version: str = ""
+    port_mappings: list[PortMapping] = Field(default_factory=list)
+    # False when the pinned namespace vanished behind netd's back (e.g. unmounted by hand).
+    netns_present: bool = True
+
+
+class NetworkNamespace(BaseModel):
+    """A pinned network namespace under netd's netns_dir."""
+
+    model_config = _Peer
+    path: str
+    pod_id: str = ""
+    # A live namespace pin (nsfs bind mount), not just a leftover file.
+    pinned: bool = True
+    # An attachment record refers to it.
+    attached: bool = False
+
+
+class CniConfigView(BaseModel):
+    """The CNI configuration in force, as netd reads it now."""
+
+    model_config = _Peer
+    ready: bool
+    reason: str = ""
+    message: str = ""
+    conf_dir: str
+    plugin_dirs: list[str] = Field(default_factory=list)
+    source: str = ""
+    name: str = ""
+    cni_version: str = ""
+    # The version netd speaks to these plugins (highest one they all support).
+    negotiated_version: str = ""
+    plugins: list[str] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class GcReport(BaseModel):
+    """What `POST /v1/gc` did."""
+
+    model_config = _Peer
+    removed_namespaces: list[str] = Field(default_factory=list)
+    cni_gc_ran: bool = False
+    errors: list[str] = Field(default_factory=list)

@@ -1,0 +1,1 @@
+"""netd's operator REST, one module per resource group."""

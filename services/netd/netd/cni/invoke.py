@@ -1,0 +1,155 @@
+"""Running one CNI plugin binary (SPEC.md section 2, "Execution Protocol").
+
+The plugin gets its parameters in `CNI_*` environment variables and its configuration on
+stdin; it answers a result (or, on failure, the spec's error object) on stdout and logs
+on stderr. `PluginExec` is the seam: `ExecPlugin` runs real binaries with asyncio
+subprocesses (an argument list, never a shell, under a timeout, argv logged at debug);
+tests of edge cases plug a small fake in instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+__all__ = [
+    "CniPluginError",
+    "ExecPlugin",
+    "Invocation",
+    "PluginExec",
+]
+
+log = structlog.get_logger("netd.cni")
+
+# Error code 11 (SPEC.md "Error"): "Try again later".
+CODE_TRY_AGAIN = 11
+# Only what plugins need from our environment: PATH finds iptables, ip6tables, modprobe.
+_PASS_ENV = ("PATH", "LANG", "LC_ALL")
+
+
+class CniPluginError(Exception):
+    """A plugin failed; carries the spec's error object fields when it printed one."""
+
+    def __init__(self, plugin: str, command: str, code: int, msg: str, details: str = "",
+                 stderr: str = "") -> None:
+        self.plugin = plugin
+        self.command = command
+        self.code = code
+        self.msg = msg
+        self.details = details
+        self.stderr = stderr
+        text = f"CNI plugin {plugin} {command} failed"
+        if code:
+            text += f" (code {code})"
+        text += f": {msg}"
+        if details and details != msg:
+            text += f": {details}"
+        super().__init__(text)
+
+
+@dataclass
+class Invocation:
+    """The attachment parameters of one plugin call (SPEC.md section 3)."""
+
+    command: str  # ADD, DEL, CHECK, STATUS, VERSION, GC
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: list[tuple[str, str]] = field(default_factory=list)
+    plugin_dirs: list[Path] = field(default_factory=list)
+
+    def environ(self) -> dict[str, str]:
+        env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env["CNI_COMMAND"] = self.command
+        env["CNI_PATH"] = ":".join(str(p) for p in self.plugin_dirs)
+        if self.container_id:
+            env["CNI_CONTAINERID"] = self.container_id
+        if self.netns:
+            env["CNI_NETNS"] = self.netns
+        if self.ifname:
+            env["CNI_IFNAME"] = self.ifname
+        if self.args:
+            env["CNI_ARGS"] = ";".join(f"{k}={v}" for k, v in self.args)
+        return env
+
+
+class PluginExec(Protocol):
+    """Runs a plugin binary and returns its parsed stdout (None when it printed nothing)."""
+
+    async def run(self, binary: Path, invocation: Invocation, stdin: dict[str, Any],
+                  timeout: float) -> dict[str, Any] | None: ...
+
+
+class ExecPlugin:
+    """The real thing: one asyncio subprocess per call."""
+
+    async def run(self, binary: Path, invocation: Invocation, stdin: dict[str, Any],
+                  timeout: float) -> dict[str, Any] | None:
+        argv = [str(binary)]
+        env = invocation.environ()
+        log.debug("cni exec", argv=argv, command=invocation.command,
+                  container_id=invocation.container_id, netns=invocation.netns,
+                  ifname=invocation.ifname, cni_args=env.get("CNI_ARGS", ""))
+        payload = json.dumps(stdin).encode()
+        start = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, close_fds=True,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                out, err = await proc.communicate(payload)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            # Reap it (shielded) so no zombie is left behind even when we were cancelled.
+            await asyncio.shield(proc.wait())
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise CniPluginError(binary.name, invocation.command, 0,
+                                 f"did not finish within {timeout:g}s") from None
+        elapsed = time.perf_counter() - start
+        stderr = err.decode("utf-8", "replace").strip()
+        if proc.returncode != 0:
+            log.debug("cni exec failed", plugin=binary.name, command=invocation.command,
+                      rc=proc.returncode, stdout=out[:4096].decode("utf-8", "replace"),
+                      stderr=stderr[-4096:], ms=round(elapsed * 1000, 2))
+            raise _error_of(binary.name, invocation.command, proc.returncode, out, stderr)
+        log.debug("cni exec done", plugin=binary.name, command=invocation.command,
+                  ms=round(elapsed * 1000, 2))
+        text = out.strip()
+        if not text:
+            return None
+        try:
+            result = json.loads(text)
+        except ValueError:
+            raise CniPluginError(binary.name, invocation.command, 0,
+                                 f"printed a result that is not JSON: {text[:200]!r}") from None
+        if not isinstance(result, dict):
+            raise CniPluginError(binary.name, invocation.command, 0,
+                                 f"printed a result that is not an object: {text[:200]!r}")
+        return result
+
+
+def _error_of(plugin: str, command: str, rc: int | None, out: bytes,
+              stderr: str) -> CniPluginError:
+    """The spec's error object from stdout, else the exit status and stderr."""
+    with contextlib.suppress(ValueError):
+        doc = json.loads(out)
+        if isinstance(doc, dict) and ("msg" in doc or "code" in doc):
+            code = doc.get("code")
+            return CniPluginError(plugin, command, code if isinstance(code, int) else 0,
+                                  str(doc.get("msg") or ""), str(doc.get("details") or ""),
+                                  stderr)
+    tail = stderr[-1000:] or out[-1000:].decode("utf-8", "replace").strip()
+    return CniPluginError(plugin, command, 0, f"exit status {rc}: {tail or 'no output'}",
+                          stderr=stderr)
