@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import struct
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from .version import __version__
 from .errors import CribError, DeadlineExceeded, Internal, InvalidArgument, Unimplemented
+from .logging import RequestContext
 
 __all__ = [
     "CriTable",
@@ -326,6 +328,24 @@ class _Metrics:
             registry=self.registry,
         )
         self.up.labels(service, __version__).set(1)
+        self.service = service
+        # Label children by (route, status): `labels()` takes a lock and validates the
+        # label values on every call, which is measurable on a sub-millisecond request.
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, status: int, elapsed: float) -> None:
+        """Count one request and record its latency."""
+        key = (route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (
+                self.calls.labels(self.service, route, str(status)),
+                self.latency.labels(self.service, route),
+            )
+            if len(self._children) < 4096:  # bounded: routes x statuses is small
+                self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(elapsed)
 
 
 def _route_name(request: web.Request) -> str:
@@ -343,10 +363,9 @@ async def _edge_middleware(
     request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
     route = _route_name(request)
     metrics: _Metrics = request.app[METRICS_KEY]  # type: ignore[assignment]
-    service = request.app[SERVICE_KEY]
     start = time.perf_counter()
     status = 500
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    with RequestContext(request_id):
         try:
             response = await handler(request)
             status = response.status
@@ -371,9 +390,8 @@ async def _edge_middleware(
             )
         finally:
             elapsed = time.perf_counter() - start
-            metrics.calls.labels(service, route, str(status)).inc()
-            metrics.latency.labels(service, route).observe(elapsed)
-            if route not in ("/healthz", "/metrics"):
+            metrics.observe(route, status, elapsed)
+            if route not in ("/healthz", "/metrics") and _debug_enabled():
                 log.debug(
                     "request", method=request.method, route=route, status=status,
                     ms=round(elapsed * 1000, 3),
@@ -381,6 +399,11 @@ async def _edge_middleware(
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
+
+
+def _debug_enabled() -> bool:
+    # stdlib caches this per logger; checking first skips building the event dict.
+    return logging.getLogger("crib.server").isEnabledFor(logging.DEBUG)
 
 
 async def _healthz(request: web.Request) -> web.Response:

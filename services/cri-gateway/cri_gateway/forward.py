@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from crib_common.client import DaemonClient
 from crib_common.cri.runtime.v1 import ImageServiceBase, RuntimeServiceBase
 from crib_common.errors import CribError
+from crib_common.logging import RequestContext
 
 from .errors import to_grpc, unimplemented
 from .routes import LOCAL, ROUTES
@@ -46,6 +47,8 @@ class PassthroughCodec(CodecBase):
 
 
 class RpcMetrics:
+    """Calls and latency per RPC; label children cached (see `_Metrics.observe`)."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.calls = Counter(
             "crib_gateway_rpc_total", "CRI calls by RPC and gRPC status",
@@ -57,6 +60,17 @@ class RpcMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                      5, 10, 30, 60, 120),
         )
+        self._children: dict[tuple[str, Status], tuple[Any, Any]] = {}
+
+    def observe(self, rpc: str, code: Status, elapsed: float) -> None:
+        """Count one call and record its latency."""
+        key = (rpc, code)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self.calls.labels(rpc, code.name), self.latency.labels(rpc)
+            self._children[key] = pair  # bounded: RPCs x gRPC codes
+        pair[0].inc()
+        pair[1].observe(elapsed)
 
 
 class Gateway:
@@ -100,7 +114,7 @@ class Gateway:
         request_id = _metadata_value(stream, "x-request-id") or uuid.uuid4().hex[:16]
         start = time.perf_counter()
         code = Status.OK
-        with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=rpc):
+        with RequestContext(request_id, rpc=rpc):
             try:
                 await self._forward(path, rpc, cardinality, stream)
             except GRPCError as exc:
@@ -116,9 +130,7 @@ class Gateway:
                 log.exception("rpc crashed")
                 raise GRPCError(Status.INTERNAL, f"crib gateway: {type(exc).__name__}: {exc}") from None
             finally:
-                elapsed = time.perf_counter() - start
-                self.metrics.calls.labels(rpc, code.name).inc()
-                self.metrics.latency.labels(rpc).observe(elapsed)
+                self.metrics.observe(rpc, code, time.perf_counter() - start)
 
     async def _forward(
         self, path: str, rpc: str, cardinality: Cardinality, stream: Stream[Any, Any]
