@@ -1,0 +1,232 @@
+"""Exec: run a command in a running container through the OCI runtime, wired to a session.
+
+Without a tty: `<runtime> --root R exec --pid-file P <id> <cmd...>` with pipes; the runtime
+hands the pipes to the process and exits with its code.
+
+With a tty: the runtime is started as the session leader of a pty we allocate
+(`setsid --ctty`), runs `exec --tty`, proxies its own terminal to the pty it creates inside
+the container, and forwards SIGWINCH: a TIOCSWINSZ on our master makes the kernel signal it
+and it copies the new size inside (runc `tty.go` `resize`). CRI-O runs exec the same way
+(`pty.Start` of `runc exec --tty`).
+
+Either way `--pid-file` gives the host PID of the exec'd process, so a client that goes away
+has its process killed: a killed runtime alone would leave it running in the container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import struct
+import tempfile
+import termios
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from .session import StdioSession
+from .status import exit_status, failure_status
+from .targets import ContainerTarget
+
+__all__ = ["run_exec"]
+
+log = structlog.get_logger("runtimed.streaming.exec")
+
+_Writer = Callable[[bytes], Awaitable[None]]
+
+SETSID = "/usr/bin/setsid"
+READ_SIZE = 64 * 1024
+# After the process exits, how long its output may still be draining before we give up on
+# a descendant that keeps the pipe open.
+OUTPUT_GRACE = 10.0
+
+
+async def run_exec(target: ContainerTarget, cmd: list[str], session: StdioSession) -> None:
+    """Run `cmd` in `target`, stream it through `session`, and finish with its status."""
+    with tempfile.TemporaryDirectory(prefix="crib-exec-") as tmp:
+        pid_file = Path(tmp) / "pid"
+        argv = [target.runtime_path, "--root", str(target.runtime_root), "exec",
+                "--pid-file", str(pid_file)]
+        if session.opts.tty:
+            argv.append("--tty")
+        argv += [target.id, *cmd]
+        log.debug("exec", argv=argv)
+        try:
+            if session.opts.tty:
+                code = await _exec_tty(argv, pid_file, session)
+            else:
+                code = await _exec_pipes(argv, pid_file, session)
+        except OSError as e:
+            log.warning("exec failed", container=target.id, error=str(e))
+            await session.finish(failure_status(f"error executing command in container: {e}"))
+            return
+    if code is None:
+        log.info("exec ended by client", container=target.id)
+        await session.abort()
+        return
+    log.info("exec finished", container=target.id, exit_code=code)
+    await session.finish(exit_status(code))
+
+
+def _exit_code(returncode: int) -> int:
+    # A process killed by signal N reports 128+N, as shells and kubelet's runtimes do.
+    return 128 - returncode if returncode < 0 else returncode
+
+
+async def _exec_pipes(argv: list[str], pid_file: Path, session: StdioSession) -> int | None:
+    opts = session.opts
+    pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=pipe if opts.stdin else devnull, stdout=pipe if opts.stdout else devnull,
+        stderr=pipe if opts.stderr else devnull, start_new_session=True)
+    tasks: list[asyncio.Task[None]] = []
+    outputs: list[asyncio.Task[None]] = []
+    if proc.stdin is not None:
+        tasks.append(asyncio.create_task(_pump_stdin(session, proc.stdin)))
+    if proc.stdout is not None:
+        outputs.append(asyncio.create_task(_pump_output(proc.stdout, session.write_stdout)))
+    if proc.stderr is not None:
+        outputs.append(asyncio.create_task(_pump_output(proc.stderr, session.write_stderr)))
+    return await _supervise(proc, pid_file, session, tasks, outputs)
+
+
+async def _supervise(proc: asyncio.subprocess.Process, pid_file: Path, session: StdioSession,
+                     tasks: list[asyncio.Task[None]],
+                     outputs: list[asyncio.Task[None]]) -> int | None:
+    """Wait for the process and its output, or for the client to leave (then kill)."""
+    waiter = asyncio.create_task(proc.wait())
+    gone = asyncio.create_task(session.closed.wait())
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            return None
+        pending: set[asyncio.Task[None]] = set(outputs)
+        while pending and not gone.done():
+            done, pending = await asyncio.wait(pending | {gone}, timeout=OUTPUT_GRACE,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(gone)  # type: ignore[arg-type]
+            if not done:
+                log.warning("exec output still open after exit; closing")
+                break
+        if gone.done() and pending:
+            return None
+        await session.close_output()
+        return _exit_code(waiter.result())
+    finally:
+        if proc.returncode is None:
+            _kill_exec(pid_file, proc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), 10)
+        for task in (*tasks, *outputs, gone, waiter):
+            task.cancel()
+        await asyncio.gather(*tasks, *outputs, gone, waiter, return_exceptions=True)
+
+
+def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
+    """Kill the exec'd process (host PID from the pid file), then the runtime."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+async def _pump_stdin(session: StdioSession, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await session.read_stdin():
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, BrokenPipeError):
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def _pump_output(reader: asyncio.StreamReader, write: _Writer) -> None:
+    while chunk := await reader.read(READ_SIZE):
+        await write(chunk)
+
+
+# -- tty ----------------------------------------------------------------------------------
+
+async def _exec_tty(argv: list[str], pid_file: Path, session: StdioSession) -> int | None:
+    master, slave = os.openpty()
+    try:
+        _set_winsize(master, 80, 24)
+        os.set_blocking(master, False)
+        proc = await asyncio.create_subprocess_exec(
+            SETSID, "--ctty", *argv, stdin=slave, stdout=slave, stderr=slave)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    # Only the runtime may hold the slave, or we never see EIO when it is done.
+    os.close(slave)
+    try:
+        tasks = [asyncio.create_task(_pump_stdin_fd(session, master)),
+                 asyncio.create_task(_apply_resizes(session, master))]
+        outputs = [asyncio.create_task(_pump_master(master, session))]
+        return await _supervise(proc, pid_file, session, tasks, outputs)
+    finally:
+        os.close(master)
+
+
+def _set_winsize(fd: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+async def _apply_resizes(session: StdioSession, master: int) -> None:
+    while True:
+        width, height = await session.resizes.get()
+        with contextlib.suppress(OSError):
+            _set_winsize(master, width, height)
+
+
+async def _wait_fd(fd: int, writable: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_writer if writable else loop.add_reader)(fd, ready)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if writable else loop.remove_reader)(fd)
+
+
+async def _pump_master(master: int, session: StdioSession) -> None:
+    while True:
+        try:
+            chunk = os.read(master, READ_SIZE)
+        except BlockingIOError:
+            await _wait_fd(master, writable=False)
+            continue
+        except OSError as e:
+            if e.errno == errno.EIO:  # every slave holder is gone: end of output
+                return
+            raise
+        if not chunk:
+            return
+        await session.write_stdout(chunk)
+
+
+async def _pump_stdin_fd(session: StdioSession, master: int) -> None:
+    while data := await session.read_stdin():
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(master, view)
+                view = view[n:]
+            except BlockingIOError:
+                await _wait_fd(master, writable=True)
+            except OSError:
+                return
