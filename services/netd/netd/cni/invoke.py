@@ -99,15 +99,23 @@ class ExecPlugin:
         log.debug("cni exec", argv=argv, command=invocation.command,
                   container_id=invocation.container_id, netns=invocation.netns,
                   ifname=invocation.ifname, cni_args=env.get("CNI_ARGS", ""))
-        payload = json.dumps(stdin).encode()
         start = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, close_fds=True,
-        )
+        # The configuration goes in through a sealed in-memory file rather than a pipe: a
+        # plugin that exits before reading all of it (an early error) must not turn into
+        # a broken-pipe error on our side, and no writer task is needed.
+        stdin_fd = os.memfd_create("crib-cni-stdin", os.MFD_CLOEXEC)
+        try:
+            os.write(stdin_fd, json.dumps(stdin).encode())
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=stdin_fd, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, close_fds=True,
+            )
+        finally:
+            os.close(stdin_fd)
         try:
             async with asyncio.timeout(timeout):
-                out, err = await proc.communicate(payload)
+                out, err = await proc.communicate()
         except (TimeoutError, asyncio.CancelledError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
