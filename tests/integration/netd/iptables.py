@@ -53,19 +53,28 @@ def remove_matching(needles: list[str]) -> None:
 
 
 def restore_new_shared(before: dict[str, set[str]]) -> None:
-    """Remove shared CNI chains (and jumps to them) that appeared since `before`, once
-    they are empty again: another crib on this host may be using them otherwise."""
+    """Remove the CNI chains (with their rules and the jumps to them) that appeared since
+    `before`, once no attachment uses them: portmap's CNI-HOSTPORT-MASQ and -SETMARK hold
+    static rules, so "in use" means CNI-HOSTPORT-DNAT still dispatches to some pod."""
     for table in TABLES:
         now = rules(table)
         new_chains = [line.split()[1] for line in now
                       if line.startswith("-N CNI-") and line not in before[table]]
-        for chain in new_chains:
-            if any(line.startswith(f"-A {chain} ") for line in now):
-                continue  # still has rules: someone else's attachment uses it
-            for line in now:
-                if line.startswith("-A ") and line.endswith(f"-j {chain}") \
-                        and line not in before[table]:
-                    subprocess.run(["iptables", "-t", table, "-D", *shlex.split(line)[1:]],
-                                   capture_output=True)
-        for chain in new_chains:
+        if not new_chains:
+            continue
+
+        def used(chain: str) -> bool:
+            if chain.startswith("CNI-HOSTPORT-") and chain != "CNI-HOSTPORT-DNAT":
+                return any(line.startswith("-A CNI-HOSTPORT-DNAT ") for line in now)
+            return any(line.startswith(f"-A {chain} ") for line in now)
+
+        gone = [c for c in new_chains if not used(c)]
+        for line in now:
+            args = shlex.split(line)
+            if line.startswith("-A ") and "-j" in args and args[args.index("-j") + 1] in gone \
+                    and args[1] not in gone:
+                subprocess.run(["iptables", "-t", table, "-D", *args[1:]], capture_output=True)
+        for chain in gone:
+            subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
+        for chain in gone:
             subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)
