@@ -120,3 +120,28 @@ async def test_del_uses_cached_config_after_conf_change(netd_node: NetdNode,
         other.unlink()
     assert ip not in netd_node.leases()
     assert not Path("/sys/class/net/cribx0").exists()
+
+
+async def test_cli_lists_attachments_and_config(netd_node: NetdNode, netd: NetdClient) -> None:
+    import subprocess
+
+    from tests.support.stack import BIN
+
+    req = pod_request()
+    net = await netd.create_pod_network(req)
+    try:
+        env = netd_node.stack.env()
+        out = subprocess.run([str(BIN / "crib"), "net", "list"], env=env, capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        line = next(l for l in out.stdout.splitlines() if l.startswith(req.pod_id[:13]))
+        assert net.ips[0].ip in line and f"crib-test/{req.pod_name}" in line
+        out = subprocess.run([str(BIN / "crib"), "net", "config"], env=env, capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "bridge -> portmap -> loopback" in out.stdout
+        out = subprocess.run([str(BIN / "crib"), "net", "ns"], env=env, capture_output=True,
+                             text=True, timeout=30)
+        assert f"crib-{req.pod_id}" in out.stdout
+    finally:
+        await netd.remove_pod_network(req.pod_id)

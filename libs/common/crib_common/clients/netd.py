@@ -6,7 +6,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..client import DaemonClient
-from ..models.netd import PodNetwork, PodNetworkCreate
+from ..models.netd import (
+    CniConfigView,
+    GcReport,
+    NetworkNamespace,
+    PodNetwork,
+    PodNetworkCreate,
+)
 
 __all__ = ["NetdClient"]
 
@@ -37,3 +43,17 @@ class NetdClient(DaemonClient):
     async def remove_pod_network(self, pod_id: str, *, timeout: float | None = 120.0) -> None:
         """CNI DEL (reverse order) and remove the netns; a missing one is success."""
         await self.delete(f"/v1/networks/{quote(pod_id, safe='')}", timeout=timeout)
+
+    async def list_namespaces(self, *, timeout: float | None = 10.0) -> list[NetworkNamespace]:
+        """crib's pinned namespaces under netns_dir (operators)."""
+        return await self.get_list("/v1/namespaces", NetworkNamespace, timeout=timeout)
+
+    async def get_config(self, *, timeout: float | None = 10.0) -> CniConfigView:
+        """The CNI configuration in force and whether it is usable (operators)."""
+        return await self.get_model("/v1/config", CniConfigView, timeout=timeout)
+
+    async def gc(self, *, timeout: float | None = 120.0) -> GcReport:
+        """Remove orphan namespaces; CNI GC where plugins speak CNI 1.1."""
+        result = await self.post_model("/v1/gc", None, GcReport, timeout=timeout)
+        assert result is not None
+        return result
