@@ -1,18 +1,72 @@
-"""create_app(settings): imaged's routes, CRI methods and resources."""
+"""create_app(settings): imaged's routes, CRI methods and resources.
+
+Resources (in `cleanup_ctx`, undone in reverse): the image store, recovered before the
+socket serves; the outbound HTTP session for registries; the puller.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
 from aiohttp import web
 
 from crib_common.server import CriTable, Health, RouteTable, create_daemon_app
 from crib_common.settings import CribSettings
 
+from .api import images as images_api
+from .api import snapshots as snapshots_api
+from .cri import register_all
+from .pull import Puller
+from .service import ImageService
+from .store.images import ImageStore
+
+log = structlog.get_logger("imaged")
+
+SERVICE_KEY = web.AppKey("imaged_service", ImageService)
+
 
 def create_app(settings: CribSettings) -> web.Application:
+    svc = ImageService(settings.imaged)
     cri = CriTable()
     routes = RouteTable()
+    register_all(cri, svc)
+    images_api.register(routes, svc)
+    snapshots_api.register(routes, svc)
 
     async def health() -> Health:
-        return Health(service="imaged")
+        store = svc._store
+        if store is None or not store.ready:
+            return Health(service="imaged", ready=False, reason="Recovering",
+                          message="loading the image store")
+        return Health(service="imaged", details={
+            "images": len(store.images), "layers": len(store.layer_records),
+            "snapshots": len(store.snapshots), "recovery": svc.recovery})
 
-    return create_daemon_app("imaged", routes, cri, health)
+    app = create_daemon_app("imaged", routes, cri, health)
+    app[SERVICE_KEY] = svc
+
+    async def resources(_app: web.Application) -> AsyncIterator[None]:
+        settings.imaged.run_dir.mkdir(parents=True, exist_ok=True)
+        store = await asyncio.to_thread(ImageStore, settings.imaged.root)
+        svc.recovery = await asyncio.to_thread(store.recover)
+        log.info("image store loaded", images=len(store.images),
+                 layers=len(store.layer_records), **svc.recovery)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64),
+            timeout=aiohttp.ClientTimeout(sock_connect=15, sock_read=120),
+            auto_decompress=False,
+        )
+        svc._puller = Puller(store, settings.imaged, http)
+        svc._store = store
+        try:
+            yield
+        finally:
+            svc._store = None
+            await http.close()
+            store.close()
+
+    app.cleanup_ctx.append(resources)
+    return app

@@ -11,8 +11,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ImageFsUsage",
     "ImageInfo",
+    "LayerProgress",
     "Mount",
+    "PruneResult",
+    "PullEvent",
+    "PullRequest",
+    "RemoveResult",
     "Snapshot",
     "SnapshotCreate",
     "SnapshotUsage",
@@ -76,3 +82,61 @@ class SnapshotUsage(BaseModel):
     key: str
     bytes: int
     inodes: int
+
+
+class PullRequest(BaseModel):
+    """Operator pull (`POST /v1/images/pull`); credentials as CRI's AuthConfig."""
+
+    model_config = _Operator
+    reference: str
+    username: str = ""
+    password: str = ""
+    auth: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+
+
+class LayerProgress(BaseModel):
+    model_config = _Peer
+    digest: str
+    size: int = 0
+    downloaded: int = 0
+    # waiting | downloading | unpacking | done | exists
+    status: str = "waiting"
+
+
+class PullEvent(BaseModel):
+    """One line of the NDJSON pull stream; the last has status "done" or "error"."""
+
+    model_config = _Peer
+    reference: str
+    status: str  # resolving | pulling | done | error
+    image_id: str = ""
+    layers: list[LayerProgress] = Field(default_factory=list)
+    error_kind: str = ""
+    error: str = ""
+
+
+class RemoveResult(BaseModel):
+    model_config = _Peer
+    removed: list[str] = Field(default_factory=list)
+
+
+class PruneResult(BaseModel):
+    model_config = _Peer
+    images: list[str] = Field(default_factory=list)
+    blobs: int = 0
+    layers: int = 0
+
+
+class ImageFsUsage(BaseModel):
+    """What the image store occupies (as CRI ImageFsInfo's FilesystemUsage)."""
+
+    model_config = _Peer
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+    timestamp: int  # unix nanoseconds
+    images: int = 0
+    layers: int = 0
+    blobs: int = 0

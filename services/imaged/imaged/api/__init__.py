@@ -1,0 +1,1 @@
+"""Operator REST of imaged, one module per resource group."""

@@ -1,0 +1,37 @@
+"""CRI `ListImages`: every stored image, or those the filter's reference names."""
+
+from __future__ import annotations
+
+import structlog
+
+from crib_common.cri.runtime.v1 import Image, ImageSpec, Int64Value, ListImagesRequest, \
+    ListImagesResponse
+from crib_common.server import CriTable
+
+from ..service import ImageService, user_of
+from ..store.records import ImageRecord
+
+log = structlog.get_logger("imaged.cri")
+
+
+def register(table: CriTable, svc: ImageService) -> None:
+    @table.unary("/runtime.v1.ImageService/ListImages", ListImagesRequest)
+    async def list_images(request: ListImagesRequest) -> ListImagesResponse:
+        store = svc.store
+        wanted = request.filter.image.image if request.filter and request.filter.image else ""
+        if wanted:
+            found = store.find(wanted)
+            images = [found] if found is not None else []
+        else:
+            images = sorted(store.images.values(), key=lambda i: i.created_at)
+        log.debug("images listed", count=len(images), filter=wanted)
+        return ListImagesResponse(images=[cri_image(img) for img in images])
+
+
+def cri_image(img: ImageRecord) -> Image:
+    uid, username = user_of(img)
+    return Image(
+        id=img.id, repo_tags=list(img.repo_tags), repo_digests=list(img.repo_digests),
+        size=max(img.size, 1), uid=Int64Value(uid) if uid is not None else None,
+        username=username, spec=ImageSpec(image=img.id), pinned=img.pinned,
+    )

@@ -1,0 +1,1 @@
+"""OCI image concerns: references, media types, manifests and indexes, platform matching."""

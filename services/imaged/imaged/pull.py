@@ -1,0 +1,294 @@
+"""Pulling an image: resolve, fetch manifest(s) and config, download and unpack layers.
+
+    reference -> manifest (or index -> manifest for the host platform) -> config
+              -> layers: download (bounded, shared between pulls) -> unpack (thread,
+                 shared) -> layer record
+              -> image record (tags moved, repo digest added) in one transaction
+
+Every blob is verified against its descriptor before it is stored (content store); every
+layer against its diff_id while it is unpacked. Two pulls needing one blob or one layer
+share the same task (containerd's `unpackDuplicationSuppressor`); downloads are bounded by
+`max_concurrent_downloads` (its `downloadLimiter`). While a pull runs, the digests it
+names are leased so garbage collection leaves them alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from crib_common.errors import InvalidArgument
+from crib_common.models.imaged import LayerProgress, PullEvent
+from crib_common.settings import ImagedSection
+
+from .oci.manifest import (
+    INDEX_TYPES,
+    LAYER_COMPRESSION,
+    MANIFEST_TYPES,
+    Descriptor,
+    host_platform,
+    parse_config,
+    parse_index,
+    parse_manifest,
+    select_manifest,
+)
+from .oci.reference import Reference, parse_reference
+from .registry.auth import Credentials
+from .registry.client import RegistrySession
+from .store.content import DigestMismatch
+from .store.images import ImageStore
+from .store.records import ImageLayer, ImageRecord, LayerRecord
+
+__all__ = ["Puller", "PullProgress"]
+
+log = structlog.get_logger("imaged.pull")
+
+# Unpacking is CPU-bound (decompression) and disk-bound; more threads than cores only
+# add contention under the GIL.
+UNPACK_THREADS = 2
+
+
+@dataclass
+class PullProgress:
+    """Live progress of one pull; `changed` is set on every update."""
+
+    reference: str
+    status: str = "resolving"
+    image_id: str = ""
+    layers: dict[str, LayerProgress] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def update(self) -> None:
+        self.changed.set()
+
+    def event(self) -> PullEvent:
+        return PullEvent(reference=self.reference, status=self.status, image_id=self.image_id,
+                         layers=[lp.model_copy() for lp in self.layers.values()])
+
+
+class Puller:
+    def __init__(self, store: ImageStore, settings: ImagedSection,
+                 http: aiohttp.ClientSession) -> None:
+        self.store = store
+        self.settings = settings
+        self.http = http
+        self.downloads = asyncio.Semaphore(settings.max_concurrent_downloads)
+        self.unpacks = asyncio.Semaphore(UNPACK_THREADS)
+        self._blob_tasks: dict[str, asyncio.Task[None]] = {}
+        self._layer_tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def pull(self, raw_ref: str, creds: Credentials,
+                   progress: PullProgress | None = None) -> ImageRecord:
+        """Pull `raw_ref`; returns the stored image. Errors are CribErrors."""
+        ref = parse_reference(raw_ref)
+        progress = progress or PullProgress(str(ref))
+        progress.reference = str(ref)
+        start = time.monotonic()
+        log.info("pull started", image=str(ref))
+        session = RegistrySession(self.http, self.settings, ref, creds)
+        leased: list[str] = []
+        try:
+            img = await self._pull(ref, session, progress, leased)
+        except BaseException as exc:
+            progress.status = "error"
+            progress.update()
+            log.info("pull failed", image=str(ref), error=str(exc)[:500])
+            raise
+        finally:
+            for name in leased:
+                self.store.leases[name] -= 1
+                if self.store.leases[name] <= 0:
+                    del self.store.leases[name]
+        progress.status, progress.image_id = "done", img.id
+        progress.update()
+        log.info("pull done", image=str(ref), image_id=img.id,
+                 seconds=round(time.monotonic() - start, 3))
+        return img
+
+    def _lease(self, leased: list[str], *names: str) -> None:
+        for name in names:
+            self.store.leases[name] += 1
+            leased.append(name)
+
+    async def _pull(self, ref: Reference, session: RegistrySession, progress: PullProgress,
+                    leased: list[str]) -> ImageRecord:
+        raw, media_type, header_digest = await session.fetch_manifest(ref.object)
+        top_digest = self._check_manifest_digest(ref, raw, header_digest)
+        content = [top_digest]
+        self._lease(leased, top_digest)
+        await asyncio.to_thread(self.store.content.put, top_digest, raw)
+        manifest_digest = top_digest
+        if media_type in INDEX_TYPES:
+            entry = select_manifest(parse_index(raw, media_type), host_platform())
+            raw, media_type, _ = await session.fetch_manifest(entry.digest)
+            manifest_digest = _sha256(raw)
+            if manifest_digest != entry.digest or len(raw) != entry.size:
+                raise DigestMismatch(f"manifest {entry.digest} from the index does not "
+                                     f"match its content ({manifest_digest}, {len(raw)} bytes)")
+            self._lease(leased, manifest_digest)
+            await asyncio.to_thread(self.store.content.put, manifest_digest, raw)
+            content.append(manifest_digest)
+        elif media_type not in MANIFEST_TYPES:
+            raise InvalidArgument(f"unsupported manifest media type {media_type!r} for {ref}")
+        manifest = parse_manifest(raw, media_type)
+        self._lease(leased, manifest.config.digest)
+        config_raw = await self._config(session, manifest.config)
+        config = parse_config(config_raw)
+        content.append(manifest.config.digest)
+        diff_ids: list[str] = config["rootfs"]["diff_ids"]
+        if len(diff_ids) != len(manifest.layers):
+            raise InvalidArgument(f"image config names {len(diff_ids)} layers, the manifest "
+                                  f"{len(manifest.layers)}")
+        self._check_platform(config)
+        progress.status = "pulling"
+        for desc in manifest.layers:
+            progress.layers[desc.digest] = LayerProgress(digest=desc.digest, size=desc.size)
+        progress.update()
+        for desc, diff_id in zip(manifest.layers, diff_ids):
+            self._lease(leased, desc.digest, diff_id)
+            content.append(desc.digest)
+        tasks = [asyncio.ensure_future(self._ensure_layer(session, desc, diff_id, progress))
+                 for desc, diff_id in zip(manifest.layers, diff_ids)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        layers = [ImageLayer(diff_id=d, digest=desc.digest, size=desc.size,
+                             media_type=desc.media_type)
+                  for desc, d in zip(manifest.layers, diff_ids)]
+        record = ImageRecord(
+            id=manifest.config.digest, manifest_digest=manifest_digest,
+            content=sorted(set(content)), layers=layers,
+            size=sum(lay.size for lay in layers) + manifest.config.size,
+            config=config, created_at=time.time_ns(),
+        )
+        tag = str(ref) if ref.tag else None
+        return await self.store.commit_image(record, tag, f"{ref.repository}@{top_digest}")
+
+    @staticmethod
+    def _check_manifest_digest(ref: Reference, raw: bytes, header_digest: str) -> str:
+        actual = _sha256(raw)
+        if ref.digest and ref.digest != actual:
+            raise DigestMismatch(f"manifest of {ref} does not match its digest "
+                                 f"(content is {actual})")
+        if header_digest and header_digest.startswith("sha256:") and header_digest != actual:
+            raise DigestMismatch(f"manifest of {ref}: registry says {header_digest}, "
+                                 f"content is {actual}")
+        return actual
+
+    def _check_platform(self, config: dict[str, Any]) -> None:
+        want = host_platform()
+        os_, arch = config.get("os", ""), config.get("architecture", "")
+        if os_ and os_ != want.os:
+            raise InvalidArgument(f"image is for OS {os_!r}, this node runs {want.os}")
+        if arch and arch != want.architecture:
+            raise InvalidArgument(f"image is for architecture {arch!r}, this node runs "
+                                  f"{want.architecture}")
+
+    async def _config(self, session: RegistrySession, desc: Descriptor) -> bytes:
+        if self.store.content.has(desc.digest):
+            return await asyncio.to_thread(self.store.content.read, desc.digest)
+        raw = await session.fetch_small_blob(desc)
+        actual = _sha256(raw)
+        if actual != desc.digest or len(raw) != desc.size:
+            raise DigestMismatch(f"image config {desc.digest} does not match its content "
+                                 f"({actual}, {len(raw)} bytes)")
+        await asyncio.to_thread(self.store.content.put, desc.digest, raw)
+        return raw
+
+    # ---------------------------------------------------------------- layers
+    async def _ensure_layer(self, session: RegistrySession, desc: Descriptor, diff_id: str,
+                            progress: PullProgress) -> None:
+        lp = progress.layers[desc.digest]
+        if self.store.layer_exists(diff_id):
+            lp.status, lp.downloaded = "exists", lp.size
+            progress.update()
+            return
+        await _shared(self._layer_tasks, diff_id,
+                      lambda: self._unpack(session, desc, diff_id, progress))
+        lp.status, lp.downloaded = "done", lp.size
+        progress.update()
+
+    async def _unpack(self, session: RegistrySession, desc: Descriptor, diff_id: str,
+                      progress: PullProgress) -> None:
+        if self.store.layer_exists(diff_id):
+            return
+        # The task may outlive the pull that started it: it holds its own lease.
+        with self.store.lease(desc.digest, diff_id):
+            await self._download_and_unpack(session, desc, diff_id, progress)
+
+    async def _download_and_unpack(self, session: RegistrySession, desc: Descriptor,
+                                   diff_id: str, progress: PullProgress) -> None:
+        await _shared(self._blob_tasks, desc.digest,
+                      lambda: self._download(session, desc, progress))
+        lp = progress.layers[desc.digest]
+        lp.status = "unpacking"
+        progress.update()
+        compression = LAYER_COMPRESSION[desc.media_type]
+        link = self.store.layers.new_link()
+        blob = self.store.content.path_of(desc.digest)
+        async with self.unpacks:
+            started = time.monotonic()
+            stats = await asyncio.to_thread(self.store.layers.unpack, blob, compression,
+                                            diff_id, link)
+        self.store.put_layer(LayerRecord(diff_id=diff_id, link=link, bytes=stats.bytes,
+                                         inodes=stats.inodes, created_at=time.time_ns()))
+        log.debug("layer unpacked", diff_id=diff_id, entries=stats.entries,
+                  seconds=round(time.monotonic() - started, 3))
+
+    async def _download(self, session: RegistrySession, desc: Descriptor,
+                        progress: PullProgress) -> None:
+        lp = progress.layers[desc.digest]
+        if self.store.content.has(desc.digest):
+            lp.downloaded = desc.size
+            return
+        async with self.downloads:
+            lp.status = "downloading"
+            progress.update()
+            writer = self.store.content.writer(desc.digest, desc.size)
+
+            def advance(n: int) -> None:
+                lp.downloaded += n
+                progress.update()
+
+            try:
+                await session.fetch_blob(desc, writer, advance)
+            except BaseException:
+                writer.abort()
+                raise
+            await asyncio.to_thread(writer.commit)
+
+
+async def _shared(tasks: dict[str, asyncio.Task[None]], key: str,
+                  make: Callable[[], Awaitable[None]]) -> None:
+    """Run `make()` once per key at a time; other callers await the same task. The task
+    outlives a cancelled caller so a second waiter is not hurt by the first giving up."""
+    task = tasks.get(key)
+    if task is None:
+        async def run() -> None:
+            try:
+                await make()
+            finally:
+                tasks.pop(key, None)
+        task = asyncio.ensure_future(run())
+        tasks[key] = task
+    await asyncio.shield(task)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def config_json(img: ImageRecord) -> str:
+    return json.dumps(img.config)

@@ -1,0 +1,1 @@
+"""Talking to OCI distribution registries: hosts, auth challenges, manifests and blobs."""

@@ -1,0 +1,306 @@
+"""An OCI distribution client for pulls (distribution spec `spec.md`, "Pull").
+
+`RegistrySession` serves one pull of one repository: it tries the configured mirrors and
+then the registry itself, answers 401 challenges (Basic with the credentials; Bearer by
+asking the realm for a token with the challenge's service and scope, by GET with Basic
+credentials, or by the OAuth2 POST form with an identity token; a registry token is sent
+as is), fetches manifests with a size limit and streams blobs into the content store's
+ingest area. Redirects are followed (aiohttp drops Authorization when the origin changes).
+Plain HTTP is used for loopback registries, for hosts in `insecure_registries` and for
+registries marked `insecure`, as containerd does.
+
+Errors: unreachable -> Unavailable; 404 -> NotFound; refused credentials -> FailedPrecondition;
+bad content -> InvalidArgument (via the content store and manifest parser).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from crib_common.errors import (
+    CribError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from crib_common.settings import ImagedSection
+
+from ..oci.manifest import ACCEPT, Descriptor, media_type_of
+from ..oci.reference import Reference
+from ..store.content import IngestWriter
+from .auth import Challenge, Credentials, parse_challenges
+
+__all__ = ["Endpoint", "RegistrySession", "endpoints_for", "MAX_MANIFEST_BYTES"]
+
+log = structlog.get_logger("imaged.registry")
+
+# containerd refuses manifests and indexes above 4 MiB (`remotes/docker` maxManifestSize);
+# so do we, before reading them into memory.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base: str  # "https://host:port"
+    host: str
+    mirror: bool
+    ssl: ssl.SSLContext | bool
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:host.index("]")]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _ssl_for(settings: ImagedSection, host: str) -> ssl.SSLContext | bool:
+    cfg = settings.registries.get(host)
+    if cfg is None:
+        return True
+    if cfg.skip_verify:
+        return False
+    if cfg.ca_file is not None:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file))
+        return ctx
+    return True
+
+
+def endpoints_for(settings: ImagedSection, ref: Reference) -> list[Endpoint]:
+    """Mirrors first, then the registry itself (containerd `hosts.toml` order)."""
+    out: list[Endpoint] = []
+    cfg = settings.registries.get(ref.domain)
+    for mirror in (cfg.mirrors if cfg else []):
+        if "://" in mirror:
+            scheme, _, host = mirror.partition("://")
+        else:
+            host = mirror
+            plain = _is_loopback(host) or host in settings.insecure_registries
+            scheme = "http" if plain else "https"
+        host = host.rstrip("/")
+        out.append(Endpoint(f"{scheme}://{host}", host, True, _ssl_for(settings, host)))
+    host = ref.api_host
+    plain = (_is_loopback(ref.domain) or ref.domain in settings.insecure_registries
+             or bool(cfg and cfg.insecure))
+    out.append(Endpoint(f"{'http' if plain else 'https'}://{host}", ref.domain, False,
+                        _ssl_for(settings, ref.domain)))
+    return out
+
+
+class RegistrySession:
+    """One repository on one registry (and its mirrors) for one pull."""
+
+    def __init__(self, http: aiohttp.ClientSession, settings: ImagedSection, ref: Reference,
+                 creds: Credentials) -> None:
+        self.http = http
+        self.ref = ref
+        self.creds = creds
+        self.endpoints = endpoints_for(settings, ref)
+        self._auth: dict[str, str] = {}  # endpoint base -> Authorization header
+        self._good: Endpoint | None = None
+
+    # ---------------------------------------------------------------- requests
+    async def _request(self, ep: Endpoint, path: str, headers: dict[str, str]
+                       ) -> aiohttp.ClientResponse:
+        url = ep.base + path
+        for attempt in range(2):
+            hdrs = dict(headers)
+            if ep.base in self._auth:
+                hdrs["Authorization"] = self._auth[ep.base]
+            resp = await self.http.get(url, headers=hdrs, ssl=ep.ssl, allow_redirects=True,
+                                       max_redirects=5)
+            if resp.status != 401 or attempt == 1:
+                return resp
+            challenge = resp.headers.get("WWW-Authenticate", "")
+            resp.release()
+            if not challenge:
+                return await self.http.get(url, headers=hdrs, ssl=ep.ssl)
+            await self._authorize(ep, challenge)
+        raise AssertionError("unreachable")
+
+    async def _authorize(self, ep: Endpoint, header: str) -> None:
+        challenges = parse_challenges(header)
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        if bearer is not None:
+            self._auth[ep.base] = "Bearer " + await self._token(ep, bearer)
+            return
+        if any(c.scheme == "basic" for c in challenges):
+            if not self.creds.username:
+                raise FailedPrecondition(
+                    f"registry {ep.host} requires credentials for {self.ref.repository} "
+                    "and none were given")
+            self._auth[ep.base] = self.creds.basic_header()
+            return
+        raise FailedPrecondition(f"registry {ep.host} sent an unsupported auth challenge "
+                                 f"{header!r}")
+
+    async def _token(self, ep: Endpoint, challenge: Challenge) -> str:
+        if self.creds.registry_token:
+            return self.creds.registry_token
+        realm = challenge.params.get("realm", "")
+        if not realm.startswith(("http://", "https://")):
+            raise FailedPrecondition(f"registry {ep.host} sent a Bearer challenge without "
+                                     "a usable realm")
+        service = challenge.params.get("service", "")
+        scope = challenge.params.get("scope") or f"repository:{self.ref.path}:pull"
+        try:
+            if self.creds.identity_token:
+                form = {"grant_type": "refresh_token", "refresh_token": self.creds.identity_token,
+                        "service": service, "scope": scope, "client_id": "crib"}
+                async with self.http.post(realm, data=form) as resp:
+                    body = await self._token_body(ep, resp)
+            else:
+                params = {"scope": scope}
+                if service:
+                    params["service"] = service
+                headers = {}
+                if self.creds.username:
+                    headers["Authorization"] = self.creds.basic_header()
+                async with self.http.get(realm, params=params, headers=headers) as resp:
+                    body = await self._token_body(ep, resp)
+        except aiohttp.ClientError as exc:
+            raise Unavailable(f"token service {realm} of {ep.host} is unreachable: {exc}"
+                              ) from None
+        token = body.get("token") or body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise FailedPrecondition(f"token service {realm} answered without a token")
+        return token
+
+    async def _token_body(self, ep: Endpoint, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        if resp.status in (401, 403):
+            raise FailedPrecondition(
+                f"registry {ep.host} refused the credentials for {self.ref.repository} "
+                f"(token service answered {resp.status})")
+        if resp.status >= 400:
+            raise Unavailable(f"token service of {ep.host} answered {resp.status}")
+        try:
+            body = await resp.json(content_type=None)
+        except ValueError:
+            raise FailedPrecondition(f"token service of {ep.host} answered non-JSON") from None
+        if not isinstance(body, dict):
+            raise FailedPrecondition(f"token service of {ep.host} answered non-object JSON")
+        return body
+
+    def _status_error(self, ep: Endpoint, resp: aiohttp.ClientResponse, what: str) -> CribError:
+        if resp.status == 404:
+            return NotFound(f"{what} not found on {ep.host}")
+        if resp.status in (401, 403):
+            return FailedPrecondition(f"registry {ep.host} denied access to {what} "
+                                      f"({resp.status}): check credentials")
+        if resp.status >= 500 or resp.status == 429:
+            return Unavailable(f"registry {ep.host} answered {resp.status} for {what}")
+        return FailedPrecondition(f"registry {ep.host} answered {resp.status} for {what}")
+
+    async def _each_endpoint(self, fn: Callable[[Endpoint], Any], what: str,
+                             can_retry: Callable[[], bool] = lambda: True) -> Any:
+        """Try endpoints in order (the last good one first); errors of the last one win.
+
+        `can_retry` false (a blob half written) stops the fallback to the next endpoint."""
+        order = list(self.endpoints)
+        if self._good is not None and self._good in order:
+            order.remove(self._good)
+            order.insert(0, self._good)
+        last: Exception | None = None
+        for ep in order:
+            try:
+                result = await fn(ep)
+                self._good = ep
+                return result
+            except aiohttp.ClientPayloadError as exc:
+                raise InvalidArgument(f"{what} from {ep.host} is truncated: {exc}") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                last = Unavailable(f"registry {ep.host} unreachable for {what}: "
+                                   f"{type(exc).__name__}: {exc}")
+            except (NotFound, Unavailable, FailedPrecondition) as exc:
+                # A mirror may lack content or refuse us: fall back to the next endpoint.
+                last = exc
+            if not ep.mirror or not can_retry():
+                break
+        assert last is not None
+        raise last
+
+    # ---------------------------------------------------------------- manifests
+    async def fetch_manifest(self, reference: str) -> tuple[bytes, str, str]:
+        """(raw bytes, media type, Docker-Content-Digest header or "")."""
+        what = f"manifest {self.ref.repository}:{reference}" if ":" not in reference else \
+            f"manifest {self.ref.repository}@{reference}"
+
+        async def attempt(ep: Endpoint) -> tuple[bytes, str, str]:
+            resp = await self._request(ep, f"/v2/{self.ref.path}/manifests/{reference}",
+                                       {"Accept": ACCEPT})
+            async with resp:
+                if resp.status != 200:
+                    raise self._status_error(ep, resp, what)
+                if (resp.content_length or 0) > MAX_MANIFEST_BYTES:
+                    raise InvalidArgument(f"{what} is {resp.content_length} bytes, over the "
+                                          f"{MAX_MANIFEST_BYTES}-byte limit")
+                raw = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+                while len(raw) <= MAX_MANIFEST_BYTES:
+                    more = await resp.content.read(MAX_MANIFEST_BYTES + 1 - len(raw))
+                    if not more:
+                        break
+                    raw += more
+                if len(raw) > MAX_MANIFEST_BYTES:
+                    raise InvalidArgument(f"{what} is over the {MAX_MANIFEST_BYTES}-byte limit")
+                media = media_type_of(raw, resp.headers.get("Content-Type", ""))
+                return raw, media, resp.headers.get("Docker-Content-Digest", "")
+
+        result: tuple[bytes, str, str] = await self._each_endpoint(attempt, what)
+        return result
+
+    # ---------------------------------------------------------------- blobs
+    async def fetch_small_blob(self, desc: Descriptor, limit: int = MAX_CONFIG_BYTES) -> bytes:
+        if desc.size > limit:
+            raise InvalidArgument(f"blob {desc.digest} is {desc.size} bytes, over the "
+                                  f"{limit}-byte limit")
+        chunks: list[bytes] = []
+
+        class _Mem:
+            def write(self, chunk: bytes) -> None:
+                chunks.append(chunk)
+
+        await self.fetch_blob(desc, _Mem())  # type: ignore[arg-type]
+        return b"".join(chunks)
+
+    async def fetch_blob(self, desc: Descriptor, writer: IngestWriter,
+                         progress: Callable[[int], None] | None = None) -> None:
+        """Stream blob `desc` into `writer` (which checks size and digest on commit)."""
+        what = f"blob {desc.digest} of {self.ref.repository}"
+
+        async def attempt(ep: Endpoint) -> None:
+            resp = await self._request(ep, f"/v2/{self.ref.path}/blobs/{desc.digest}", {})
+            async with resp:
+                if resp.status != 200:
+                    raise self._status_error(ep, resp, what)
+                if resp.content_length is not None and resp.content_length != desc.size:
+                    raise InvalidArgument(f"{what} is {resp.content_length} bytes, the "
+                                          f"manifest says {desc.size}")
+                got = 0
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    got += len(chunk)
+                    if got > desc.size:
+                        raise InvalidArgument(f"{what} is longer than the manifest's "
+                                              f"{desc.size} bytes")
+                    writer.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                if got != desc.size:
+                    raise InvalidArgument(f"{what} is truncated: got {got} of {desc.size} "
+                                          "bytes")
+
+        await self._each_endpoint(attempt, what,
+                                  lambda: getattr(writer, "written", 0) == 0)

@@ -1,0 +1,1 @@
+"""What imaged keeps on disk: content-addressed blobs, unpacked layers, snapshots, metadata."""

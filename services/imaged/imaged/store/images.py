@@ -1,0 +1,412 @@
+"""ImageStore: images, layers and snapshots in memory, backed by the StateStore and dirs.
+
+    <root>/state.db           records (see `records.py`)
+    <root>/blobs, ingest      content store (see `content.py`)
+    <root>/layers, l          unpacked layers (see `layers.py`)
+    <root>/snapshots/<key>/{fs,work}   writable layers of containers
+
+Invariants: memory is updated only after the StateStore committed; an image record names
+only committed blobs and recorded layers; a layer or blob is garbage once no image, no
+snapshot and no in-flight pull (a lease) names it. Mutations of records and garbage
+collection run under one asyncio lock; downloads and unpacks run outside it, holding
+leases so a concurrent collection cannot take what they are about to reference.
+
+Recovery (`recover`, before the daemon is ready) assumes only imaged writes under its
+root, and that imaged may have been killed at any instant: partial downloads, half
+unpacked or half removed layer dirs are dropped, records without their files are dropped,
+files without records are removed, tags are made unique, then garbage is collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+
+from crib_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from crib_common.models.imaged import Mount
+from crib_common.state import StateStore
+
+from ..oci.reference import is_digest, parse_reference
+from .content import ContentStore
+from .layers import LayerDirs
+from .records import ImageRecord, LayerRecord, SnapshotRecord
+
+__all__ = ["ImageStore", "SNAPSHOT_KEY"]
+
+log = structlog.get_logger("imaged.store")
+
+SNAPSHOT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# mount(2) copies at most one page of options (PAGE_SIZE, 4096 on x86-64).
+MOUNT_OPTIONS_MAX = 4096
+_HEX_PREFIX = re.compile(r"^(?:sha256:)?[a-f0-9]{3,64}$")
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.state = StateStore(root / "state.db")
+        self.content = ContentStore(root)
+        self.layers = LayerDirs(root)
+        self.snapshot_dir = root / "snapshots"
+        self.snapshot_dir.mkdir(exist_ok=True)
+        self.images: dict[str, ImageRecord] = {}
+        self.layer_records: dict[str, LayerRecord] = {}
+        self.snapshots: dict[str, SnapshotRecord] = {}
+        self.lock = asyncio.Lock()
+        self.leases: collections.Counter[str] = collections.Counter()
+        self.ready = False
+        # overlayfs' inode index must be off for lowers shared by many mounts (containerd
+        # adds index=off whenever the module knows the parameter).
+        self._index_off = Path("/sys/module/overlay/parameters/index").exists()
+
+    def close(self) -> None:
+        self.state.close()
+
+    # ---------------------------------------------------------------- leases
+    @contextlib.contextmanager
+    def lease(self, *names: str) -> Iterator[None]:
+        """Keep blobs/layers named here from garbage collection while held."""
+        for name in names:
+            self.leases[name] += 1
+        try:
+            yield
+        finally:
+            for name in names:
+                self.leases[name] -= 1
+                if self.leases[name] <= 0:
+                    del self.leases[name]
+
+    # ---------------------------------------------------------------- recovery
+    def recover(self) -> dict[str, int]:
+        """Reconcile records with the disk (see module docstring); blocking."""
+        report = collections.Counter[str]()
+        report["ingest_swept"] = self.content.sweep_ingest()
+        report["layer_dirs_swept"] = len(self.layers.sweep())
+        for entry in self.snapshot_dir.iterdir():
+            if entry.name.startswith(".rm-"):
+                shutil.rmtree(entry, ignore_errors=True)
+                report["snapshot_dirs_swept"] += 1
+        for rec in self.state.list("layer", LayerRecord):
+            if not self.layers.exists(rec.diff_id):
+                self.state.delete("layer", rec.diff_id)
+                report["layer_records_dropped"] += 1
+                continue
+            link = self.layers.link_path(rec.link)
+            if not os.path.lexists(link):
+                link.symlink_to(f"../layers/{rec.diff_id.split(':', 1)[1]}/diff")
+            self.layer_records[rec.diff_id] = rec
+        for diff_id in self.layers.on_disk() - set(self.layer_records):
+            shutil.rmtree(self.layers.path(diff_id), ignore_errors=True)
+            report["layer_dirs_orphaned"] += 1
+        keep_links = {r.link for r in self.layer_records.values()}
+        for name in self.layers.dangling_links(keep_links):
+            with contextlib.suppress(FileNotFoundError):
+                self.layers.link_path(name).unlink()
+        for img in self.state.list("image", ImageRecord):
+            missing = [d for d in img.content if not self.content.has(d)]
+            missing += [lay.diff_id for lay in img.layers if lay.diff_id not in self.layer_records]
+            if missing:
+                log.warning("image dropped at recovery", image=img.id, missing=missing[:3])
+                self.state.delete("image", img.id)
+                report["images_dropped"] += 1
+                continue
+            self.images[img.id] = img
+        # A tag names one image: keep it on the newest.
+        owner: dict[str, ImageRecord] = {}
+        for img in sorted(self.images.values(), key=lambda i: i.created_at, reverse=True):
+            kept = [t for t in img.repo_tags if t not in owner]
+            for t in kept:
+                owner[t] = img
+            if kept != img.repo_tags:
+                img.repo_tags = kept
+                self.state.put("image", img.id, img)
+                report["tags_fixed"] += 1
+        for snap in self.state.list("snapshot", SnapshotRecord):
+            if not (self.snapshot_dir / snap.key).is_dir():
+                self.state.delete("snapshot", snap.key)
+                report["snapshots_dropped"] += 1
+                continue
+            self.snapshots[snap.key] = snap
+        for entry in self.snapshot_dir.iterdir():
+            if entry.name not in self.snapshots and not entry.name.startswith("."):
+                shutil.rmtree(entry, ignore_errors=True)
+                report["snapshot_dirs_orphaned"] += 1
+        collected = self._collect_sync()
+        report["blobs_collected"] = collected[0]
+        report["layers_collected"] = collected[1]
+        self.ready = True
+        return dict(report)
+
+    # ---------------------------------------------------------------- lookup
+    def resolve(self, ref: str) -> ImageRecord:
+        """An image by ID, unique ID prefix, tag or digest reference; NotFound otherwise."""
+        found = self.find(ref)
+        if found is None:
+            raise NotFound(f"image {ref!r} not found")
+        return found
+
+    def find(self, ref: str) -> ImageRecord | None:
+        text = ref.strip()
+        if not text:
+            raise InvalidArgument("image reference is empty")
+        if text in self.images:
+            return self.images[text]
+        if _HEX_PREFIX.match(text):
+            want = text if text.startswith("sha256:") else "sha256:" + text
+            matches = [i for i in self.images.values() if i.id.startswith(want)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise InvalidArgument(f"image ID prefix {ref!r} is ambiguous")
+            if len(text) == 64 or text.startswith("sha256:"):
+                return None
+        parsed = parse_reference(text)
+        name = str(parsed)
+        for img in self.images.values():
+            if name in img.repo_tags or name in img.repo_digests:
+                return img
+        if parsed.digest:
+            # Pulled through an index, or known by another repository name.
+            for img in self.images.values():
+                if parsed.digest == img.manifest_digest and any(
+                        d.startswith(parsed.repository + "@") for d in img.repo_digests):
+                    return img
+        return None
+
+    def layer_exists(self, diff_id: str) -> bool:
+        return diff_id in self.layer_records
+
+    # ---------------------------------------------------------------- records
+    def put_layer(self, rec: LayerRecord) -> None:
+        self.state.put("layer", rec.diff_id, rec)
+        self.layer_records[rec.diff_id] = rec
+
+    async def commit_image(self, img: ImageRecord, tag: str | None, repo_digest: str) -> ImageRecord:
+        """Store a pulled image: move `tag` to it, add `repo_digest`; one transaction."""
+        async with self.lock:
+            current = self.images.get(img.id)
+            if current is not None:
+                img = current.model_copy(deep=True, update={"content": sorted(
+                    set(current.content) | set(img.content))})
+            changed: list[ImageRecord] = []
+            if tag:
+                for other in self.images.values():
+                    if other.id != img.id and tag in other.repo_tags:
+                        moved = other.model_copy(deep=True)
+                        moved.repo_tags.remove(tag)
+                        changed.append(moved)
+                if tag not in img.repo_tags:
+                    img.repo_tags.append(tag)
+            if repo_digest and repo_digest not in img.repo_digests:
+                img.repo_digests.append(repo_digest)
+            with self.state.transaction():
+                for other in changed:
+                    self.state.put("image", other.id, other)
+                self.state.put("image", img.id, img)
+            for other in changed:
+                self.images[other.id] = other
+                log.info("tag moved", tag=tag, old_image=other.id, new_image=img.id)
+            self.images[img.id] = img
+            return img
+
+    async def remove_image(self, ref: str, untag_only: bool = False) -> list[str]:
+        """Remove an image (all its names) or, with `untag_only`, the one tag `ref` while
+        the image keeps other tags. Missing is success (CRI RemoveImage is idempotent).
+        Returns the names removed."""
+        async with self.lock:
+            img = self.find(ref)
+            if img is None:
+                return []
+            name = ref.strip()
+            with contextlib.suppress(InvalidArgument):
+                name = str(parse_reference(name))
+            if untag_only and name in img.repo_tags and len(img.repo_tags) > 1:
+                updated = img.model_copy(deep=True)
+                updated.repo_tags.remove(name)
+                self.state.put("image", img.id, updated)
+                self.images[img.id] = updated
+                log.info("image untagged", image=img.id, tag=name)
+                return [name]
+            self.state.delete("image", img.id)
+            del self.images[img.id]
+            log.info("image removed", image=img.id, tags=img.repo_tags)
+            await self._collect()
+            return img.repo_tags + img.repo_digests or [img.id]
+
+    # ---------------------------------------------------------------- garbage
+    async def collect(self) -> tuple[int, int]:
+        async with self.lock:
+            return await self._collect()
+
+    async def _collect(self) -> tuple[int, int]:
+        blobs, doomed_layers = self._garbage()
+        for digest in blobs:
+            self.content.delete(digest)
+        for rec in doomed_layers:
+            self.state.delete("layer", rec.diff_id)
+            self.layer_records.pop(rec.diff_id, None)
+        if doomed_layers:
+            await asyncio.to_thread(self._remove_layer_dirs, doomed_layers)
+        if blobs or doomed_layers:
+            log.info("garbage collected", blobs=len(blobs), layers=len(doomed_layers))
+        return len(blobs), len(doomed_layers)
+
+    def _collect_sync(self) -> tuple[int, int]:
+        blobs, doomed_layers = self._garbage()
+        for digest in blobs:
+            self.content.delete(digest)
+        for rec in doomed_layers:
+            self.state.delete("layer", rec.diff_id)
+            self.layer_records.pop(rec.diff_id, None)
+        self._remove_layer_dirs(doomed_layers)
+        return len(blobs), len(doomed_layers)
+
+    def _garbage(self) -> tuple[list[str], list[LayerRecord]]:
+        live_blobs = {d for img in self.images.values() for d in img.content}
+        live_layers = {lay.diff_id for img in self.images.values() for lay in img.layers}
+        live_layers |= {d for snap in self.snapshots.values() for d in snap.diff_ids}
+        blobs = [d for d in self.content.digests()
+                 if d not in live_blobs and d not in self.leases]
+        layers = [rec for rec in self.layer_records.values()
+                  if rec.diff_id not in live_layers and rec.diff_id not in self.leases]
+        return blobs, layers
+
+    def _remove_layer_dirs(self, records: list[LayerRecord]) -> None:
+        for rec in records:
+            self.layers.remove(rec.diff_id, rec.link)
+
+    # ---------------------------------------------------------------- snapshots
+    async def prepare_snapshot(self, key: str, image_ref: str,
+                               labels: dict[str, str]) -> SnapshotRecord:
+        if not SNAPSHOT_KEY.match(key):
+            raise InvalidArgument(f"invalid snapshot key {key!r} (letters, digits, '_.-', "
+                                  "at most 128)")
+        async with self.lock:
+            if key in self.snapshots:
+                raise AlreadyExists(f"snapshot {key} already exists")
+            img = self.resolve(image_ref)
+            rec = SnapshotRecord(key=key, image_id=img.id,
+                                 diff_ids=[lay.diff_id for lay in img.layers],
+                                 created_at=_now_ns(), labels=labels)
+            self.mounts(rec)  # refuse before creating anything if options would not fit
+            path = self.snapshot_dir / key
+            tmp = self.snapshot_dir / f".rm-{key}-{secrets.token_hex(4)}"
+            tmp.mkdir(mode=0o711)
+            (tmp / "fs").mkdir(mode=0o755)
+            (tmp / "work").mkdir(mode=0o700)
+            os.replace(tmp, path)
+            try:
+                self.state.put("snapshot", key, rec)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+            self.snapshots[key] = rec
+            log.info("snapshot prepared", key=key, image=img.id, layers=len(rec.diff_ids))
+            return rec
+
+    def get_snapshot(self, key: str) -> SnapshotRecord:
+        rec = self.snapshots.get(key)
+        if rec is None:
+            raise NotFound(f"snapshot {key} not found")
+        return rec
+
+    def upperdir(self, key: str) -> Path:
+        return self.snapshot_dir / key / "fs"
+
+    def mounts(self, rec: SnapshotRecord) -> list[Mount]:
+        base = self.snapshot_dir / rec.key
+        lowers = []
+        for diff_id in reversed(rec.diff_ids):
+            layer = self.layer_records.get(diff_id)
+            if layer is None:
+                raise FailedPrecondition(f"snapshot {rec.key}: layer {diff_id} is missing")
+            lowers.append(str(self.layers.link_path(layer.link)))
+        if not lowers:
+            empty = self.layers.links / "EMPTY"
+            empty.mkdir(exist_ok=True)
+            lowers.append(str(empty))
+        options = [f"lowerdir={':'.join(dict.fromkeys(lowers))}", f"upperdir={base / 'fs'}",
+                   f"workdir={base / 'work'}"]
+        if self._index_off:
+            options.append("index=off")
+        if len(",".join(options)) >= MOUNT_OPTIONS_MAX:
+            raise ResourceExhausted(
+                f"image has {len(lowers)} layers: overlay options would exceed one page "
+                f"({MOUNT_OPTIONS_MAX} bytes) under {self.root}; use a shorter imaged root")
+        return [Mount(type="overlay", source="overlay", options=options)]
+
+    async def remove_snapshot(self, key: str) -> bool:
+        """Remove a snapshot; a missing one is success (False)."""
+        async with self.lock:
+            rec = self.snapshots.get(key)
+            path = self.snapshot_dir / key
+            if rec is None and not path.exists():
+                return False
+            upper = f"upperdir={path / 'fs'}"
+            with open("/proc/self/mounts") as fh:
+                if any(upper in line for line in fh):
+                    raise FailedPrecondition(f"snapshot {key} is still mounted; unmount first")
+            doomed = self.snapshot_dir / f".rm-{key}-{secrets.token_hex(4)}"
+            if path.exists():
+                os.replace(path, doomed)
+            self.state.delete("snapshot", key)
+            self.snapshots.pop(key, None)
+            await asyncio.to_thread(shutil.rmtree, doomed, True)
+            log.info("snapshot removed", key=key)
+            return True
+
+    async def snapshot_usage(self, key: str) -> tuple[int, int]:
+        self.get_snapshot(key)
+        return await asyncio.to_thread(_du, self.snapshot_dir / key / "fs")
+
+    # ---------------------------------------------------------------- usage
+    def usage(self) -> tuple[int, int]:
+        """(bytes, inodes) the image store uses: blobs plus unpacked layers."""
+        used, inodes = self.content.usage()
+        for rec in self.layer_records.values():
+            used += rec.bytes
+            inodes += rec.inodes
+        return used, inodes
+
+
+def _du(path: Path) -> tuple[int, int]:
+    used, inodes = 0, 0
+    stack = [str(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    used += st.st_blocks * 512
+                    inodes += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except FileNotFoundError:
+            continue
+    return used, inodes
+
+
+def is_id_like(text: str) -> bool:
+    return is_digest(text) or bool(_HEX_PREFIX.match(text))

@@ -1,0 +1,99 @@
+"""Unpacked layers and their short links (overlay2's `l/` directory).
+
+    <root>/layers/<hex of diff_id>/diff        the unpacked layer (a lowerdir)
+    <root>/layers/.tmp-<hex>-<rand>/diff       an unpack in progress (swept at start)
+    <root>/layers/.rm-<hex>-<rand>             a removal in progress (swept at start)
+    <root>/l/<LINK> -> ../layers/<hex>/diff    short names keep overlay's option string
+                                               under one page for many layers
+
+A layer is unpacked once, whatever blob (gzip, zstd, plain) carried it: the directory is
+keyed by the uncompressed digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from .unpack import UnpackStats, unpack_layer
+
+__all__ = ["LayerDirs"]
+
+_LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+class LayerDirs:
+    def __init__(self, root: Path) -> None:
+        self.layers = root / "layers"
+        self.links = root / "l"
+        self.layers.mkdir(parents=True, exist_ok=True)
+        self.links.mkdir(parents=True, exist_ok=True)
+
+    def path(self, diff_id: str) -> Path:
+        return self.layers / diff_id.split(":", 1)[1]
+
+    def diff(self, diff_id: str) -> Path:
+        return self.path(diff_id) / "diff"
+
+    def link_path(self, link: str) -> Path:
+        return self.links / link
+
+    def exists(self, diff_id: str) -> bool:
+        return self.diff(diff_id).is_dir()
+
+    def new_link(self) -> str:
+        while True:
+            link = "".join(secrets.choice(_LINK_ALPHABET) for _ in range(8))
+            if not os.path.lexists(self.links / link):
+                return link
+
+    def unpack(self, blob: Path, compression: str, diff_id: str, link: str) -> UnpackStats:
+        """Unpack into a temp dir, then link and rename into place (blocking: thread it)."""
+        hexd = diff_id.split(":", 1)[1]
+        tmp = self.layers / f".tmp-{hexd}-{secrets.token_hex(4)}"
+        tmp.mkdir(mode=0o700)
+        try:
+            stats = unpack_layer(blob, compression, tmp / "diff", diff_id)
+            final = self.path(diff_id)
+            link_path = self.links / link
+            with contextlib.suppress(FileNotFoundError):
+                link_path.unlink()
+            link_path.symlink_to(f"../layers/{hexd}/diff")
+            os.chmod(tmp, 0o700)
+            os.replace(tmp, final)
+            return stats
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def remove(self, diff_id: str, link: str) -> None:
+        """Rename away, drop the link, then delete (blocking: thread it)."""
+        path = self.path(diff_id)
+        with contextlib.suppress(FileNotFoundError):
+            (self.links / link).unlink()
+        if path.exists():
+            doomed = self.layers / f".rm-{path.name}-{secrets.token_hex(4)}"
+            os.replace(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def sweep(self) -> list[str]:
+        """Drop half-unpacked and half-removed directories; return what was dropped."""
+        dropped = []
+        for entry in self.layers.iterdir():
+            if entry.name.startswith((".tmp-", ".rm-")):
+                shutil.rmtree(entry, ignore_errors=True)
+                dropped.append(entry.name)
+        return dropped
+
+    def on_disk(self) -> set[str]:
+        return {f"sha256:{e.name}" for e in self.layers.iterdir() if not e.name.startswith(".")}
+
+    def dangling_links(self, keep: set[str]) -> list[str]:
+        out = []
+        for entry in self.links.iterdir():
+            if entry.name not in keep:
+                out.append(entry.name)
+        return out
