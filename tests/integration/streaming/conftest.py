@@ -83,12 +83,12 @@ class Node:
         """A detached runc container running `args` (no tty, stdio to /dev/null)."""
         cid = f"crib-st-{uuid.uuid4().hex[:10]}"
         bundle = self._bundle(cid, args, tty=False, netns=netns)
+        c = Container(cid, bundle)
+        self.containers[cid] = c  # registered first: cleanup must find a half-made one
         # The container inherits runc's stdio: nothing may be a pipe we wait on.
         subprocess.run([RUNC, "--root", str(self.runc_root), "run", "-d", "--bundle",
                         str(bundle), cid], check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-        c = Container(cid, bundle)
-        self.containers[cid] = c
         return c
 
     def run_conmon(self, args: list[str], tty: bool, stdin: bool = True) -> Container:
@@ -105,18 +105,24 @@ class Node:
                 "--exit-dir", str(exit_dir), "--socket-dir-path", str(socket_dir),
                 "--runtime-arg", "--root", "--runtime-arg", str(self.runc_root),
                 "--log-level", "info", "--leave-stdin-open", "--syslog"]
+        c = Container(cid, bundle, tty=tty, stdin=stdin, socket_dir=socket_dir,
+                      exit_dir=exit_dir)
+        self.containers[cid] = c
         if tty:
             argv.append("-t")
         if stdin:
             argv.append("-i")
         subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=30)
+        # conmon returns once it forked; the container exists when its pid file does.
+        deadline = time.monotonic() + 15
+        while not (bundle / "pidfile").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"conmon did not create {cid}")
+            time.sleep(0.02)
+        c.conmon_pid = int((bundle / "conmon.pid").read_text())
         subprocess.run([RUNC, "--root", str(self.runc_root), "start", cid], check=True,
                        timeout=30)
-        conmon_pid = int((bundle / "conmon.pid").read_text())
-        c = Container(cid, bundle, tty=tty, stdin=stdin, conmon_pid=conmon_pid,
-                      socket_dir=socket_dir, exit_dir=exit_dir)
-        self.containers[cid] = c
         return c
 
     def add_netns(self) -> str:
