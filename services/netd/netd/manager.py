@@ -73,6 +73,16 @@ _UNDO_TIMEOUT = 120.0
 _CONFIG_CODES = {1, 2, 6, 7}
 
 
+class _PodLock:
+    """A pod's lock and how many operations hold or await it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 def validate_pod_id(pod_id: str) -> str:
     """Check a pod id at the edge; it becomes CNI_CONTAINERID and a file name."""
     if not _POD_ID_RE.match(pod_id):
@@ -101,7 +111,7 @@ class NetworkManager:
         self.chain = ChainRunner(exec_ or ExecPlugin(), list(settings.plugin_dirs),
                                  settings.plugin_timeout)
         self._store: AttachmentStore | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _PodLock] = {}
         self._active = 0  # pod operations in flight (GC waits for zero)
         self._idle = asyncio.Condition()
         self._gc_running = False
@@ -119,7 +129,13 @@ class NetworkManager:
         """Open the store, install the default config if none, settle every record."""
         self.settings.root.mkdir(parents=True, exist_ok=True)
         self._store = AttachmentStore(StateStore(self.settings.root / "netd.db"))
-        written = install_default(self.settings)
+        try:
+            written = install_default(self.settings)
+        except OSError as exc:
+            # Not fatal: /healthz reports NoCNIConfiguration until an operator fixes it.
+            log.error("default network configuration not installed",
+                      conf_dir=str(self.settings.conf_dir), error=str(exc))
+            written = None
         if written is not None:
             log.info("default network configuration installed", file=str(written),
                      bridge=self.settings.default_bridge, subnet=self.settings.default_subnet)
@@ -171,27 +187,25 @@ class NetworkManager:
 
     # ---------------------------------------------------------------- gates
 
-    def _lock(self, pod_id: str) -> asyncio.Lock:
-        lock = self._locks.get(pod_id)
-        if lock is None:
-            lock = self._locks[pod_id] = asyncio.Lock()
-        return lock
-
     @asynccontextmanager
     async def _pod_op(self, pod_id: str) -> AsyncIterator[None]:
+        """One operation on one pod at a time; none while GC runs."""
         async with self._idle:
             await self._idle.wait_for(lambda: not self._gc_running)
             self._active += 1
+        # Reference-counted so the lock is dropped only when nobody holds or awaits it.
+        entry = self._locks.setdefault(pod_id, _PodLock())
+        entry.users += 1
         try:
-            lock = self._lock(pod_id)
-            async with lock:
+            async with entry.lock:
                 yield
         finally:
+            entry.users -= 1
+            if entry.users == 0 and self._locks.get(pod_id) is entry:
+                del self._locks[pod_id]
             async with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
-            if not lock.locked() and self._locks.get(pod_id) is lock:
-                del self._locks[pod_id]
 
     async def _shielded(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` to its end even if our caller is cancelled."""

@@ -1,0 +1,118 @@
+"""netd: pod network setup and teardown latency through the real CNI plugins.
+
+Setup is one `POST /v1/networks` (pin a new namespace, CNI ADD of bridge + host-local,
+portmap, loopback); teardown is one `DELETE /v1/networks/{id}` (CNI DEL in reverse order,
+unpin). Both go through `NetdClient` over netd's UNIX socket, as runtimed calls them.
+
+    python -m bench.bench_net [--pods 50] [--concurrent 20]
+
+Runs its own netd (a private stack under /tmp with its own bridge and /24) and removes
+everything afterwards. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from bench.harness import Row, Stats, report
+from crib_common.clients.netd import NetdClient
+from crib_common.models.netd import PodNetworkCreate, PortMapping
+from tests.support.stack import Stack
+
+T = TypeVar("T")
+
+
+def _request(i: int, host_port: int | None = None) -> PodNetworkCreate:
+    pod_id = uuid.uuid4().hex
+    ports = [PortMapping(host_port=host_port, container_port=80)] if host_port else []
+    return PodNetworkCreate(pod_id=pod_id, pod_name=f"bench-{i}", pod_namespace="bench",
+                            pod_uid=str(uuid.uuid4()), port_mappings=ports)
+
+
+async def _timed(fn: Callable[[], Awaitable[T]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t0
+
+
+async def sequential(client: NetdClient, n: int, host_ports: bool) -> tuple[Stats, Stats]:
+    """Set up then tear down `n` pods one after another."""
+    ups, downs = [], []
+    for i in range(n):
+        req = _request(i, 30000 + i if host_ports else None)
+        ups.append(await _timed(lambda: client.create_pod_network(req)))
+        downs.append(await _timed(lambda: client.remove_pod_network(req.pod_id)))
+    return Stats.of(ups), Stats.of(downs)
+
+
+async def concurrent(client: NetdClient, n: int) -> tuple[Stats, Stats, float, float]:
+    """Set up `n` pods at once, then tear them all down at once."""
+    reqs = [_request(i) for i in range(n)]
+    t0 = time.perf_counter()
+    ups = await asyncio.gather(*(_timed(lambda r=r: client.create_pod_network(r)) for r in reqs))
+    wall_up = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    downs = await asyncio.gather(*(_timed(lambda r=r: client.remove_pod_network(r.pod_id))
+                                   for r in reqs))
+    wall_down = time.perf_counter() - t0
+    return Stats.of(ups), Stats.of(downs), wall_up, wall_down
+
+
+async def run(pods: int, conc: int, rounds: int) -> str:
+    stack = Stack.create(CRIB_LOG__LEVEL="info")
+    try:
+        stack.start(("netd",))
+        async with NetdClient(stack.socket("netd")) as client:
+            await sequential(client, 3, False)  # warm-up: the first ADD makes the bridge
+            seq_up, seq_down = await sequential(client, pods, False)
+            hp_up, hp_down = await sequential(client, pods, True)
+            c_ups, c_downs, walls_up, walls_down = [], [], [], []
+            for _ in range(rounds):
+                up, down, wu, wd = await concurrent(client, conc)
+                c_ups.append(up)
+                c_downs.append(down)
+                walls_up.append(wu)
+                walls_down.append(wd)
+            leftovers = await client.list_pod_networks()
+            assert not leftovers, leftovers
+        rows = [
+            Row("setup (netns + ADD)", seq_up, note=f"{pods} pods, one at a time"),
+            Row("teardown (DEL + netns rm)", seq_down),
+            Row("setup, with 1 hostPort", hp_up),
+            Row("teardown, with 1 hostPort", hp_down),
+        ]
+        for i, (up, down) in enumerate(zip(c_ups, c_downs)):
+            rows.append(Row(f"setup, {conc} concurrent", up,
+                            note=f"round {i + 1}: all {conc} up in {walls_up[i] * 1000:.0f} ms"))
+            rows.append(Row(f"teardown, {conc} concurrent", down,
+                            note=f"round {i + 1}: all down in {walls_down[i] * 1000:.0f} ms"))
+        return report(rows, title="netd pod network latency (real bridge/host-local/portmap/"
+                                  "loopback plugins 1.1.1)", peer="-")
+    finally:
+        stack.cleanup()
+        _remove_hostport_chains_if_unused()
+
+
+def _remove_hostport_chains_if_unused() -> None:
+    from tests.integration.netd import iptables
+
+    # Per-pod chains are gone after DEL; portmap's shared chains stay unless nothing is left.
+    iptables.restore_new_shared({"nat": set(), "filter": set()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=50)
+    parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(asyncio.run(run(args.pods, args.concurrent, args.rounds)))
+
+
+if __name__ == "__main__":
+    main()
