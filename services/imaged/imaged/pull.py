@@ -15,7 +15,9 @@ names are leased so garbage collection leaves them alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -81,8 +83,8 @@ class Puller:
         self.http = http
         self.downloads = asyncio.Semaphore(settings.max_concurrent_downloads)
         self.unpacks = asyncio.Semaphore(UNPACK_THREADS)
-        self._blob_tasks: dict[str, asyncio.Task[None]] = {}
-        self._layer_tasks: dict[str, asyncio.Task[None]] = {}
+        self._blob_tasks: dict[str, list[Any]] = {}
+        self._layer_tasks: dict[str, list[Any]] = {}
 
     async def pull(self, raw_ref: str, creds: Credentials,
                    progress: PullProgress | None = None) -> ImageRecord:
@@ -100,17 +102,24 @@ class Puller:
             progress.status = "error"
             progress.update()
             log.info("pull failed", image=str(ref), error=str(exc)[:500])
+            self._release(leased)
+            # What this pull stored and nothing references goes: a failed pull leaves
+            # the store as it found it.
+            await asyncio.shield(self.store.collect())
             raise
-        finally:
-            for name in leased:
-                self.store.leases[name] -= 1
-                if self.store.leases[name] <= 0:
-                    del self.store.leases[name]
+        self._release(leased)
         progress.status, progress.image_id = "done", img.id
         progress.update()
         log.info("pull done", image=str(ref), image_id=img.id,
                  seconds=round(time.monotonic() - start, 3))
         return img
+
+    def _release(self, leased: list[str]) -> None:
+        for name in leased:
+            self.store.leases[name] -= 1
+            if self.store.leases[name] <= 0:
+                del self.store.leases[name]
+        leased.clear()
 
     def _lease(self, leased: list[str], *names: str) -> None:
         for name in names:
@@ -239,8 +248,23 @@ class Puller:
         blob = self.store.content.path_of(desc.digest)
         async with self.unpacks:
             started = time.monotonic()
-            stats = await asyncio.to_thread(self.store.layers.unpack, blob, compression,
-                                            diff_id, link)
+            cancel = threading.Event()
+            work = asyncio.ensure_future(asyncio.to_thread(
+                self.store.layers.unpack, blob, compression, diff_id, link, cancel))
+            try:
+                stats = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # A thread cannot be interrupted: tell it to stop and wait, so no
+                # directory appears behind the store's back after we return.
+                cancel.set()
+                try:
+                    stats = await work
+                except BaseException:
+                    raise asyncio.CancelledError from None
+                self.store.put_layer(LayerRecord(diff_id=diff_id, link=link, bytes=stats.bytes,
+                                                 inodes=stats.inodes,
+                                                 created_at=time.time_ns()))
+                raise
         self.store.put_layer(LayerRecord(diff_id=diff_id, link=link, bytes=stats.bytes,
                                          inodes=stats.inodes, created_at=time.time_ns()))
         log.debug("layer unpacked", diff_id=diff_id, entries=stats.entries,
@@ -269,20 +293,32 @@ class Puller:
             await asyncio.to_thread(writer.commit)
 
 
-async def _shared(tasks: dict[str, asyncio.Task[None]], key: str,
+async def _shared(tasks: dict[str, list[Any]], key: str,
                   make: Callable[[], Awaitable[None]]) -> None:
-    """Run `make()` once per key at a time; other callers await the same task. The task
-    outlives a cancelled caller so a second waiter is not hurt by the first giving up."""
-    task = tasks.get(key)
-    if task is None:
+    """Run `make()` once per key at a time; other callers await the same task. A caller
+    that gives up does not hurt the others; the last one to give up cancels the work and
+    waits for it to wind down."""
+    entry = tasks.get(key)
+    if entry is None:
         async def run() -> None:
             try:
                 await make()
             finally:
                 tasks.pop(key, None)
-        task = asyncio.ensure_future(run())
-        tasks[key] = task
-    await asyncio.shield(task)
+        entry = [asyncio.ensure_future(run()), 0]
+        tasks[key] = entry
+    task: asyncio.Task[None] = entry[0]
+    entry[1] += 1
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        entry[1] -= 1
+        if entry[1] == 0 and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        raise
+    entry[1] -= 1
 
 
 def _sha256(data: bytes) -> str:

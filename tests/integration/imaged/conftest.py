@@ -75,7 +75,8 @@ class Imaged:
     def files(self) -> set[str]:
         """Every path under the store except the database (to prove "nothing changed")."""
         return {str(p.relative_to(self.root)) for p in self.root.rglob("*")
-                if not p.name.startswith("state.db")}
+                if not p.name.startswith("state.db")
+                and not (p.is_dir() and not p.is_symlink() and not any(p.iterdir()))}
 
 
 async def start_imaged(root: Path, **imaged_settings: Any) -> Imaged:

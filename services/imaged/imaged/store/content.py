@@ -99,7 +99,7 @@ class ContentStore:
         self.root = root
         self.blobs = root / "blobs"
         self.ingest = root / "ingest"
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        (self.blobs / "sha256").mkdir(parents=True, exist_ok=True)
         self.ingest.mkdir(parents=True, exist_ok=True)
 
     def sweep_ingest(self) -> int:

@@ -374,6 +374,8 @@ class ImageStore:
             self.snapshots.pop(key, None)
             await asyncio.to_thread(shutil.rmtree, doomed, True)
             log.info("snapshot removed", key=key)
+            # Layers kept only for this snapshot (its image was removed) go now.
+            await self._collect()
             return True
 
     async def snapshot_usage(self, key: str) -> tuple[int, int]:

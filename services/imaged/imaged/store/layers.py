@@ -16,6 +16,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import threading
 from pathlib import Path
 
 from .unpack import UnpackStats, unpack_layer
@@ -50,13 +51,14 @@ class LayerDirs:
             if not os.path.lexists(self.links / link):
                 return link
 
-    def unpack(self, blob: Path, compression: str, diff_id: str, link: str) -> UnpackStats:
+    def unpack(self, blob: Path, compression: str, diff_id: str, link: str,
+               cancel: threading.Event | None = None) -> UnpackStats:
         """Unpack into a temp dir, then link and rename into place (blocking: thread it)."""
         hexd = diff_id.split(":", 1)[1]
         tmp = self.layers / f".tmp-{hexd}-{secrets.token_hex(4)}"
         tmp.mkdir(mode=0o700)
         try:
-            stats = unpack_layer(blob, compression, tmp / "diff", diff_id)
+            stats = unpack_layer(blob, compression, tmp / "diff", diff_id, cancel)
             final = self.path(diff_id)
             link_path = self.links / link
             with contextlib.suppress(FileNotFoundError):

@@ -26,6 +26,7 @@ import os
 import shutil
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +35,7 @@ import zstandard
 
 from crib_common.errors import InvalidArgument
 
-__all__ = ["UnsafeLayer", "UnpackStats", "unpack_layer"]
+__all__ = ["UnpackCancelled", "UnsafeLayer", "UnpackStats", "unpack_layer"]
 
 CHUNK = 1 << 20
 WHITEOUT_PREFIX = ".wh."
@@ -44,6 +45,10 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 
 class UnsafeLayer(InvalidArgument):
     """A layer entry would escape its directory or is otherwise malformed."""
+
+
+class UnpackCancelled(Exception):
+    """The pull that wanted this layer went away; the partial directory is dropped."""
 
 
 @dataclass
@@ -115,7 +120,8 @@ class _Unpacker:
                 st = os.lstat(full)
             except FileNotFoundError:
                 if not create:
-                    raise UnsafeLayer(f"layer entry {entry!r} names missing {cur!r}") from None
+                    raise UnsafeLayer(f"layer hardlink {entry!r} names {cur!r}, which is "
+                                      "not in this layer") from None
                 os.mkdir(full, 0o755)
                 self.stats.inodes += 1
                 self.safe.add(cur)
@@ -271,7 +277,8 @@ class _Unpacker:
                 os.utime(full, (mtime, mtime), follow_symlinks=False)
 
 
-def unpack_layer(blob: Path, compression: str, dest: Path, diff_id: str) -> UnpackStats:
+def unpack_layer(blob: Path, compression: str, dest: Path, diff_id: str,
+                 cancel: threading.Event | None = None) -> UnpackStats:
     """Unpack `blob` into the empty directory `dest`; verify the uncompressed digest.
 
     Raises UnsafeLayer / InvalidArgument; the caller removes `dest` on any error."""
@@ -283,6 +290,8 @@ def unpack_layer(blob: Path, compression: str, dest: Path, diff_id: str) -> Unpa
             unpacker = _Unpacker(dest)
             with tarfile.open(fileobj=hashing, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
                 for info in tar:
+                    if cancel is not None and cancel.is_set():
+                        raise UnpackCancelled(f"unpack of {diff_id} cancelled")
                     unpacker.apply(info, tar)
             unpacker.finish()
             hashing.drain()
