@@ -39,6 +39,7 @@ from .logging import RequestContext
 
 __all__ = [
     "CriTable",
+    "check_wire",
     "HEALTH_KEY",
     "Health",
     "RouteTable",
@@ -273,6 +274,9 @@ class CriTable:
         if method is None:
             raise Unimplemented(f"{path} is not implemented by crib")
         raw = await request.read()
+        # betterproto's parser is lenient (b"\xff\xff" parses as an empty message), so the
+        # wire format is checked first: bad input is InvalidArgument naming the field.
+        check_wire(raw, method.request_type)
         try:
             message = method.request_type().parse(raw)
         except Exception as exc:  # betterproto raises assorted errors on bad wire data
@@ -294,6 +298,168 @@ class CriTable:
             await response.write(struct.pack(">I", len(data)) + data)
         await response.write_eof()
         return response
+
+
+# ---------------------------------------------------------------- wire-format check
+
+# Wire types of the protobuf encoding (protobuf.dev/programming-guides/encoding).
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_WIRE_OF = {
+    **dict.fromkeys(("int32", "int64", "uint32", "uint64", "sint32", "sint64", "bool",
+                     "enum"), _VARINT),
+    **dict.fromkeys(("fixed64", "sfixed64", "double"), _I64),
+    **dict.fromkeys(("fixed32", "sfixed32", "float"), _I32),
+    **dict.fromkeys(("string", "bytes", "message", "map"), _LEN),
+}
+_MAX_DEPTH = 64
+
+
+def check_wire(data: bytes | memoryview, cls: type[betterproto.Message]) -> None:
+    """Raise InvalidArgument unless `data` is a well-formed encoding of `cls`.
+
+    Checks what betterproto lets through: truncated varints and lengths, impossible wire
+    types, a known field sent with the wrong wire type, strings that are not UTF-8 (proto3
+    requires it), and enum values the CRI does not define (a runtime cannot act on a state
+    or protocol it does not know). Unknown fields are skipped, as protobuf requires, so a
+    newer kubelet's additions pass.
+    """
+    try:
+        _check_message(memoryview(data), cls, cls.__name__, 0)
+    except _WireError as exc:
+        raise InvalidArgument(f"malformed {cls.__name__}: {exc}") from None
+
+
+class _WireError(Exception):
+    pass
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    end = len(buf)
+    while True:
+        if pos >= end:
+            raise _WireError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise _WireError("varint longer than 10 bytes")
+
+
+def _check_message(buf: memoryview, cls: type[betterproto.Message], path: str,
+                   depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise _WireError(f"nested deeper than {_MAX_DEPTH} at {path}")
+    meta = cls._betterproto
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _WireError(f"field number 0 at {path}")
+        if wire == _VARINT:
+            value, pos = _read_varint(buf, pos)
+            chunk = None
+        elif wire == _I64:
+            pos += 8
+            chunk = None
+        elif wire == _I32:
+            pos += 4
+            chunk = None
+        elif wire == _LEN:
+            size, pos = _read_varint(buf, pos)
+            chunk = buf[pos:pos + size]
+            pos += size
+        else:
+            raise _WireError(f"invalid wire type {wire} for field {number} at {path}")
+        if pos > end:
+            raise _WireError(f"field {number} runs past the end of {path}")
+        name = meta.field_name_by_number.get(number)
+        if name is None:
+            continue  # unknown field: a newer peer's addition
+        fm = meta.meta_by_field_name[name]
+        field_path = f"{path}.{name}"
+        expected = _WIRE_OF.get(fm.proto_type, wire)
+        packed = wire == _LEN and expected != _LEN  # repeated scalars may be packed
+        if wire != expected and not packed:
+            raise _WireError(f"{field_path}: wire type {wire}, expected {expected}")
+        if fm.proto_type == "enum":
+            enum_cls = meta.cls_by_field[name]
+            values = _packed_varints(chunk) if packed else [value]
+            for v in values:
+                _check_enum(enum_cls, v, field_path)
+        elif fm.proto_type == "string" and chunk is not None:
+            _check_utf8(chunk, field_path)
+        elif fm.proto_type == "message" and chunk is not None:
+            _check_message(chunk, meta.cls_by_field[name], field_path, depth + 1)
+        elif fm.proto_type == "map" and chunk is not None:
+            _check_map_entry(chunk, cls, name, fm, field_path, depth + 1)
+
+
+def _packed_varints(chunk: memoryview | None) -> list[int]:
+    values: list[int] = []
+    if chunk is None:
+        return values
+    pos = 0
+    while pos < len(chunk):
+        value, pos = _read_varint(chunk, pos)
+        values.append(value)
+    return values
+
+
+def _check_enum(enum_cls: Any, raw: int, path: str) -> None:
+    value = raw - (1 << 64) if raw >= 1 << 63 else raw  # int32 negatives are 10-byte
+    try:
+        enum_cls(value)
+    except ValueError:
+        raise _WireError(f"{path}: {value} is not a {enum_cls.__name__} value") from None
+
+
+def _check_utf8(chunk: memoryview, path: str) -> None:
+    try:
+        bytes(chunk).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _WireError(f"{path}: string is not valid UTF-8") from None
+
+
+def _check_map_entry(chunk: memoryview, cls: type[betterproto.Message], name: str,
+                     fm: Any, path: str, depth: int) -> None:
+    key_type, value_type = fm.map_types
+    meta = cls._betterproto
+    pos = 0
+    while pos < len(chunk):
+        key, pos = _read_varint(chunk, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            value, pos = _read_varint(chunk, pos)
+            sub = None
+        elif wire == _LEN:
+            size, pos = _read_varint(chunk, pos)
+            sub = chunk[pos:pos + size]
+            pos += size
+        elif wire in (_I64, _I32):
+            pos += 8 if wire == _I64 else 4
+            sub = None
+        else:
+            raise _WireError(f"invalid wire type {wire} in map entry at {path}")
+        if pos > len(chunk):
+            raise _WireError(f"map entry runs past its end at {path}")
+        kind = key_type if number == 1 else value_type if number == 2 else None
+        if kind is None:
+            continue
+        if wire != _WIRE_OF.get(kind, wire):
+            raise _WireError(f"{path}: map entry field {number} has wire type {wire}")
+        if kind == "string" and sub is not None:
+            _check_utf8(sub, path)
+        elif kind == "message" and sub is not None:
+            _check_message(sub, meta.cls_by_field[f"{name}.value"], path, depth + 1)
+        elif kind == "enum" and number == 2:
+            _check_enum(meta.cls_by_field[f"{name}.value"], value, path)
 
 
 def _timeout_of(request: web.Request) -> float | None:

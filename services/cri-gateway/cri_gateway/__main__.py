@@ -61,8 +61,10 @@ async def run(settings: CribSettings) -> None:
     await http_runner.cleanup()
     for client in clients:
         await client.close()
-    with contextlib.suppress(FileNotFoundError):
-        socket.unlink()
+    # Leave no socket behind: a stale one makes the kubelet (or `crib`) wait on a dead path.
+    for path in (socket, settings.gateway.http_socket):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     log.info("stopped")
 
 

@@ -8,8 +8,10 @@ statuses in one place (`errors.to_grpc`).
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
+from functools import partial
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +32,7 @@ from .errors import to_grpc, unimplemented
 from .routes import LOCAL, ROUTES
 
 log = structlog.get_logger("crib.gateway")
+_DEBUG = partial(logging.getLogger("crib.gateway").isEnabledFor, logging.DEBUG)
 
 LocalHandler = Callable[[bytes, float | None], Awaitable[bytes]]
 
@@ -130,7 +133,12 @@ class Gateway:
                 log.exception("rpc crashed")
                 raise GRPCError(Status.INTERNAL, f"crib gateway: {type(exc).__name__}: {exc}") from None
             finally:
-                self.metrics.observe(rpc, code, time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                self.metrics.observe(rpc, code, elapsed)
+                if _DEBUG():
+                    # One line per call at debug (List/Status are frequent); failures
+                    # are logged at info above.
+                    log.debug("rpc", code=code.name, ms=round(elapsed * 1000, 3))
 
     async def _forward(
         self, path: str, rpc: str, cardinality: Cardinality, stream: Stream[Any, Any]
