@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from runtimed.streaming import AttachSpec, StreamServer
-from tests.integration.streaming.conftest import FakeTargets, Node
+from tests.integration.streaming.nodes import FakeTargets, Node
 from tests.support.streamclient import open_stdio
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from runtimed.streaming import ExecSpec, StreamServer
-from tests.integration.streaming.conftest import FakeTargets, Node
+from tests.integration.streaming.nodes import FakeTargets, Node
 from tests.support.streamclient import open_stdio
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from runtimed.streaming import PortForwardSpec, StreamServer
-from tests.integration.streaming.conftest import FakeTargets, Node
+from tests.integration.streaming.nodes import FakeTargets, Node
 from tests.support.streamclient import SpdyPortForward, ws_port_forward
 
 pytestmark = pytest.mark.integration
