@@ -464,6 +464,8 @@ class StaticRegistry:
     def __init__(self, routes: dict[str, Route] | None = None) -> None:
         self.routes: dict[str, Route] = dict(routes or {})
         self.requests: list[str] = []
+        # path -> bytes per second: serve that body slowly (kill-during-pull tests).
+        self.throttle: dict[str, int] = {}
         self.port = free_port()
         self._server: http.server.ThreadingHTTPServer | None = None
 
@@ -485,6 +487,13 @@ class StaticRegistry:
         self.routes[f"/v2/{repo}/manifests/{ref}"] = route
         self.routes[f"/v2/{repo}/manifests/{digest}"] = route
         return digest
+
+    def add_image(self, repo: str, tag: str, manifest: bytes, media_type: str,
+                  blobs: list[bytes]) -> str:
+        """Serve an image: its blobs (config and layers) and its manifest under `tag`."""
+        for blob in blobs:
+            self.add_blob(repo, blob)
+        return self.add_manifest(repo, tag, manifest, media_type)
 
     def start(self) -> StaticRegistry:
         owner = self
@@ -512,7 +521,15 @@ class StaticRegistry:
                 self.end_headers()
                 if with_body:
                     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                        self.wfile.write(body)
+                        rate = owner.throttle.get(path)
+                        if rate:
+                            step = max(rate // 20, 1)
+                            for i in range(0, len(body), step):
+                                self.wfile.write(body[i:i + step])
+                                self.wfile.flush()
+                                time.sleep(0.05)
+                        else:
+                            self.wfile.write(body)
                 if "Content-Length" in headers:
                     # A lying Content-Length (truncation tests): end the connection.
                     self.close_connection = True
