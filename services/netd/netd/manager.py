@@ -282,7 +282,7 @@ class NetworkManager:
             raise NotFound(f"pod network {pod_id} not found")
         return self.view(record)
 
-    def list(self) -> list[PodNetwork]:
+    def list_networks(self) -> list[PodNetwork]:
         return [self.view(r) for r in self.store.list()]
 
     def list_namespaces(self) -> list[NetworkNamespace]:

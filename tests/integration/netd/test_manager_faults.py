@@ -104,7 +104,7 @@ async def test_failed_del_is_kept_and_retried(env: tuple[NetdSection, FakeExec])
     assert is_pinned_netns(Path(net.netns_path))  # kept so the retry can still DEL in it
     fake.fail_del = False
     await mgr.remove(req.pod_id)
-    assert not mgr.list() and not Path(net.netns_path).exists()
+    assert not mgr.list_networks() and not Path(net.netns_path).exists()
     await mgr.close()
 
 
@@ -143,7 +143,7 @@ async def test_start_rolls_back_creating_and_removes_orphans(
 
     again = NetworkManager(settings, fake)
     await again.start()
-    assert [n.pod_id for n in again.list()] == [keep.pod_id]
+    assert [n.pod_id for n in again.list_networks()] == [keep.pod_id]
     assert fake.count("DEL", half.pod_id) == 1
     assert not Path(net.netns_path).exists() and not orphan.exists()
     assert is_pinned_netns(Path(kept.netns_path))
@@ -166,6 +166,6 @@ async def test_netns_error_is_internal_and_rolled_back(
     req = _req()
     with pytest.raises(Internal, match="No space left"):
         await mgr.create(req)
-    assert not mgr.list()
+    assert not mgr.list_networks()
     assert fake.count("DEL", req.pod_id) == 1  # DEL even though ADD never ran (SPEC)
     await mgr.close()

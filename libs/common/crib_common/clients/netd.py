@@ -19,7 +19,10 @@ __all__ = ["NetdClient"]
 
 class NetdClient(DaemonClient):
     def __init__(self, socket: Path, **kwargs: float) -> None:
-        super().__init__("netd", socket, **kwargs)  # type: ignore[arg-type]
+        super().__init__("netd", socket, **kwargs)
+
+    async def __aenter__(self) -> NetdClient:
+        return self
 
     async def create_pod_network(self, request: PodNetworkCreate, *,
                                  timeout: float | None = 120.0) -> PodNetwork:

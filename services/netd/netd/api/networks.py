@@ -25,7 +25,7 @@ def register(routes: RouteTable, manager: NetworkManager) -> None:
     @routes.route("GET", "/v1/networks", "List pod attachments with their IPs",
                   response=PodNetwork, response_list=True)
     async def list_(request: web.Request) -> web.Response:
-        return json_response(manager.list())
+        return json_response(manager.list_networks())
 
     @routes.route("GET", "/v1/networks/{pod_id}", "One pod's namespace and attachment",
                   response=PodNetwork)
