@@ -276,8 +276,21 @@ class NetworkManager:
             netns_present=is_pinned_netns(Path(record.netns_path)),
         )
 
+    def resolve(self, pod_id: str) -> str:
+        """A full pod id from an id or a unique prefix of one (operators type prefixes)."""
+        validate_pod_id(pod_id)
+        if self.store.get(pod_id) is not None:
+            return pod_id
+        matches = [r.pod_id for r in self.store.list() if r.pod_id.startswith(pod_id)]
+        if len(matches) > 1:
+            raise InvalidArgument(f"pod id prefix {pod_id!r} is ambiguous ({len(matches)} pods)")
+        if not matches:
+            raise NotFound(f"pod network {pod_id} not found")
+        return matches[0]
+
     def get(self, pod_id: str) -> PodNetwork:
-        record = self.store.get(validate_pod_id(pod_id))
+        """One attachment, by pod id or unique prefix."""
+        record = self.store.get(self.resolve(pod_id))
         if record is None:
             raise NotFound(f"pod network {pod_id} not found")
         return self.view(record)
@@ -402,8 +415,8 @@ class NetworkManager:
             raise Internal(f"pod {pod_id}: {exc}") from None
 
     async def check(self, pod_id: str) -> None:
-        """CNI CHECK with the configuration and result of the ADD."""
-        validate_pod_id(pod_id)
+        """CNI CHECK with the configuration and result of the ADD (id or unique prefix)."""
+        pod_id = self.resolve(pod_id)
         async with self._pod_op(pod_id):
             record = self.store.get(pod_id)
             if record is None:

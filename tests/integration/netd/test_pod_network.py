@@ -44,6 +44,8 @@ async def test_two_pods_reach_each_other(netd_node: NetdNode, netd: NetdClient) 
         again = await netd.create_pod_network(a)
         assert again.ips == net_a.ips and again.netns_path == net_a.netns_path
         await netd.check_pod_network(a.pod_id)
+        # Operators may use a unique prefix, as with crictl.
+        assert (await netd.get_pod_network(a.pod_id[:12])).pod_id == a.pod_id
         listed = {n.pod_id for n in await netd.list_pod_networks()}
         assert {a.pod_id, b.pod_id} <= listed
     finally:

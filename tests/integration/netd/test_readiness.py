@@ -77,6 +77,9 @@ async def test_config_view_and_openapi(netd_node: NetdNode, netd: NetdClient) ->
     assert view.negotiated_version == "1.0.0"
     ipam = view.config["plugins"][0]["ipam"]
     assert ipam["dataDir"] == str(netd_node.root / "lib/netd/ipam")
+    _, metrics = await netd.request_bytes("GET", "/metrics")
+    assert b'crib_netd_cni_plugin_seconds_count{command="VERSION",ok="true",plugin="bridge"}' \
+        in metrics
     _, body = await netd.request_bytes("GET", "/openapi.json")
     for path in ("/v1/networks", "/v1/networks/{pod_id}", "/v1/networks/{pod_id}/check",
                  "/v1/namespaces", "/v1/config", "/v1/gc"):

@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -89,8 +90,20 @@ class PluginExec(Protocol):
                   timeout: float) -> dict[str, Any] | None: ...
 
 
+# Called with (plugin, command, seconds, ok) after every call; the app wires it to
+# Prometheus.
+Observer = Callable[[str, str, float, bool], None]
+
+
 class ExecPlugin:
     """The real thing: one asyncio subprocess per call."""
+
+    def __init__(self, observer: Observer | None = None) -> None:
+        self.observer = observer
+
+    def _observe(self, plugin: str, command: str, seconds: float, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer(plugin, command, seconds, ok)
 
     async def run(self, binary: Path, invocation: Invocation, stdin: dict[str, Any],
                   timeout: float) -> dict[str, Any] | None:
@@ -123,9 +136,11 @@ class ExecPlugin:
             await asyncio.shield(proc.wait())
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            self._observe(binary.name, invocation.command, time.perf_counter() - start, False)
             raise CniPluginError(binary.name, invocation.command, 0,
                                  f"did not finish within {timeout:g}s") from None
         elapsed = time.perf_counter() - start
+        self._observe(binary.name, invocation.command, elapsed, proc.returncode == 0)
         stderr = err.decode("utf-8", "replace").strip()
         if proc.returncode != 0:
             log.debug("cni exec failed", plugin=binary.name, command=invocation.command,
