@@ -37,6 +37,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "error_from_body",
+    "error_from_grpc",
     "error_from_kind",
 ]
 
@@ -151,3 +152,14 @@ def error_from_body(status: int, raw: bytes) -> CribError:
                 return cls(text or f"HTTP {status}")
         return Internal(f"HTTP {status}: {text}")
     return error_from_kind(body.kind, body.message)
+
+
+_BY_GRPC: dict[Status, type[CribError]] = {cls.grpc_status: cls for cls in _BY_KIND.values()}
+
+
+def error_from_grpc(status: Status, message: str) -> CribError:
+    """The exception for a gRPC status (clients of the CRI, e.g. the `crib` CLI, use it).
+
+    Statuses outside our vocabulary (UNKNOWN, ABORTED, ...) are Internal, never dropped.
+    """
+    return _BY_GRPC.get(status, Internal)(message)
