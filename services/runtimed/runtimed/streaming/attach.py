@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -48,7 +49,7 @@ async def run_attach(target: ContainerTarget, targets: StreamTargets,
         await session.finish(failure_status(f"failed to attach to container: {e}"))
         return
     log.info("attached", container=target.id)
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[Any]] = []
     try:
         output = asyncio.create_task(_pump_output(sock, session))
         gone = asyncio.create_task(session.closed.wait())

@@ -26,6 +26,7 @@ import tempfile
 import termios
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -100,16 +101,16 @@ async def _supervise(proc: asyncio.subprocess.Process, pid_file: Path, session: 
                      outputs: list[asyncio.Task[None]]) -> int | None:
     """Wait for the process and its output, or for the client to leave (then kill)."""
     waiter = asyncio.create_task(proc.wait())
-    gone = asyncio.create_task(session.closed.wait())
+    gone: asyncio.Task[Any] = asyncio.create_task(session.closed.wait())
     try:
         await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not waiter.done():
             return None
-        pending: set[asyncio.Task[None]] = set(outputs)
+        pending: set[asyncio.Task[Any]] = set(outputs)
         while pending and not gone.done():
             done, pending = await asyncio.wait(pending | {gone}, timeout=OUTPUT_GRACE,
                                                return_when=asyncio.FIRST_COMPLETED)
-            pending.discard(gone)  # type: ignore[arg-type]
+            pending.discard(gone)
             if not done:
                 log.warning("exec output still open after exit; closing")
                 break

@@ -89,8 +89,13 @@ async def connect_in_netns(netns: Path | None, port: int) -> socket.socket:
             result = _connect_blocking(netns, port)
         except BaseException as e:  # handed to the loop
             err = e
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(err))
+
+            def fail() -> None:
+                if not fut.done():
+                    fut.set_exception(err)
+            loop.call_soon_threadsafe(fail)
             return
+
         def deliver() -> None:
             if fut.done():
                 result.close()

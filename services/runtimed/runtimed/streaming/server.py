@@ -192,7 +192,7 @@ class StreamServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)  # type: ignore[arg-type]
+        self._handlers.add(task)
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
@@ -200,7 +200,7 @@ class StreamServer:
         except Exception:
             log.exception("streaming session failed")
         finally:
-            self._handlers.discard(task)  # type: ignore[arg-type]
+            self._handlers.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)

@@ -433,23 +433,23 @@ class SpdyConnection:
         elif ftype == SYN_REPLY:
             sid = struct.unpack_from(">I", payload, 0)[0] & 0x7FFFFFFF
             self._decompress.decompress(payload[4:])  # keeps the zlib context in step
-            stream = self.streams.get(sid)
-            if stream is not None:
+            opened = self.streams.get(sid)
+            if opened is not None:
                 if flags & FLAG_FIN:
-                    stream.remote_closed = True
-                    stream._feed(None)
-                stream.replied.set()
+                    opened.remote_closed = True
+                    opened._feed(None)
+                opened.replied.set()
         elif ftype == HEADERS:
             self._decompress.decompress(payload[4:])
         elif ftype == RST_STREAM:
             sid, _status = struct.unpack_from(">II", payload, 0)
-            stream = self.streams.pop(sid & 0x7FFFFFFF, None)
-            if stream is not None:
-                stream.reset = True
-                stream.remote_closed = True
-                stream.local_closed = True
-                stream._feed(None)
-                stream.replied.set()
+            gone = self.streams.pop(sid & 0x7FFFFFFF, None)
+            if gone is not None:
+                gone.reset = True
+                gone.remote_closed = True
+                gone.local_closed = True
+                gone._feed(None)
+                gone.replied.set()
         elif ftype == PING:
             (pid,) = struct.unpack_from(">I", payload, 0)
             fut = self._pings.pop(pid, None)
