@@ -15,6 +15,7 @@ from crib_common.client import DaemonClient
 from crib_common.cri.runtime.v1 import RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse
 from crib_common.errors import CribError
 from crib_common.errors import InvalidArgument
+from crib_common.server import check_wire
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
@@ -31,6 +32,7 @@ async def _health(client: DaemonClient, timeout: float) -> tuple[bool, str, str,
 
 def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: DaemonClient):  # type: ignore[no-untyped-def]
     async def status(raw: bytes, timeout: float | None) -> bytes:
+        check_wire(raw, StatusRequest)  # betterproto alone accepts garbage
         try:
             request = StatusRequest().parse(raw)
         except Exception as exc:
