@@ -55,6 +55,7 @@ from .cni.config import (
 )
 from .cni.invoke import CODE_TRY_AGAIN, CniPluginError, ExecPlugin, PluginExec
 from .netns import NamespaceManager, NetnsError, is_pinned_netns
+from .orphans import wait_for_plugins
 from .store import AttachmentRecord, AttachmentStore
 
 __all__ = ["NetworkManager", "validate_pod_id"]
@@ -182,6 +183,11 @@ class NetworkManager:
         # "creating": the ADD was cut short, roll it back (SPEC.md section 3: a delete must
         # be executed even if the add fails). "deleting": finish the DEL.
         log.warning("half-done attachment found", pod_id=record.pod_id, state=record.state)
+        killed = await wait_for_plugins(record.pod_id, record.netns_path,
+                                        min(self.settings.plugin_timeout,
+                                            self.settings.recover_timeout / 2))
+        if killed:
+            log.warning("orphan plugins killed", pod_id=record.pod_id, pids=killed)
         await self._teardown(record)
         log.info("half-done attachment rolled back", pod_id=record.pod_id)
 

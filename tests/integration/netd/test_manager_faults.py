@@ -169,3 +169,29 @@ async def test_netns_error_is_internal_and_rolled_back(
     assert not mgr.list_networks()
     assert fake.count("DEL", req.pod_id) == 1  # DEL even though ADD never ran (SPEC)
     await mgr.close()
+
+
+async def test_orphan_plugins_are_waited_for_then_killed(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from netd.orphans import plugin_pids, wait_for_plugins
+
+    pod_id = uuid.uuid4().hex
+    netns = str(tmp_path / f"crib-{pod_id}")
+    env = {**os.environ, "CNI_CONTAINERID": pod_id, "CNI_NETNS": netns, "CNI_COMMAND": "ADD"}
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"], env=env)
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env={**env, "CNI_NETNS": "/elsewhere"})
+    try:
+        await asyncio.sleep(0.1)
+        assert sorted(plugin_pids(pod_id, netns)) == sorted([quick.pid, stuck.pid])
+        killed = await wait_for_plugins(pod_id, netns, 1.0)
+        assert killed == [stuck.pid]
+        assert stuck.wait(timeout=5) == -9 and quick.wait(timeout=5) == 0
+        assert other.poll() is None  # someone else's attachment: left alone
+    finally:
+        for proc in (quick, stuck, other):
+            proc.kill()
+            proc.wait()
