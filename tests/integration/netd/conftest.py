@@ -16,9 +16,9 @@ from tests.support.stack import Stack
 
 from . import iptables
 
-# A CNI plugin for fault injection: its behaviour on ADD comes from the file `mode` beside
-# it ("hang": wait until the caller dies; "fail": the spec's error object, code 7;
-# otherwise pass prevResult through). Every command is appended to `calls`.
+# A CNI plugin for fault injection: its behaviour comes from the file `mode` beside it
+# ("hang": ADD waits until the caller dies; "hang-del": DEL does; "fail": ADD prints the
+# spec's error object, code 7; otherwise ADD passes prevResult through). Every command is appended to `calls`.
 FAKE_PLUGIN = f"""#!{sys.executable}
 import json, os, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
@@ -30,11 +30,17 @@ if cmd == "VERSION":
     print(json.dumps({{"cniVersion": conf.get("cniVersion", "1.0.0"),
                       "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}}))
     sys.exit(0)
+try:
+    mode = open(os.path.join(here, "mode")).read().strip()
+except FileNotFoundError:
+    mode = ""
+if cmd == "DEL" and mode == "hang-del":
+    parent = os.getppid()
+    open(os.path.join(here, "hanging"), "w").close()
+    while os.getppid() == parent:
+        time.sleep(0.05)
+    sys.exit(1)
 if cmd == "ADD":
-    try:
-        mode = open(os.path.join(here, "mode")).read().strip()
-    except FileNotFoundError:
-        mode = ""
     if mode == "hang":
         parent = os.getppid()
         open(os.path.join(here, "hanging"), "w").close()

@@ -111,3 +111,37 @@ def _namespace_model():  # type: ignore[no-untyped-def]
     from crib_common.models.netd import NetworkNamespace
 
     return NetworkNamespace
+
+
+async def test_sigkill_during_del_is_finished_at_start(netd_node: NetdNode,
+                                                       netd: NetdClient) -> None:
+    conf = netd_node.default_conf()
+    conf["plugins"].append({"type": "crib-fake"})  # type: ignore[attr-defined]
+    front = netd_node.write_conf("00-hangdel.conflist", conf)
+    req = pod_request()
+    hanging = netd_node.plugin_dir / "hanging"
+    hanging.unlink(missing_ok=True)
+    try:
+        net = await netd.create_pod_network(req)
+        front.unlink()  # DEL must use the cached list, crib-fake included
+        netd_node.fake_mode("hang-del")
+        call = asyncio.ensure_future(netd.remove_pod_network(req.pod_id, timeout=30))
+        deadline = time.monotonic() + 20
+        while not hanging.exists():
+            assert time.monotonic() < deadline and not call.done()
+            await asyncio.sleep(0.02)
+        assert (await netd.get_pod_network(req.pod_id)).state == "deleting"
+        netd_node.stack.kill("netd")
+        with pytest.raises(CribError):
+            await call
+        netd_node.fake_mode("")
+        netd_node.stack.start_one("netd")
+    finally:
+        front.unlink(missing_ok=True)
+        netd_node.fake_mode("")
+    await netd.close()
+    with pytest.raises(NotFound):
+        await netd.get_pod_network(req.pod_id)
+    assert net.ips[0].ip not in netd_node.leases()
+    assert not Path(net.netns_path).exists()
+    assert not iptables.cni_lines_mentioning([req.pod_id])
