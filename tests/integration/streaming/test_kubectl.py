@@ -69,8 +69,11 @@ async def test_kubectl_exec(node: Node, api: tuple[FakeApiServer, Path],
     assert fake.upgrades == [want, want], fake.upgrades
 
 
-async def test_kubectl_port_forward_spdy(node: Node, server: tuple[StreamServer, FakeTargets],
-                                         api: tuple[FakeApiServer, Path]) -> None:
+@pytest.mark.parametrize("env", [SPDY_ENV, {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "true"}],
+                         ids=["spdy", "spdy-over-websocket"])
+async def test_kubectl_port_forward(node: Node, server: tuple[StreamServer, FakeTargets],
+                                    api: tuple[FakeApiServer, Path],
+                                    env: dict[str, str]) -> None:
     srv, targets = server
     fake, kubeconfig = api
     netns = node.add_netns()
@@ -87,7 +90,7 @@ async def test_kubectl_port_forward_spdy(node: Node, server: tuple[StreamServer,
     forward = await asyncio.create_subprocess_exec(
         "kubectl", "--kubeconfig", str(kubeconfig), "port-forward", "pod/web",
         f"{local}:18555", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "HOME": str(kubeconfig.parent), **SPDY_ENV})
+        env={**os.environ, "HOME": str(kubeconfig.parent), **env})
     try:
         assert pod_server.stdout is not None and pod_server.stdout.readline() == b"ready\n"
         assert forward.stdout is not None
@@ -99,6 +102,8 @@ async def test_kubectl_port_forward_spdy(node: Node, server: tuple[StreamServer,
             await writer.drain()
             assert await asyncio.wait_for(reader.read(), 10) == b"pong:" + word
             writer.close()
+        want = "spdy/3.1" if env is SPDY_ENV else "websocket"
+        assert set(fake.upgrades) == {want}, fake.upgrades
     finally:
         forward.kill()
         await forward.wait()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import structlog
 
-from .spdy import SpdyConnection, SpdyError, SpdyStream
+from .spdy import ByteWriter, SpdyConnection, SpdyError, SpdyStream
 from .targets import SandboxTarget
 from .websocket import MAX_SEND, OP_BINARY, WebSocket, WebSocketClosed
 
@@ -114,7 +114,7 @@ def _error_text(port: int, sandbox: SandboxTarget, err: BaseException) -> bytes:
 
 # -- SPDY ---------------------------------------------------------------------------------
 
-async def serve_spdy_portforward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+async def serve_spdy_portforward(reader: asyncio.StreamReader, writer: ByteWriter,
                                  sandbox: SandboxTarget) -> None:
     """Serve one SPDY port-forward session until the client goes away."""
     pairs: dict[str, dict[str, SpdyStream]] = {}

@@ -36,7 +36,7 @@ from .session import SpdyStdioSession, StdioOptions, StdioSession, WsStdioSessio
 from .status import failure_status
 from .targets import StreamTargets
 from .tokens import RequestCache
-from .websocket import WebSocket, accept_key, valid_key
+from .websocket import WebSocket, WsTunnel, accept_key, valid_key
 
 __all__ = ["AttachSpec", "ExecSpec", "PortForwardSpec", "StreamServer"]
 
@@ -50,6 +50,9 @@ WS_EXEC_PROTOCOLS = {"v5.channel.k8s.io": 5, "v4.channel.k8s.io": 4, "v3.channel
                      "v2.channel.k8s.io": 2, "channel.k8s.io": 1}
 SPDY_PORTFORWARD_PROTOCOL = "portforward.k8s.io"
 WS_PORTFORWARD_PROTOCOLS = ("v4.channel.k8s.io", "portforward.k8s.io")
+# SPDY carried inside WebSocket binary messages (client-go's tunneling dialer, kubectl
+# port-forward's default since 1.31).
+WS_SPDY_TUNNEL_PROTOCOL = "SPDY/3.1+portforward.k8s.io"
 REQUEST_TIMEOUT = 10.0
 MAX_HEAD = 16 * 1024
 _PATH = re.compile(r"/(exec|attach|portforward)/([A-Za-z0-9_-]{8,64})")
@@ -279,7 +282,7 @@ class StreamServer:
             raise _HttpError(400, "Bad Request", "bad websocket handshake")
         offered = request.tokens("sec-websocket-protocol")
         if isinstance(spec, PortForwardSpec):
-            supported = {p: 4 for p in WS_PORTFORWARD_PROTOCOLS}
+            supported = {WS_SPDY_TUNNEL_PROTOCOL: 0} | {p: 4 for p in WS_PORTFORWARD_PROTOCOLS}
         else:
             supported = WS_EXEC_PROTOCOLS
         protocol = _negotiate(offered, supported)
@@ -288,7 +291,7 @@ class StreamServer:
                              f"no supported websocket subprotocol in {offered}")
         version = supported[protocol] if protocol else 1
         ports: list[int] = []
-        if isinstance(spec, PortForwardSpec):
+        if isinstance(spec, PortForwardSpec) and protocol != WS_SPDY_TUNNEL_PROTOCOL:
             ports = _query_ports(request.query) or list(spec.ports)
             if not ports:
                 raise _HttpError(400, "Bad Request", "query parameter \"port\" is required")
@@ -300,6 +303,13 @@ class StreamServer:
         await writer.drain()
         log.info("streaming session", kind=spec.kind, transport="websocket", protocol=protocol)
         ws = WebSocket(reader, writer)
+        if isinstance(spec, PortForwardSpec) and protocol == WS_SPDY_TUNNEL_PROTOCOL:
+            tunnel = WsTunnel(ws)
+            try:
+                await serve_spdy_portforward(tunnel.reader, tunnel, target)
+            finally:
+                await tunnel.aclose()
+            return
         if isinstance(spec, PortForwardSpec):
             await serve_ws_portforward(ws, ports, target)
             return

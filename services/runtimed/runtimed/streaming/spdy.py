@@ -23,6 +23,7 @@ import struct
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -100,6 +101,19 @@ SPDY_DICTIONARY = _dictionary()
 assert len(SPDY_DICTIONARY) == 1423, "SPDY/3 dictionary is 1423 bytes"
 
 Headers = dict[str, list[str]]
+
+
+class ByteWriter(Protocol):
+    """The part of asyncio.StreamWriter a connection writes through (a WebSocket tunnel
+    provides the same)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
 
 
 class SpdyError(Exception):
@@ -261,7 +275,7 @@ class SpdyConnection:
     `open_stream`. `run()` reads frames until the peer goes away.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+    def __init__(self, reader: asyncio.StreamReader, writer: ByteWriter, *,
                  client: bool, on_stream: StreamHandler | None = None) -> None:
         self._reader = reader
         self._writer = writer

@@ -14,7 +14,7 @@ import hashlib
 import os
 import struct
 
-__all__ = ["WebSocket", "WebSocketClosed", "accept_key"]
+__all__ = ["WebSocket", "WebSocketClosed", "WsTunnel", "accept_key"]
 
 # RFC 6455 section 1.3.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -144,3 +144,60 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
     key = (mask * (n // 4 + 1))[:n]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
         n, "little")
+
+
+class WsTunnel:
+    """A byte stream carried in binary WebSocket messages, no channel byte: client-go's
+    `TunnelingConnection` (tools/portforward/tunneling_connection.go), used with the
+    "SPDY/3.1+portforward.k8s.io" subprotocol to run SPDY inside a WebSocket.
+
+    `reader` is an asyncio.StreamReader fed from the messages; the object itself is the
+    writer (write buffers, drain sends one message per drain, in order).
+    """
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.reader = asyncio.StreamReader(limit=1 << 20)
+        self._pending: list[bytes] = []
+        self._lock = asyncio.Lock()
+        self._pump = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                opcode, msg = await self.ws.receive()
+                if opcode == OP_BINARY and msg:
+                    self.reader.feed_data(msg)
+        except WebSocketClosed:
+            pass
+        finally:
+            self.reader.feed_eof()
+
+    def write(self, data: bytes) -> None:
+        if self.ws.closed:
+            raise ConnectionResetError("websocket closed")
+        self._pending.append(data)
+
+    async def drain(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            data, self._pending = b"".join(self._pending), []
+            try:
+                await self.ws.send(data)
+            except WebSocketClosed as e:
+                raise ConnectionResetError("websocket closed") from e
+
+    def is_closing(self) -> bool:
+        return self.ws.closed
+
+    def close(self) -> None:
+        self._pump.cancel()
+        if not self.ws.closed:
+            asyncio.ensure_future(self.ws.close())
+
+    async def aclose(self) -> None:
+        """Close and wait for the reader task to end."""
+        self._pump.cancel()
+        await asyncio.gather(self._pump, return_exceptions=True)
+        await self.ws.close()
