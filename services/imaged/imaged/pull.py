@@ -52,9 +52,10 @@ __all__ = ["Puller", "PullProgress"]
 
 log = structlog.get_logger("imaged.pull")
 
-# Unpacking is CPU-bound (decompression) and disk-bound; more threads than cores only
-# add contention under the GIL.
-UNPACK_THREADS = 2
+# Unpacking spends most of its time in file-creating syscalls (measured on ext4: ~0.5 ms
+# per create, which overlaps across threads: 4 threads create 2.5x faster than one) and
+# in zlib, both outside the GIL; so more threads than cores still pay.
+UNPACK_THREADS = 4
 
 
 @dataclass

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import hashlib
 import os
 import shutil
@@ -29,7 +28,10 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
+
+import zlib
 
 import zstandard
 
@@ -38,6 +40,8 @@ from crib_common.errors import InvalidArgument
 __all__ = ["UnpackCancelled", "UnsafeLayer", "UnpackStats", "unpack_layer"]
 
 CHUNK = 1 << 20
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -76,15 +80,201 @@ class _HashingReader:
             pass
 
 
+class _GzipStream:
+    """gzip decompression with big reads and no per-call Python framing (GzipFile costs a
+    Python-level loop per 8 KiB); handles multi-member files; zlib checks each member's
+    CRC-32 and length trailer (RFC 1952)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.z = zlib.decompressobj(wbits=31)
+        self.started = False
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            if self.z.eof:
+                rest = self.z.unused_data
+                self.z = zlib.decompressobj(wbits=31)
+                if not rest:
+                    rest = self.raw.read(CHUNK)
+                    if not rest:
+                        return b""
+                out = self.z.decompress(rest)
+            else:
+                data = self.raw.read(CHUNK)
+                if not data:
+                    if self.started and not self.z.eof:
+                        raise EOFError("gzip stream ends before its trailer")
+                    return b""
+                self.started = True
+                out = self.z.decompress(data)
+            if out:
+                return out
+
+
 def _open_stream(raw: IO[bytes], compression: str) -> Any:
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return _GzipStream(raw)
     if compression == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK,
                                                           read_across_frames=True)
     if compression == "none":
         return raw
     raise InvalidArgument(f"unsupported layer compression {compression!r}")
+
+
+class _TarStream:
+    """A lean streaming tar reader (POSIX ustar, PAX and GNU long names; see tar(5)).
+
+    tarfile's stream mode copies every byte through Python-level buffers; here file data
+    goes from the decompressed chunk straight to os.write."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+        self.pos = 0
+        self.eof = False
+
+    def _fill(self, want: int) -> int:
+        """Make at least `want` bytes available if the stream has them; return available."""
+        while len(self.buf) - self.pos < want and not self.eof:
+            chunk = self.stream.read(CHUNK)
+            if not chunk:
+                self.eof = True
+                break
+            if self.pos > CHUNK:
+                del self.buf[:self.pos]
+                self.pos = 0
+            self.buf += chunk
+        return len(self.buf) - self.pos
+
+    def take(self, n: int) -> bytes:
+        if self._fill(n) < n:
+            raise tarfile.ReadError("unexpected end of layer data")
+        out = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def skip(self, n: int) -> None:
+        while n:
+            avail = self._fill(min(n, CHUNK))
+            if not avail:
+                raise tarfile.ReadError("unexpected end of layer data")
+            step = min(avail, n)
+            self.pos += step
+            n -= step
+
+    def copy_to(self, fd: int, n: int) -> None:
+        while n:
+            avail = self._fill(1)
+            if not avail:
+                raise tarfile.ReadError("unexpected end of layer data")
+            step = min(avail, n)
+            view = memoryview(self.buf)[self.pos:self.pos + step]
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                view.release()
+            self.pos += step
+            n -= step
+
+    def members(self) -> Iterator[tarfile.TarInfo]:
+        pax: dict[str, str] = {}
+        long_name = long_link = None
+        while True:
+            if self._fill(BLOCK) < BLOCK:
+                return  # no end-of-archive blocks: tolerated, as GNU tar does
+            block = self.take(BLOCK)
+            if block == ZERO_BLOCK:
+                return
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as exc:
+                raise tarfile.ReadError(f"bad tar header: {exc}") from None
+            padded = (info.size + BLOCK - 1) // BLOCK * BLOCK
+            if info.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                pax.update(_parse_pax(self.take(info.size)))
+                self.skip(padded - info.size)
+                continue
+            if info.type == tarfile.XGLTYPE:
+                self.skip(padded)  # global PAX headers carry nothing we apply
+                continue
+            if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+                value = self.take(info.size).split(b"\0", 1)[0].decode("utf-8",
+                                                                        "surrogateescape")
+                self.skip(padded - info.size)
+                if info.type == tarfile.GNUTYPE_LONGNAME:
+                    long_name = value
+                else:
+                    long_link = value
+                continue
+            if info.type == tarfile.GNUTYPE_SPARSE:
+                raise tarfile.ReadError(f"sparse entry {info.name!r} is not supported")
+            if long_name is not None:
+                info.name = long_name
+            if long_link is not None:
+                info.linkname = long_link
+            if pax:
+                _apply_pax(info, pax)
+            info.pax_headers = pax
+            pax, long_name, long_link = {}, None, None
+            if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+                # Only regular files carry data (a hardlink's size is ignored, tar(5)).
+                data_size = info.size if info.type not in (tarfile.LNKTYPE, tarfile.SYMTYPE,
+                                                           tarfile.DIRTYPE, tarfile.CHRTYPE,
+                                                           tarfile.BLKTYPE, tarfile.FIFOTYPE
+                                                           ) else 0
+                yield info
+                self.skip((data_size + BLOCK - 1) // BLOCK * BLOCK)
+                continue
+            if info.type == tarfile.AREGTYPE and info.name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                yield info
+                continue
+            info.type = tarfile.REGTYPE
+            self.data_left = info.size
+            yield info
+            # The consumer copied `data_left` away (or not): skip the rest and the padding.
+            self.skip(self.data_left + (padded - info.size))
+
+
+def _parse_pax(raw: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(raw):
+        space = raw.find(b" ", pos)
+        if space < 0:
+            break
+        try:
+            length = int(raw[pos:space])
+        except ValueError:
+            raise tarfile.ReadError("bad PAX header") from None
+        if length <= 0 or pos + length > len(raw):
+            raise tarfile.ReadError("bad PAX header length")
+        record = raw[space + 1:pos + length - 1]
+        key, _, value = record.partition(b"=")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _apply_pax(info: tarfile.TarInfo, pax: dict[str, str]) -> None:
+    try:
+        if "path" in pax:
+            info.name = pax["path"]
+        if "linkpath" in pax:
+            info.linkname = pax["linkpath"]
+        if "size" in pax:
+            info.size = int(pax["size"])
+        if "uid" in pax:
+            info.uid = int(pax["uid"])
+        if "gid" in pax:
+            info.gid = int(pax["gid"])
+        if "mtime" in pax:
+            info.mtime = int(float(pax["mtime"]))
+    except ValueError:
+        raise tarfile.ReadError(f"bad PAX value in {info.name!r}") from None
 
 
 def _clean(name: str, what: str = "entry") -> str:
@@ -170,7 +360,7 @@ class _Unpacker:
                 if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                     raise
 
-    def apply(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def apply(self, info: tarfile.TarInfo, tar: _TarStream) -> None:
         self.stats.entries += 1
         rel = _clean(info.name)
         parent, _, base = rel.rpartition("/")
@@ -230,21 +420,13 @@ class _Unpacker:
         else:
             raise UnsafeLayer(f"layer entry {info.name!r} has unsupported type {info.type!r}")
 
-    def _file(self, full: str, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def _file(self, full: str, info: tarfile.TarInfo, tar: _TarStream) -> None:
         fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
-            src = tar.extractfile(info)
-            if src is not None and info.size:
-                remaining = info.size
-                while remaining:
-                    chunk = src.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise UnsafeLayer(f"layer entry {info.name!r} is truncated")
-                    remaining -= len(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+            if info.size:
+                tar.copy_to(fd, info.size)
+                tar.data_left = 0
             # chown before chmod: chown clears set-user-ID bits.
             os.fchown(fd, info.uid, info.gid)
             os.fchmod(fd, stat.S_IMODE(info.mode))
@@ -288,14 +470,14 @@ def unpack_layer(blob: Path, compression: str, dest: Path, diff_id: str,
             stream = _open_stream(raw, compression)
             hashing = _HashingReader(stream)
             unpacker = _Unpacker(dest)
-            with tarfile.open(fileobj=hashing, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
-                for info in tar:
-                    if cancel is not None and cancel.is_set():
-                        raise UnpackCancelled(f"unpack of {diff_id} cancelled")
-                    unpacker.apply(info, tar)
+            tar = _TarStream(hashing)
+            for info in tar.members():
+                if cancel is not None and cancel.is_set():
+                    raise UnpackCancelled(f"unpack of {diff_id} cancelled")
+                unpacker.apply(info, tar)
             unpacker.finish()
             hashing.drain()
-        except (tarfile.TarError, EOFError, OSError, zstandard.ZstdError) as exc:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise InvalidArgument(f"layer {blob.name[:12]} is not a valid "
