@@ -147,3 +147,26 @@ async def test_cli_lists_attachments_and_config(netd_node: NetdNode, netd: NetdC
         assert f"crib-{req.pod_id}" in out.stdout
     finally:
         await netd.remove_pod_network(req.pod_id)
+
+
+async def test_gc_removes_orphan_namespaces_only(netd_node: NetdNode, netd: NetdClient) -> None:
+    import subprocess
+
+    req = pod_request()
+    net = await netd.create_pod_network(req)
+    orphan = netd_node.netns_dir / "crib-orphan0"
+    orphan.touch()
+    # A pin made behind netd's back (util-linux makes it persistent by bind mount).
+    subprocess.run(["unshare", f"--net={orphan}", "true"], check=True)
+    try:
+        names = {ns.path: ns for ns in await netd.list_namespaces()}
+        assert names[str(orphan)].pinned and not names[str(orphan)].attached
+        report = await netd.gc()
+        assert report.removed_namespaces == [str(orphan)]
+        assert not report.cni_gc_ran  # Debian's plugins speak CNI 1.0.0: no GC command
+        assert not report.errors
+        assert not orphan.exists() and Path(net.netns_path).exists()
+    finally:
+        subprocess.run(["umount", str(orphan)], capture_output=True)
+        orphan.unlink(missing_ok=True)
+        await netd.remove_pod_network(req.pod_id)
