@@ -327,7 +327,10 @@ class NetworkManager:
                 return self.view(existing)
             if existing is not None:
                 # A previous attempt failed half-way and could not be undone then.
-                await self._teardown(existing)
+                try:
+                    await self._teardown(existing)
+                except CniPluginError as exc:
+                    raise _crib_error(exc, pod_id) from None
             config = self.active_config()
             version = await self._negotiate(config, pod_id)
             record = AttachmentRecord(
