@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
-from ..client import DaemonClient
-from ..models.imaged import ImageInfo, Snapshot, SnapshotCreate, SnapshotUsage
+import aiohttp
+
+from ..client import DaemonClient, _map_transport_errors
+from ..errors import error_from_body
+from ..models.imaged import (
+    ImageFsUsage,
+    ImageInfo,
+    PruneResult,
+    PullEvent,
+    PullRequest,
+    RemoveResult,
+    Snapshot,
+    SnapshotCreate,
+    SnapshotUsage,
+)
 
 __all__ = ["ImagedClient"]
 
@@ -41,3 +55,41 @@ class ImagedClient(DaemonClient):
     async def remove_snapshot(self, key: str, *, timeout: float | None = 60.0) -> None:
         """Remove a snapshot; a missing one is success."""
         await self.delete(f"/v1/snapshots/{quote(key, safe='')}", timeout=timeout)
+
+    # ------------------------------------------------------------ operator calls
+    async def list_images(self, *, timeout: float | None = 10.0) -> list[ImageInfo]:
+        return await self.get_list("/v1/images", ImageInfo, timeout=timeout)
+
+    async def remove_image(self, ref: str, *, all_names: bool = False,
+                           timeout: float | None = 60.0) -> RemoveResult:
+        """Remove an image; a tag only untags while the image keeps other tags, unless
+        `all_names`. A missing image answers an empty result."""
+        params = {"ref": ref, "all": "1" if all_names else "0"}
+        _, body = await self.request_bytes("DELETE", "/v1/images", params=params,
+                                           timeout=timeout)
+        return RemoveResult.model_validate_json(body)
+
+    async def prune(self, *, all_images: bool = False,
+                    timeout: float | None = 120.0) -> PruneResult:
+        _, body = await self.request_bytes(
+            "POST", "/v1/images/prune", params={"all": "1" if all_images else "0"},
+            timeout=timeout)
+        return PruneResult.model_validate_json(body)
+
+    async def image_fs(self, *, timeout: float | None = 30.0) -> ImageFsUsage:
+        return await self.get_model("/v1/imagefs", ImageFsUsage, timeout=timeout)
+
+    async def pull(self, request: PullRequest, *,
+                   timeout: float | None = 600.0) -> AsyncIterator[PullEvent]:
+        """Pull, yielding progress events; the last one has status "done" or "error"."""
+        headers = self._headers(timeout, {"Content-Type": "application/json"})
+        with _map_transport_errors(self.name, self.socket, timeout):
+            async with self._get_session().post(
+                "/v1/images/pull", data=request.model_dump_json().encode(), headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout),
+            ) as resp:
+                if resp.status >= 400:
+                    raise error_from_body(resp.status, await resp.read())
+                async for line in resp.content:
+                    if line.strip():
+                        yield PullEvent.model_validate_json(line)

@@ -1,0 +1,133 @@
+"""`crib images`, `crib pull IMAGE`, `crib rmi IMAGE...`, `crib images prune|fs`: imaged's
+operator API over its UNIX socket."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import os
+import sys
+from typing import Any
+
+from crib_common.clients.imaged import ImagedClient
+from crib_common.models.imaged import LayerProgress, PullEvent, PullRequest
+from crib_common.settings import CribSettings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("images", help="list images (or: images prune | images fs)")
+    p.add_argument("action", nargs="?", choices=["list", "prune", "fs"], default="list")
+    p.add_argument("-q", "--quiet", action="store_true", help="IDs only")
+    p.add_argument("--all", action="store_true", help="prune: also tagged unused images")
+    p.add_argument("--no-trunc", action="store_true", help="full image IDs")
+    p.set_defaults(func=images)
+    p = sub.add_parser("pull", help="pull an image with per-layer progress")
+    p.add_argument("image")
+    p.add_argument("--user", "-u", default="", help="registry user (password from "
+                   "CRIB_REGISTRY_PASSWORD or a prompt)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=pull)
+    p = sub.add_parser("rmi", help="remove images (a tag only untags while others remain)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--all-names", "-a", action="store_true",
+                   help="remove the image with every name, as CRI RemoveImage does")
+    p.set_defaults(func=rmi)
+
+
+def _client(settings: CribSettings) -> ImagedClient:
+    return ImagedClient(settings.imaged.socket)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1000
+    return f"{n} B"
+
+
+async def images(args: argparse.Namespace, settings: CribSettings) -> int:
+    async with _client(settings) as client:
+        if args.action == "prune":
+            result = await client.prune(all_images=args.all)
+            for image_id in result.images:
+                print(f"deleted {image_id}")
+            print(f"freed {result.blobs} blobs, {result.layers} layers")
+            return 0
+        if args.action == "fs":
+            fs = await client.image_fs()
+            print(f"{fs.mountpoint}: {_size(fs.used_bytes)}, {fs.inodes_used} inodes, "
+                  f"{fs.images} images, {fs.layers} layers, {fs.blobs} blobs")
+            return 0
+        listed = await client.list_images()
+    if args.quiet:
+        for img in listed:
+            print(img.id)
+        return 0
+    rows = [("IMAGE", "TAG", "IMAGE ID", "SIZE", "PULLED")]
+    for img in listed:
+        image_id = img.id if args.no_trunc else img.id.removeprefix("sha256:")[:13]
+        when = dt.datetime.fromtimestamp(img.created_at / 1e9).strftime("%Y-%m-%d %H:%M")
+        names = [t.rsplit(":", 1) for t in img.repo_tags] or [
+            [d.split("@", 1)[0], "<none>"] for d in img.repo_digests[:1]] or [["<none>",
+                                                                                "<none>"]]
+        for repo, tag in names:
+            rows.append((repo, tag, image_id, _size(img.size), when))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _bar(lp: LayerProgress, width: int = 30) -> str:
+    frac = lp.downloaded / lp.size if lp.size else 1.0
+    filled = int(frac * width)
+    return (f"{lp.digest.removeprefix('sha256:')[:12]}: {lp.status:<11} "
+            f"[{'=' * filled}{'>' if filled < width else ''}{' ' * max(width - filled - 1, 0)}]"
+            f" {_size(lp.downloaded)}/{_size(lp.size)}")
+
+
+async def pull(args: argparse.Namespace, settings: CribSettings) -> int:
+    password = ""
+    if args.user:
+        password = os.environ.get("CRIB_REGISTRY_PASSWORD") or getpass.getpass("Password: ")
+    request = PullRequest(reference=args.image, username=args.user, password=password)
+    tty = sys.stdout.isatty() and not args.quiet
+    drawn = 0
+    last: PullEvent | None = None
+    async with _client(settings) as client:
+        async for event in client.pull(request):
+            last = event
+            if tty and event.layers:
+                if drawn:
+                    sys.stdout.write(f"\x1b[{drawn}F")
+                for lp in event.layers:
+                    sys.stdout.write("\x1b[2K" + _bar(lp) + "\n")
+                drawn = len(event.layers)
+                sys.stdout.flush()
+    if last is None:
+        print("crib: imaged closed the pull stream", file=sys.stderr)
+        return 1
+    if last.status == "error":
+        print(f"crib: pull {args.image}: {last.error_kind}: {last.error}", file=sys.stderr)
+        return 1
+    if not tty and not args.quiet:
+        for lp in last.layers:
+            print(_bar(lp))
+    print(last.image_id if args.quiet else f"pulled {last.reference} ({last.image_id})")
+    return 0
+
+
+async def rmi(args: argparse.Namespace, settings: CribSettings) -> int:
+    code = 0
+    async with _client(settings) as client:
+        for ref in args.images:
+            result = await client.remove_image(ref, all_names=args.all_names)
+            if not result.removed:
+                print(f"crib: no such image {ref}", file=sys.stderr)
+                code = 1
+            for name in result.removed:
+                print(f"untagged/deleted {name}")
+    return code
