@@ -135,3 +135,26 @@ async def test_exec_not_running_container(node: Node,
     assert result.status is not None and result.status["status"] == "Failure"
     assert result.status["message"] == "container is not running"
     assert result.exit_code == -1
+
+
+async def test_exec_websocket_base64_protocol(server: tuple[StreamServer, FakeTargets],
+                                              sleeper: str) -> None:
+    """`v4.base64.channel.k8s.io`: text frames, ASCII channel digit, base64 data."""
+    import base64
+    import json
+
+    import aiohttp
+
+    srv, _ = server
+    url = _exec(srv, sleeper, ["sh", "-c", "head -n 1; exit 2"],
+                stdin=True).replace("http", "ws", 1)
+    got: dict[int, bytes] = {1: b"", 2: b"", 3: b""}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, protocols=["v4.base64.channel.k8s.io"]) as ws:
+            assert ws.protocol == "v4.base64.channel.k8s.io"
+            await ws.send_str("0" + base64.b64encode(b"base64 stdin\n").decode())
+            async for msg in ws:
+                assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                got[int(msg.data[0])] += base64.b64decode(msg.data[1:])
+    assert got[1] == b"base64 stdin\n"
+    assert json.loads(got[3])["details"]["causes"] == [{"reason": "ExitCode", "message": "2"}]

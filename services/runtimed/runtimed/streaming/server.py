@@ -47,7 +47,9 @@ log = structlog.get_logger("runtimed.streaming")
 SPDY_EXEC_PROTOCOLS = {"v4.channel.k8s.io": 4, "v3.channel.k8s.io": 3,
                        "v2.channel.k8s.io": 2, "channel.k8s.io": 1}
 WS_EXEC_PROTOCOLS = {"v5.channel.k8s.io": 5, "v4.channel.k8s.io": 4, "v3.channel.k8s.io": 3,
-                     "v2.channel.k8s.io": 2, "channel.k8s.io": 1}
+                     "v2.channel.k8s.io": 2, "channel.k8s.io": 1,
+                     "v4.base64.channel.k8s.io": 4, "v3.base64.channel.k8s.io": 3,
+                     "v2.base64.channel.k8s.io": 2, "base64.channel.k8s.io": 1}
 SPDY_PORTFORWARD_PROTOCOL = "portforward.k8s.io"
 WS_PORTFORWARD_PROTOCOLS = ("v4.channel.k8s.io", "portforward.k8s.io")
 # SPDY carried inside WebSocket binary messages (client-go's tunneling dialer, kubectl
@@ -313,7 +315,8 @@ class StreamServer:
         if isinstance(spec, PortForwardSpec):
             await serve_ws_portforward(ws, ports, target)
             return
-        session = WsStdioSession(_options(spec), version, ws)
+        session = WsStdioSession(_options(spec), version, ws,
+                                 base64_frames="base64" in (protocol or ""))
         await session.start()
         await self._run_stdio(spec, target, session)
 

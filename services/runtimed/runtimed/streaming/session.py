@@ -11,6 +11,8 @@ uses fixed channel numbers (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize; kube
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 from abc import ABC, abstractmethod
@@ -20,7 +22,7 @@ import structlog
 
 from .spdy import SpdyConnection, SpdyError, SpdyStream
 from .status import status_bytes
-from .websocket import MAX_SEND, OP_BINARY, WebSocket, WebSocketClosed
+from .websocket import MAX_SEND, OP_BINARY, OP_TEXT, WebSocket, WebSocketClosed
 
 __all__ = ["SpdyStdioSession", "StdioOptions", "StdioSession", "WsStdioSession"]
 
@@ -198,9 +200,13 @@ class SpdyStdioSession(StdioSession):
 class WsStdioSession(StdioSession):
     """Stdio over one WebSocket with channel-prefixed binary messages."""
 
-    def __init__(self, opts: StdioOptions, version: int, ws: WebSocket) -> None:
+    def __init__(self, opts: StdioOptions, version: int, ws: WebSocket,
+                 base64_frames: bool = False) -> None:
         super().__init__(opts, version)
         self.ws = ws
+        # `*base64.channel.k8s.io`: text messages, the channel as an ASCII digit and the data
+        # base64-encoded (for clients that cannot send binary frames, e.g. browsers).
+        self.base64 = base64_frames
         self._stdin: asyncio.Queue[bytes] = asyncio.Queue()
         self._stdin_done = not opts.stdin
         self._reader = asyncio.create_task(self._read_loop())
@@ -216,9 +222,14 @@ class WsStdioSession(StdioSession):
         try:
             while True:
                 opcode, msg = await self.ws.receive()
-                if opcode != OP_BINARY or not msg:
+                if not msg or opcode != (OP_TEXT if self.base64 else OP_BINARY):
                     continue
                 channel, data = msg[0], msg[1:]
+                if self.base64:
+                    try:
+                        channel, data = channel - ord("0"), base64.b64decode(data)
+                    except binascii.Error:
+                        continue
                 if channel == STDIN and self.opts.stdin:
                     if data:
                         self._stdin.put_nowait(data)
@@ -241,12 +252,26 @@ class WsStdioSession(StdioSession):
         return data
 
     async def _send(self, channel: int, data: bytes) -> None:
+        if self.base64:
+            await self._send_base64(channel, data)
+            return
         prefix = bytes([channel])
         try:
             if not data:
                 await self.ws.send(prefix)
             for off in range(0, len(data), MAX_SEND):
                 await self.ws.send(prefix + data[off:off + MAX_SEND])
+        except WebSocketClosed:
+            self.closed.set()
+
+    async def _send_base64(self, channel: int, data: bytes) -> None:
+        prefix = str(channel).encode()
+        try:
+            if not data:
+                await self.ws.send(prefix, OP_TEXT)
+            step = MAX_SEND // 4 * 3
+            for off in range(0, len(data), step):
+                await self.ws.send(prefix + base64.b64encode(data[off:off + step]), OP_TEXT)
         except WebSocketClosed:
             self.closed.set()
 
