@@ -50,7 +50,8 @@ def create_app(settings: CribSettings) -> web.Application:
 
     async def resources(_app: web.Application) -> AsyncIterator[None]:
         settings.imaged.run_dir.mkdir(parents=True, exist_ok=True)
-        store = await asyncio.to_thread(ImageStore, settings.imaged.root)
+        store = await asyncio.to_thread(ImageStore, settings.imaged.root,
+                                        settings.imaged.link_dir)
         svc.recovery = await asyncio.to_thread(store.recover)
         log.info("image store loaded", images=len(store.images),
                  layers=len(store.layer_records), **svc.recovery)

@@ -62,12 +62,12 @@ def _now_ns() -> int:
 
 
 class ImageStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, link_dir: Path | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.state = StateStore(root / "state.db")
         self.content = ContentStore(root)
-        self.layers = LayerDirs(root)
+        self.layers = LayerDirs(root, link_dir)
         self.snapshot_dir = root / "snapshots"
         self.snapshot_dir.mkdir(exist_ok=True)
         self.images: dict[str, ImageRecord] = {}
@@ -114,7 +114,7 @@ class ImageStore:
                 continue
             link = self.layers.link_path(rec.link)
             if not os.path.lexists(link):
-                link.symlink_to(f"../layers/{rec.diff_id.split(':', 1)[1]}/diff")
+                link.symlink_to(self.layers.link_target(rec.diff_id))
             self.layer_records[rec.diff_id] = rec
         for diff_id in self.layers.on_disk() - set(self.layer_records):
             shutil.rmtree(self.layers.path(diff_id), ignore_errors=True)
@@ -353,7 +353,8 @@ class ImageStore:
         if len(",".join(options)) >= MOUNT_OPTIONS_MAX:
             raise ResourceExhausted(
                 f"image has {len(lowers)} layers: overlay options would exceed one page "
-                f"({MOUNT_OPTIONS_MAX} bytes) under {self.root}; use a shorter imaged root")
+                f"({MOUNT_OPTIONS_MAX} bytes) with layer links in {self.layers.links}; "
+                "set imaged.link_dir to a shorter directory")
         return [Mount(type="overlay", source="overlay", options=options)]
 
     async def remove_snapshot(self, key: str) -> bool:

@@ -3,8 +3,9 @@
     <root>/layers/<hex of diff_id>/diff        the unpacked layer (a lowerdir)
     <root>/layers/.tmp-<hex>-<rand>/diff       an unpack in progress (swept at start)
     <root>/layers/.rm-<hex>-<rand>             a removal in progress (swept at start)
-    <root>/l/<LINK> -> ../layers/<hex>/diff    short names keep overlay's option string
+    <root>/l/<LINK> -> <root>/layers/<hex>/diff  short names keep overlay's option string
                                                under one page for many layers
+                                               (`link_dir` setting: a shorter place)
 
 A layer is unpacked once, whatever blob (gzip, zstd, plain) carried it: the directory is
 keyed by the uncompressed digest.
@@ -27,9 +28,10 @@ _LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 class LayerDirs:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, link_dir: Path | None = None) -> None:
         self.layers = root / "layers"
-        self.links = root / "l"
+        # A shorter directory for the links fits more layers into one page of options.
+        self.links = link_dir or root / "l"
         self.layers.mkdir(parents=True, exist_ok=True)
         self.links.mkdir(parents=True, exist_ok=True)
 
@@ -42,12 +44,16 @@ class LayerDirs:
     def link_path(self, link: str) -> Path:
         return self.links / link
 
+    def link_target(self, diff_id: str) -> str:
+        return str(self.layers / diff_id.split(":", 1)[1] / "diff")
+
     def exists(self, diff_id: str) -> bool:
         return self.diff(diff_id).is_dir()
 
     def new_link(self) -> str:
         while True:
-            link = "".join(secrets.choice(_LINK_ALPHABET) for _ in range(8))
+            # 5 of 36 symbols: 60 million names, 6 bytes per layer in the option string.
+            link = "".join(secrets.choice(_LINK_ALPHABET) for _ in range(5))
             if not os.path.lexists(self.links / link):
                 return link
 
@@ -63,7 +69,7 @@ class LayerDirs:
             link_path = self.links / link
             with contextlib.suppress(FileNotFoundError):
                 link_path.unlink()
-            link_path.symlink_to(f"../layers/{hexd}/diff")
+            link_path.symlink_to(self.link_target(diff_id))
             os.chmod(tmp, 0o700)
             os.replace(tmp, final)
             return stats
