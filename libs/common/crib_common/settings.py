@@ -80,6 +80,10 @@ class ImagedSection(BaseModel):
     # Hosts answered over plain HTTP, besides loopback which always is (as in containerd).
     insecure_registries: list[str] = Field(default_factory=list)
     pull_timeout: float = Field(default=600.0, gt=0)
+    # Where the short per-layer links overlay's lowerdir names live (default <root>/l).
+    # The option string must fit one page (4096 bytes): each layer costs len(link_dir)+7
+    # bytes, so a short directory (e.g. /run/crib/l) fits more layers.
+    link_dir: Path | None = None
 
 
 class RuntimeHandler(BaseModel):
@@ -110,6 +114,12 @@ class RuntimedSection(BaseModel):
     # drop_infra_ctr). Set an image to run a pause container instead.
     pause_image: str = ""
     cgroup_parent: str = "/crib"
+    # pids.max of every container (0: unlimited); the CRI has no per-container field.
+    pids_limit: int = Field(default=0, ge=0)
+    # conmon --log-size-max per container log file (0: unlimited; kubelet rotates).
+    log_size_max: int = Field(default=0, ge=0)
+    # Bound on conmon + `<runtime> create` and on `<runtime> start`.
+    create_timeout: float = Field(default=60.0, gt=0)
     # Streaming server for Exec/Attach/PortForward.
     stream_address: str = "127.0.0.1"
     stream_port: int = Field(default=0, ge=0, le=65535)
