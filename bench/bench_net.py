@@ -17,6 +17,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from bench.harness import Row, Stats, report
@@ -50,20 +51,39 @@ async def sequential(client: NetdClient, n: int, host_ports: bool) -> tuple[Stat
     return Stats.of(ups), Stats.of(downs)
 
 
-async def concurrent(client: NetdClient, n: int) -> tuple[Stats, Stats, float, float]:
-    """Set up `n` pods at once, then tear them all down at once."""
+async def concurrent(client: NetdClient, n: int, width: int) -> tuple[Stats, Stats, float, float]:
+    """Set up `n` pods, `width` in flight at any time; then tear them down the same way."""
     reqs = [_request(i) for i in range(n)]
+    gate = asyncio.Semaphore(width)
+
+    async def gated(fn: Callable[[], Awaitable[T]]) -> float:
+        async with gate:
+            return await _timed(fn)
+
     t0 = time.perf_counter()
-    ups = await asyncio.gather(*(_timed(lambda r=r: client.create_pod_network(r)) for r in reqs))
+    ups = await asyncio.gather(*(gated(lambda r=r: client.create_pod_network(r)) for r in reqs))
     wall_up = time.perf_counter() - t0
     t0 = time.perf_counter()
-    downs = await asyncio.gather(*(_timed(lambda r=r: client.remove_pod_network(r.pod_id))
+    downs = await asyncio.gather(*(gated(lambda r=r: client.remove_pod_network(r.pod_id))
                                    for r in reqs))
     wall_down = time.perf_counter() - t0
     return Stats.of(ups), Stats.of(downs), wall_up, wall_down
 
 
-async def run(pods: int, conc: int, rounds: int) -> str:
+async def netns_only(root: Path, n: int) -> tuple[Stats, Stats]:
+    """netd's own share: pin a namespace (lo up) and unpin it, no plugins, no HTTP."""
+    from netd.netns import NamespaceManager
+
+    ns = NamespaceManager(root / "bench-netns")
+    ups, downs = [], []
+    for i in range(n):
+        path = ns.path_for(f"bench{i}")
+        ups.append(await _timed(lambda i=i: ns.create(f"bench{i}")))  # type: ignore[misc]
+        downs.append(await _timed(lambda path=path: ns.remove(path)))  # type: ignore[misc]
+    return Stats.of(ups), Stats.of(downs)
+
+
+async def run(pods: int, width: int) -> str:
     stack = Stack.create(CRIB_LOG__LEVEL="info")
     try:
         stack.start(("netd",))
@@ -71,26 +91,23 @@ async def run(pods: int, conc: int, rounds: int) -> str:
             await sequential(client, 3, False)  # warm-up: the first ADD makes the bridge
             seq_up, seq_down = await sequential(client, pods, False)
             hp_up, hp_down = await sequential(client, pods, True)
-            c_ups, c_downs, walls_up, walls_down = [], [], [], []
-            for _ in range(rounds):
-                up, down, wu, wd = await concurrent(client, conc)
-                c_ups.append(up)
-                c_downs.append(down)
-                walls_up.append(wu)
-                walls_down.append(wd)
+            c_up, c_down, wall_up, wall_down = await concurrent(client, pods, width)
             leftovers = await client.list_pod_networks()
             assert not leftovers, leftovers
+        ns_up, ns_down = await netns_only(stack.root, pods)
         rows = [
             Row("setup (netns + ADD)", seq_up, note=f"{pods} pods, one at a time"),
             Row("teardown (DEL + netns rm)", seq_down),
             Row("setup, with 1 hostPort", hp_up),
             Row("teardown, with 1 hostPort", hp_down),
+            Row(f"setup, {width} concurrent", c_up,
+                note=f"{pods} pods, {width} in flight: all up in {wall_up * 1000:.0f} ms "
+                     f"({pods / wall_up:.1f} pods/s)"),
+            Row(f"teardown, {width} concurrent", c_down,
+                note=f"all down in {wall_down * 1000:.0f} ms ({pods / wall_down:.1f} pods/s)"),
+            Row("  of which netns pin", ns_up, note="netd alone: thread+unshare+lo up+bind mount"),
+            Row("  of which netns unpin", ns_down),
         ]
-        for i, (up, down) in enumerate(zip(c_ups, c_downs)):
-            rows.append(Row(f"setup, {conc} concurrent", up,
-                            note=f"round {i + 1}: all {conc} up in {walls_up[i] * 1000:.0f} ms"))
-            rows.append(Row(f"teardown, {conc} concurrent", down,
-                            note=f"round {i + 1}: all down in {walls_down[i] * 1000:.0f} ms"))
         return report(rows, title="netd pod network latency (real bridge/host-local/portmap/"
                                   "loopback plugins 1.1.1)", peer="-")
     finally:
@@ -109,9 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=50)
     parser.add_argument("--concurrent", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(asyncio.run(run(args.pods, args.concurrent, args.rounds)))
+    print(asyncio.run(run(args.pods, args.concurrent)))
 
 
 if __name__ == "__main__":
