@@ -56,16 +56,19 @@ async def concurrent(client: NetdClient, n: int, width: int) -> tuple[Stats, Sta
     reqs = [_request(i) for i in range(n)]
     gate = asyncio.Semaphore(width)
 
-    async def gated(fn: Callable[[], Awaitable[T]]) -> float:
+    async def up(req: PodNetworkCreate) -> float:
         async with gate:
-            return await _timed(fn)
+            return await _timed(lambda: client.create_pod_network(req))
+
+    async def down(req: PodNetworkCreate) -> float:
+        async with gate:
+            return await _timed(lambda: client.remove_pod_network(req.pod_id))
 
     t0 = time.perf_counter()
-    ups = await asyncio.gather(*(gated(lambda r=r: client.create_pod_network(r)) for r in reqs))
+    ups = await asyncio.gather(*(up(r) for r in reqs))
     wall_up = time.perf_counter() - t0
     t0 = time.perf_counter()
-    downs = await asyncio.gather(*(gated(lambda r=r: client.remove_pod_network(r.pod_id))
-                                   for r in reqs))
+    downs = await asyncio.gather(*(down(r) for r in reqs))
     wall_down = time.perf_counter() - t0
     return Stats.of(ups), Stats.of(downs), wall_up, wall_down
 
@@ -78,8 +81,9 @@ async def netns_only(root: Path, n: int) -> tuple[Stats, Stats]:
     ups, downs = [], []
     for i in range(n):
         path = ns.path_for(f"bench{i}")
-        ups.append(await _timed(lambda i=i: ns.create(f"bench{i}")))  # type: ignore[misc]
-        downs.append(await _timed(lambda path=path: ns.remove(path)))  # type: ignore[misc]
+        name = f"bench{i}"
+        ups.append(await _timed(lambda: ns.create(name)))
+        downs.append(await _timed(lambda: ns.remove(path)))
     return Stats.of(ups), Stats.of(downs)
 
 
