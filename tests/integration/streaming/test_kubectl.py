@@ -126,3 +126,51 @@ async def test_kubectl_attach(node: Node, api: tuple[FakeApiServer, Path],
                                    stdin=b"hello\nquit\n")
     assert b"got hello\n" in out, (out, err)
     assert code == 4, (code, err)
+
+
+@pytest.mark.parametrize("env", [SPDY_ENV, WS_ENV], ids=["spdy", "websocket"])
+async def test_kubectl_exec_tty_resize(node: Node, api: tuple[FakeApiServer, Path],
+                                       env: dict[str, str]) -> None:
+    """kubectl on a real terminal sends its size, and again on SIGWINCH."""
+    import fcntl
+    import struct
+    import termios
+
+    fake, kubeconfig = api
+    cid = node.run(["sleep", "3600"]).id
+    fake.pods["web"] = (cid, "")
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    # setsid --ctty: the pty must be kubectl's controlling terminal for SIGWINCH to reach it.
+    proc = await asyncio.create_subprocess_exec(
+        "setsid", "--ctty", "kubectl", "--kubeconfig", str(kubeconfig), "exec", "-it", "web",
+        "--", "sh", stdin=slave, stdout=slave, stderr=slave,
+        env={**os.environ, "HOME": str(kubeconfig.parent), **env})
+    os.close(slave)
+    os.set_blocking(master, False)
+    seen = bytearray()
+
+    async def expect(needle: bytes) -> None:
+        deadline = time.monotonic() + 20
+        while needle not in seen:
+            assert time.monotonic() < deadline, bytes(seen)
+            try:
+                seen.extend(os.read(master, 65536))
+            except BlockingIOError:
+                await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.sleep(1.0)
+        os.write(master, b"stty size\r")
+        await expect(b"33 111")
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 99, 0, 0))
+        await asyncio.sleep(0.5)
+        os.write(master, b"stty size\r")
+        await expect(b"44 99")
+        os.write(master, b"exit 6\r")
+        assert await asyncio.wait_for(proc.wait(), 20) == 6
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(master)
