@@ -173,6 +173,24 @@ class NetworkManager:
             except NetnsError as exc:
                 log.error("orphan namespace not removed", netns=str(path), error=str(exc))
         log.info("attachments recovered", count=len(self.store.list()))
+        await self._gc_at_start()
+
+    async def _gc_at_start(self) -> None:
+        """CNI GC once recovery is done and before any ADD/DEL can start (so it runs
+        alone, SPEC.md section 3), when the plugins speak CNI 1.1; also warms the cache of
+        the plugins' VERSION answers."""
+        try:
+            config = load_active(self.settings.conf_dir, list(self.settings.plugin_dirs))
+        except ConfigProblem:
+            return  # reported by /healthz
+        valid = [(r.pod_id, r.ifname) for r in self.store.list()
+                 if r.config.get("name") == config.name]
+        try:
+            errors = await self.chain.gc(config, valid)
+        except CniPluginError as exc:
+            errors = [str(exc)]
+        for error in errors:
+            log.warning("cni gc error", network=config.name, error=error)
 
     async def _recover_one(self, record: AttachmentRecord) -> None:
         if record.state == "ready":
