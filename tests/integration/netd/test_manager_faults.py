@@ -195,3 +195,38 @@ async def test_orphan_plugins_are_waited_for_then_killed(tmp_path: Path) -> None
         for proc in (quick, stuck, other):
             proc.kill()
             proc.wait()
+
+
+async def test_gc_at_start_with_cni_1_1_plugins(env: tuple[NetdSection, FakeExec]) -> None:
+    settings, fake = env
+    (settings.conf_dir / "10.conflist").write_text(json.dumps(
+        {"cniVersion": "1.1.0", "name": "fake", "plugins": [{"type": "crib-x"}]}))
+    seen: list[dict[str, Any]] = []
+    original = fake.run
+
+    async def run(binary: Path, inv: Invocation, stdin: dict[str, Any],
+                  timeout: float) -> dict[str, Any] | None:
+        if inv.command == "VERSION":
+            return {"cniVersion": "1.1.0", "supportedVersions": ["1.0.0", "1.1.0"]}
+        if inv.command in ("GC", "STATUS"):
+            seen.append({"command": inv.command, **stdin})
+            return None
+        return await original(binary, inv, stdin, timeout)
+
+    fake.run = run  # type: ignore[method-assign]
+    mgr = NetworkManager(settings, fake)
+    await mgr.start()
+    req = _req()
+    await mgr.create(req)
+    assert (await mgr.health()).ready
+    await mgr.close()
+    seen.clear()
+    again = NetworkManager(settings, fake)
+    await again.start()
+    gc = [s for s in seen if s["command"] == "GC"]
+    assert len(gc) == 1 and gc[0]["cniVersion"] == "1.1.0"
+    assert gc[0]["cni.dev/valid-attachments"] == [{"containerID": req.pod_id, "ifname": "eth0"}]
+    assert (await again.health()).ready
+    assert [s["command"] for s in seen[1:]] == ["STATUS"]  # health runs STATUS on 1.1
+    await again.remove(req.pod_id)
+    await again.close()
