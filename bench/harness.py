@@ -95,14 +95,14 @@ def runtime_stub(socket: str | Path) -> Any:
     """`RuntimeServiceStub` on the socket (keep a reference: the channel lives with it)."""
     from cri_api.v1 import api_pb2_grpc
 
-    return api_pb2_grpc.RuntimeServiceStub(channel(socket))
+    return api_pb2_grpc.RuntimeServiceStub(channel(socket))  # type: ignore[no-untyped-call]
 
 
 def image_stub(socket: str | Path) -> Any:
     """`ImageServiceStub` on the socket."""
     from cri_api.v1 import api_pb2_grpc
 
-    return api_pb2_grpc.ImageServiceStub(channel(socket))
+    return api_pb2_grpc.ImageServiceStub(channel(socket))  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _try_measure(fn: Callable[[], Any], n: int) -> tuple[Stats | None, str]:
     try:
         return measure(fn, n), ""
     except grpc.RpcError as exc:
-        return None, f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+        return None, f"{exc.code().name}: {exc.details()}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -256,7 +256,7 @@ class PeerContainerd:
         from cri_api.v1 import api_pb2, api_pb2_grpc
 
         with grpc.insecure_channel(f"unix://{self.cri_socket}") as channel:
-            stub = api_pb2_grpc.RuntimeServiceStub(channel)
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
             try:
                 stub.Version(api_pb2.VersionRequest(), timeout=2)
             except grpc.RpcError:

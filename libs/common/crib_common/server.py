@@ -149,7 +149,7 @@ class RouteTable:
             schemas[model.__name__] = schema
             return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-        for info, _fn in self.routes + [(i, None) for i in (extra or [])]:  # type: ignore[misc]
+        for info, _fn in self.routes + [(i, None) for i in (extra or [])]:
             op: dict[str, Any] = {"summary": info.summary, "responses": {}}
             params = [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -354,7 +354,7 @@ def _check_message(buf: memoryview, cls: type[betterproto.Message], path: str,
                    depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise _WireError(f"nested deeper than {_MAX_DEPTH} at {path}")
-    meta = cls._betterproto
+    meta: Any = cls._betterproto  # type: ignore[arg-type]  # classproperty typing
     pos = 0
     end = len(buf)
     while pos < end:
@@ -430,7 +430,7 @@ def _check_utf8(chunk: memoryview, path: str) -> None:
 def _check_map_entry(chunk: memoryview, cls: type[betterproto.Message], name: str,
                      fm: Any, path: str, depth: int) -> None:
     key_type, value_type = fm.map_types
-    meta = cls._betterproto
+    meta: Any = cls._betterproto  # type: ignore[arg-type]  # classproperty typing
     pos = 0
     while pos < len(chunk):
         key, pos = _read_varint(chunk, pos)

@@ -19,6 +19,7 @@ vanish); the store only promises that what it returns was committed.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -111,14 +112,14 @@ class StateStore:
             ).fetchone()
         return None if row is None else self._load(kind, key, model, row[0], row[1])
 
-    def list(self, kind: str, model: type[R]) -> list[R]:
+    def list(self, kind: str, model: type[R]) -> builtins.list[R]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT key, version, data FROM records WHERE kind = ? ORDER BY key", (kind,)
             ).fetchall()
         return [self._load(kind, key, model, version, data) for key, version, data in rows]
 
-    def keys(self, kind: str) -> list[str]:
+    def keys(self, kind: str) -> builtins.list[str]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT key FROM records WHERE kind = ? ORDER BY key", (kind,)
