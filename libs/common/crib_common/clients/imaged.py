@@ -27,7 +27,10 @@ __all__ = ["ImagedClient"]
 
 class ImagedClient(DaemonClient):
     def __init__(self, socket: Path, **kwargs: float) -> None:
-        super().__init__("imaged", socket, **kwargs)  # type: ignore[arg-type]
+        super().__init__("imaged", socket, **kwargs)
+
+    async def __aenter__(self) -> ImagedClient:
+        return self
 
     async def resolve_image(self, ref: str, *, timeout: float | None = 10.0) -> ImageInfo:
         """The stored image a reference, ID or unique ID prefix names (NotFound if none)."""

@@ -30,8 +30,12 @@ def register(table: CriTable, svc: ImageService) -> None:
 
 def cri_image(img: ImageRecord) -> Image:
     uid, username = user_of(img)
-    return Image(
+    # api.proto: size "Must be > 0"; uid and username are mutually exclusive.
+    message = Image(
         id=img.id, repo_tags=list(img.repo_tags), repo_digests=list(img.repo_digests),
-        size=max(img.size, 1), uid=Int64Value(uid) if uid is not None else None,
-        username=username, spec=ImageSpec(image=img.id), pinned=img.pinned,
+        size=max(img.size, 1), username=username, spec=ImageSpec(image=img.id),
+        pinned=img.pinned,
     )
+    if uid is not None:
+        message.uid = Int64Value(uid)
+    return message

@@ -143,7 +143,7 @@ class ContentStore:
             self.path_of(digest).unlink()
 
     def digests(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for algo_dir in self.blobs.iterdir():
             if algo_dir.is_dir():
                 out.extend(f"{algo_dir.name}:{p.name}" for p in algo_dir.iterdir())
