@@ -117,6 +117,7 @@ class _CriTransport:
         reader, writer = conn
         keep = False
         received = False
+        complete = False
         try:
             writer.write(request)
             try:
@@ -134,6 +135,7 @@ class _CriTransport:
             else:
                 keep = False
                 data = await reader.read()
+            complete = True
             return status, data
         except _StaleConnection:
             raise
@@ -147,7 +149,9 @@ class _CriTransport:
         except asyncio.LimitOverrunError:
             raise Internal(f"{self.name} sent an oversized answer head") from None
         finally:
-            if keep and len(self._idle) < _MAX_IDLE:
+            # Only a connection whose answer was read to its end can carry the next call;
+            # one interrupted (deadline, cancellation, error) is closed.
+            if complete and keep and len(self._idle) < _MAX_IDLE:
                 self._idle.append(conn)
             else:
                 writer.close()

@@ -131,3 +131,29 @@ async def test_reconnects_after_the_daemon_restarts(tmp_path: Path) -> None:
     finally:
         await client.close()
         await runner.cleanup()
+
+
+async def test_interrupted_call_does_not_poison_the_pool(
+    daemon: tuple[Path, list[dict[str, str]]]
+) -> None:
+    # A call cut by its deadline leaves its answer unread on that connection; the next
+    # call must not read it as its own.
+    sock, _ = daemon
+    async with DaemonClient("fake", sock) as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.call_cri(VERSION, bytes(VersionRequest(version="slow")), timeout=0.2)
+        for tag in ("a", "b", "c"):
+            raw = await client.call_cri(VERSION, bytes(VersionRequest(version=tag)), timeout=5)
+            assert VersionResponse().parse(raw).version == tag
+
+
+async def test_concurrent_calls_each_get_their_own_answer(
+    daemon: tuple[Path, list[dict[str, str]]]
+) -> None:
+    sock, _ = daemon
+    async with DaemonClient("fake", sock) as client:
+        tags = [f"t{i}" for i in range(40)]
+        raws = await asyncio.gather(*(
+            client.call_cri(VERSION, bytes(VersionRequest(version=t)), timeout=5) for t in tags
+        ))
+        assert [VersionResponse().parse(r).version for r in raws] == tags
