@@ -11,6 +11,7 @@ API
       `/token` endpoint hands out ES256 JWTs after checking Basic credentials against
       `users` (anonymous requests are refused when `users` is non-empty). The issuer also
       answers the OAuth2 POST form (grant_type=password or refresh_token, `refresh_tokens`).
+    - `tls=True`: HTTPS with a certificate for 127.0.0.1 signed by a fresh CA (`.ca_path`).
     - `.client()` returns a `RegistryClient` already holding the first user's credentials.
     - `.blob_path(name, digest)`: the file the registry serves a blob from, so tests can
       truncate or alter stored content (the registry checks digests on upload only).
@@ -43,6 +44,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -81,8 +83,43 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def _write_tls(root: Path) -> None:
+    """A test CA and a server certificate for 127.0.0.1 (IP SAN) it signed."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crib-test-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (root / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (root / "server.crt").write_bytes(cert.public_bytes(pem))
+    (root / "server.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
 def _wait_http(host: str, proc: subprocess.Popen[bytes] | None, log: Path | None,
-               timeout: float = 20.0) -> None:
+               timeout: float = 20.0, tls: bool = False) -> None:
     deadline = time.monotonic() + timeout
     h, p = host.rsplit(":", 1)
     while time.monotonic() < deadline:
@@ -90,7 +127,10 @@ def _wait_http(host: str, proc: subprocess.Popen[bytes] | None, log: Path | None
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
             raise RegistryError(f"registry exited with {proc.returncode}: {tail}")
         try:
-            conn = http.client.HTTPConnection(h, int(p), timeout=2)
+            conn: http.client.HTTPConnection = (
+                http.client.HTTPSConnection(h, int(p), timeout=2,
+                                            context=ssl._create_unverified_context())
+                if tls else http.client.HTTPConnection(h, int(p), timeout=2))
             conn.request("GET", "/v2/")
             conn.getresponse().read()
             conn.close()
@@ -254,6 +294,8 @@ class Registry:
 
     auth: str | None = None
     users: dict[str, str] = field(default_factory=dict)
+    # Serve HTTPS with a certificate for 127.0.0.1 signed by a fresh test CA (`ca_path`).
+    tls: bool = False
     refresh_tokens: dict[str, str] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(
         tempfile.mkdtemp(prefix="crib-reg-", dir="/tmp")))
@@ -287,6 +329,9 @@ class Registry:
             f"  addr: 127.0.0.1:{self.port}",
             f"  secret: {secrets.token_hex(16)}",
         ]
+        if self.tls:
+            lines += ["  tls:", f"    certificate: {self.root / 'server.crt'}",
+                      f"    key: {self.root / 'server.key'}"]
         if self.auth == "basic":
             htpasswd = self.root / "htpasswd"
             htpasswd.touch()
@@ -311,6 +356,8 @@ class Registry:
         if self.auth == "token":
             self.issuer = TokenIssuer(self.root, self.SERVICE, self.users,
                                       self.refresh_tokens).start()
+        if self.tls:
+            _write_tls(self.root)
         config = self.root / "config.yml"
         config.write_text(self._config())
         log = self.root / "registry.log"
@@ -318,8 +365,13 @@ class Registry:
             self.proc = subprocess.Popen(
                 [REGISTRY_BIN, "serve", str(config)], stdout=out, stderr=out,
                 stdin=subprocess.DEVNULL, start_new_session=True)
-        _wait_http(self.host, self.proc, log)
+        _wait_http(self.host, self.proc, log, tls=self.tls)
         return self
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA that signed the registry's certificate (with `tls=True`)."""
+        return self.root / "ca.crt"
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -340,7 +392,8 @@ class Registry:
 
     def client(self) -> RegistryClient:
         user, password = next(iter(self.users.items()), (None, None))
-        return RegistryClient(self.host, user, password)
+        return RegistryClient(self.host, user, password,
+                              self.ca_path if self.tls else None)
 
     def blob_path(self, digest: str) -> Path:
         """Where the filesystem driver keeps a blob's bytes (layout of distribution's
@@ -361,8 +414,9 @@ class RegistryClient:
     """Synchronous distribution-API client for test setup (push and raw reads)."""
 
     def __init__(self, host: str, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, ca_file: Path | None = None) -> None:
         self.host = host
+        self.ca_file = ca_file
         self.username = username
         self.password = password
         self._auth_header: dict[str, str] = {}
@@ -373,9 +427,16 @@ class RegistryClient:
 
     def _raw(self, method: str, url: str, body: bytes | None,
              headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{self.host}{url}")
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
-                                          timeout=60)
+        scheme = "https" if self.ca_file else "http"
+        parts = urllib.parse.urlsplit(url if "://" in url else f"{scheme}://{self.host}{url}")
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                parts.hostname or "127.0.0.1", parts.port or 443, timeout=60,
+                context=ssl.create_default_context(cafile=str(self.ca_file)))
+        else:
+            conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                              timeout=60)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
             conn.request(method, path, body=body, headers=headers)

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import iptables
+
 SERVICES = ("netd", "imaged", "runtimed", "gateway")
 BIN = Path(sys.executable).parent
 
@@ -130,6 +132,8 @@ class Stack:
         """Stop the daemons and remove what the stack made on the host."""
         self.stop()
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        # Rules of pods a test never removed (their CNI chains carry the network name).
+        iptables.remove_matching([f"crib-{self.bridge}", f"10.213.{self.net_index}."])
         for ctrl in Path("/sys/fs/cgroup").iterdir():
             cg = ctrl / self.cgroup_parent.lstrip("/")
             if cg.is_dir():

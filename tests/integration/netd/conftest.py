@@ -14,7 +14,7 @@ import pytest
 from crib_common.clients.netd import NetdClient
 from tests.support.stack import Stack
 
-from . import iptables
+from tests.support import iptables
 
 # A CNI plugin for fault injection: its behaviour comes from the file `mode` beside it
 # ("hang": ADD waits until the caller dies; "hang-del": DEL does; "fail": ADD prints the

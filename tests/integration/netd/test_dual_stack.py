@@ -14,7 +14,7 @@ import pytest
 from crib_common.clients.netd import NetdClient
 from tests.support.stack import Stack
 
-from . import iptables
+from tests.support import iptables
 from .helpers import connect_from, pod_request, stop
 
 pytestmark = pytest.mark.integration

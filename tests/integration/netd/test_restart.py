@@ -11,7 +11,7 @@ import pytest
 from crib_common.clients.netd import NetdClient
 from crib_common.errors import CribError, FailedPrecondition, NotFound
 
-from . import iptables
+from tests.support import iptables
 from .conftest import NetdNode
 from .helpers import connect_from, pod_request, start_server, stop
 
