@@ -51,8 +51,8 @@ async def run_exec(target: ContainerTarget, cmd: list[str], session: StdioSessio
     """Run `cmd` in `target`, stream it through `session`, and finish with its status."""
     with tempfile.TemporaryDirectory(prefix="crib-exec-") as tmp:
         pid_file = Path(tmp) / "pid"
-        argv = [target.runtime_path, "--root", str(target.runtime_root), "exec",
-                "--pid-file", str(pid_file)]
+        argv = [target.runtime_path, "--root", str(target.runtime_root),
+                *target.runtime_args, "exec", "--pid-file", str(pid_file)]
         if session.opts.tty:
             argv.append("--tty")
         argv += [target.id, *cmd]

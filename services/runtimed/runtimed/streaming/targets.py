@@ -18,7 +18,8 @@ __all__ = ["ContainerTarget", "SandboxTarget", "StreamTargets"]
 class ContainerTarget:
     """A container as exec and attach see it.
 
-    `runtime_path`/`runtime_root` are the OCI runtime binary and its `--root`;
+    `runtime_path`/`runtime_root` are the OCI runtime binary and its `--root`, and
+    `runtime_args` any further global options the handler runs with (not `--root`);
     `attach_socket` is conmon's SOCK_SEQPACKET attach socket and `ctl_fifo` its control FIFO
     (conmon `src/conn_sock.c`, `src/ctrl.c`); `tty`/`stdin` are the container's own
     ContainerConfig flags (attach must match them).
@@ -32,6 +33,7 @@ class ContainerTarget:
     stdin: bool = False
     attach_socket: Path | None = None
     ctl_fifo: Path | None = None
+    runtime_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
