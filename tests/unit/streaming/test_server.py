@@ -147,3 +147,26 @@ async def test_stop_ends_sessions(srv: StreamServer) -> None:
     assert srv.active_sessions == 0
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_lifecycle_in_daemon_app_and_metrics() -> None:
+    """As wired in runtimed: a cleanup_ctx entry starts and stops the server, and its
+    counters appear on the daemon's /metrics."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from crib_common.server import create_daemon_app
+
+    stream = StreamServer(RuntimedSection(), NoContainers())
+    app = create_daemon_app("runtimed")
+    app.cleanup_ctx.append(stream.context)
+    async with TestClient(TestServer(app)) as client:
+        assert stream.bound is not None
+        status, _, _, writer = await raw_request(stream.base_url + "/exec/nope-nope", SPDY)
+        writer.close()
+        assert status == 404
+        result = await (await open_stdio(stream.url(_spec()), "ws")).wait()
+        assert result.exit_code == -1
+        text = await (await client.get("/metrics")).text()
+        assert 'crib_stream_refused_total{status="404"} 1.0' in text
+        assert 'crib_stream_sessions_total{kind="exec",transport="websocket"} 1.0' in text
+    assert stream.bound is not None and stream._server is None  # stopped with the app

@@ -25,8 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crib_common.errors import CribError, NotFound, Unavailable
+from crib_common.server import METRICS_KEY
 from crib_common.settings import RuntimedSection
 
 from .attach import run_attach
@@ -120,6 +122,20 @@ class _HttpError(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
+class _StreamMetrics:
+    """Sessions by kind and transport, refusals by HTTP status, sessions open now."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.sessions = Counter("crib_stream_sessions_total",
+                                "Streaming sessions started, by kind and transport",
+                                ["kind", "transport"], registry=registry)
+        self.refused = Counter("crib_stream_refused_total",
+                               "Streaming requests refused, by HTTP status", ["status"],
+                               registry=registry)
+        self.active = Gauge("crib_stream_active_connections",
+                            "Connections open on the streaming server", registry=registry)
+
+
 class StreamServer:
     """Serves exec/attach/port-forward sessions for one runtimed."""
 
@@ -131,6 +147,7 @@ class StreamServer:
         self._server: asyncio.base_events.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.bound: tuple[str, int] | None = None
+        self._metrics: _StreamMetrics | None = None
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -164,8 +181,12 @@ class StreamServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
 
-    async def context(self, _app: web.Application) -> AsyncIterator[None]:
-        """aiohttp `cleanup_ctx` entry: start with the daemon, stop with it."""
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp `cleanup_ctx` entry: start with the daemon, stop with it; counters go to
+        the daemon's /metrics registry."""
+        registry = getattr(app.get(METRICS_KEY), "registry", None)
+        if isinstance(registry, CollectorRegistry):
+            self._metrics = _StreamMetrics(registry)
         await self.start()
         try:
             yield
@@ -198,6 +219,8 @@ class StreamServer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        if self._metrics is not None:
+            self._metrics.active.inc()
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
@@ -206,6 +229,8 @@ class StreamServer:
             log.exception("streaming session failed")
         finally:
             self._handlers.discard(task)
+            if self._metrics is not None:
+                self._metrics.active.dec()
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
@@ -217,6 +242,8 @@ class StreamServer:
             await self._upgrade_and_run(request, spec, reader, writer)
         except _HttpError as e:
             log.info("streaming request refused", status=e.status, reason=e.message)
+            if self._metrics is not None:
+                self._metrics.refused.labels(str(e.status)).inc()
             _respond(writer, e.status, e.reason, e.message)
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
@@ -268,6 +295,7 @@ class StreamServer:
         _respond_upgrade(writer, "SPDY/3.1", extra)
         await writer.drain()
         log.info("streaming session", kind=spec.kind, transport="spdy", protocol=protocol)
+        self._count(spec.kind, "spdy")
         if isinstance(spec, PortForwardSpec):
             await serve_spdy_portforward(reader, writer, target)
             return
@@ -304,6 +332,7 @@ class StreamServer:
         _respond_upgrade(writer, "websocket", extra)
         await writer.drain()
         log.info("streaming session", kind=spec.kind, transport="websocket", protocol=protocol)
+        self._count(spec.kind, "websocket")
         ws = WebSocket(reader, writer)
         if isinstance(spec, PortForwardSpec) and protocol == WS_SPDY_TUNNEL_PROTOCOL:
             tunnel = WsTunnel(ws)
@@ -319,6 +348,10 @@ class StreamServer:
                                  base64_frames="base64" in (protocol or ""))
         await session.start()
         await self._run_stdio(spec, target, session)
+
+    def _count(self, kind: str, transport: str) -> None:
+        if self._metrics is not None:
+            self._metrics.sessions.labels(kind, transport).inc()
 
     async def _resolve(self, spec: Spec) -> Any:
         """The current target of a spec; a container or sandbox gone since the RPC is a
