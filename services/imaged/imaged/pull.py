@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -326,6 +325,3 @@ def _sha256(data: bytes) -> str:
     import hashlib
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
-
-def config_json(img: ImageRecord) -> str:
-    return json.dumps(img.config)

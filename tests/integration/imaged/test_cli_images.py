@@ -50,11 +50,18 @@ def test_cli_pull_list_rmi(node: Stack, busybox_image: str, busybox_pushed: Push
     assert "inodes" in _crib(node, "images", "fs").stdout
     bad = _crib(node, "pull", f"{repo}:missing")
     assert bad.returncode == 1 and "not_found" in bad.stderr
+    pruned = _crib(node, "images", "prune")  # only untagged images: nothing to do
+    assert pruned.returncode == 0 and "deleted" not in pruned.stdout
     removed = _crib(node, "rmi", busybox_image)
     assert removed.returncode == 0 and busybox_image in removed.stdout
     assert _crib(node, "images", "-q").stdout.strip() == ""
     again = _crib(node, "rmi", busybox_image)
     assert again.returncode == 1 and "no such image" in again.stderr
+    assert _crib(node, "pull", "-q", busybox_image).returncode == 0
+    pruned = _crib(node, "images", "prune", "--all")
+    assert f"deleted {busybox_pushed.config_digest}" in pruned.stdout
+    assert "freed 3 blobs, 1 layers" in pruned.stdout
+    assert _crib(node, "images", "-q").stdout.strip() == ""
 
 
 async def test_rest_pull_stream_and_untag(node: Stack, registry: Registry,

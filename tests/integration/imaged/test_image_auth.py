@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from crib_common.cri.runtime.v1 import AuthConfig
-from crib_common.errors import FailedPrecondition
-from tests.integration.imaged.conftest import Imaged
+from crib_common.errors import CribError, FailedPrecondition
+from tests.integration.imaged.conftest import Imaged, start_imaged, stop_imaged
 from tests.support.images import Entry, Image, Layer, push_image
 from tests.support.registry import Registry
 
@@ -79,3 +80,21 @@ async def test_bearer_token_flow(imaged: Imaged, token_registry: Registry) -> No
     token = issuer.make_token("alice", ["repository:crib-test/tokened:pull"])
     assert await imaged.pull(pushed.reference, AuthConfig(registry_token=token)) == image_id
     assert issuer.requests == []
+
+
+async def test_tls_registry_with_ca_file(imaged_root: Path) -> None:
+    with Registry(tls=True) as reg:
+        pushed = push_image(reg, "crib-test/tls", "v1", _image("tls"))
+        # A CA file that did not sign the certificate: HTTPS is used and refused.
+        d = await start_imaged(imaged_root, registries={
+            reg.host: {"ca_file": "/etc/ssl/certs/ca-certificates.crt"}})
+        try:
+            with pytest.raises(CribError, match="certificate verify failed|SSL"):
+                await d.pull(pushed.reference)
+        finally:
+            await stop_imaged(d)
+        d = await start_imaged(imaged_root, registries={reg.host: {"ca_file": reg.ca_path}})
+        try:
+            assert await d.pull(pushed.reference) == _image("tls").config_digest
+        finally:
+            await stop_imaged(d)

@@ -96,7 +96,7 @@ def register(routes: RouteTable, svc: ImageService) -> None:
         doomed = [i.id for i in list(store.images.values())
                   if i.id not in used and (everything or not i.repo_tags) and not i.pinned]
         for image_id in doomed:
-            await store.remove_image(image_id)
+            await store.remove_image(image_id, collect=False)
         blobs, layers = await store.collect()
         return json_response(PruneResult(images=doomed, blobs=blobs, layers=layers))
 

@@ -6,8 +6,9 @@ asking the realm for a token with the challenge's service and scope, by GET with
 credentials, or by the OAuth2 POST form with an identity token; a registry token is sent
 as is), fetches manifests with a size limit and streams blobs into the content store's
 ingest area. Redirects are followed (aiohttp drops Authorization when the origin changes).
-Plain HTTP is used for loopback registries, for hosts in `insecure_registries` and for
-registries marked `insecure`, as containerd does.
+Plain HTTP is used for loopback registries (unless a CA file or skip_verify is set for
+them), for hosts in `insecure_registries` and for registries marked `insecure`, as
+containerd does; HTTPS verifies against the system CAs or the registry's `ca_file`.
 
 Errors: unreachable -> Unavailable; 404 -> NotFound; refused credentials -> FailedPrecondition;
 bad content -> InvalidArgument (via the content store and manifest parser).
@@ -94,8 +95,11 @@ def endpoints_for(settings: ImagedSection, ref: Reference) -> list[Endpoint]:
         host = host.rstrip("/")
         out.append(Endpoint(f"{scheme}://{host}", host, True, _ssl_for(settings, host)))
     host = ref.api_host
-    plain = (_is_loopback(ref.domain) or ref.domain in settings.insecure_registries
-             or bool(cfg and cfg.insecure))
+    # Loopback is plain HTTP unless TLS is configured for it (a CA file or skip_verify):
+    # then the operator clearly means HTTPS.
+    wants_tls = bool(cfg and (cfg.ca_file is not None or cfg.skip_verify))
+    plain = ((_is_loopback(ref.domain) and not wants_tls)
+             or ref.domain in settings.insecure_registries or bool(cfg and cfg.insecure))
     out.append(Endpoint(f"{'http' if plain else 'https'}://{host}", ref.domain, False,
                         _ssl_for(settings, ref.domain)))
     return out

@@ -42,7 +42,7 @@ from crib_common.errors import (
 from crib_common.models.imaged import Mount
 from crib_common.state import StateStore
 
-from ..oci.reference import is_digest, parse_reference
+from ..oci.reference import parse_reference
 from .content import ContentStore
 from .layers import LayerDirs
 from .records import ImageRecord, LayerRecord, SnapshotRecord
@@ -230,7 +230,8 @@ class ImageStore:
             self.images[img.id] = img
             return img
 
-    async def remove_image(self, ref: str, untag_only: bool = False) -> list[str]:
+    async def remove_image(self, ref: str, untag_only: bool = False,
+                           collect: bool = True) -> list[str]:
         """Remove an image (all its names) or, with `untag_only`, the one tag `ref` while
         the image keeps other tags. Missing is success (CRI RemoveImage is idempotent).
         Returns the names removed."""
@@ -251,7 +252,8 @@ class ImageStore:
             self.state.delete("image", img.id)
             del self.images[img.id]
             log.info("image removed", image=img.id, tags=img.repo_tags)
-            await self._collect()
+            if collect:
+                await self._collect()
             return img.repo_tags + img.repo_digests or [img.id]
 
     # ---------------------------------------------------------------- garbage
@@ -410,6 +412,3 @@ def _du(path: Path) -> tuple[int, int]:
             continue
     return used, inodes
 
-
-def is_id_like(text: str) -> bool:
-    return is_digest(text) or bool(_HEX_PREFIX.match(text))
