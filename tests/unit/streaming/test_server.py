@@ -170,3 +170,17 @@ async def test_lifecycle_in_daemon_app_and_metrics() -> None:
         assert 'crib_stream_refused_total{status="404"} 1.0' in text
         assert 'crib_stream_sessions_total{kind="exec",transport="websocket"} 1.0' in text
     assert stream.bound is not None and stream._server is None  # stopped with the app
+
+
+@pytest.mark.parametrize("address,expected", [("0.0.0.0", "http://127.0.0.1:"),
+                                              ("::1", "http://[::1]:")])
+async def test_advertised_address(address: str, expected: str) -> None:
+    s = StreamServer(RuntimedSection(stream_address=address), NoContainers())
+    await s.start()
+    try:
+        assert s.url(_spec()).startswith(expected)
+        status, _, _, writer = await raw_request(s.url(_spec()), {})
+        writer.close()
+        assert status == 400  # reachable at the advertised address
+    finally:
+        await s.stop()

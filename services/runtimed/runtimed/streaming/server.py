@@ -199,8 +199,11 @@ class StreamServer:
             raise Unavailable("streaming server is not listening")
         host, port = self.bound
         with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(host).version == 6:
-                host = f"[{host}]"
+            ip = ipaddress.ip_address(host)
+            if ip.is_unspecified:
+                # Listening on every address: the kubelet on this node reaches loopback.
+                ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+            host = f"[{ip}]" if ip.version == 6 else str(ip)
         return f"http://{host}:{port}"
 
     def url(self, spec: Spec) -> str:
