@@ -10,7 +10,6 @@ import sys
 import structlog
 from prometheus_client import CollectorRegistry
 import uvloop
-from grpclib.server import Server
 from grpclib.utils import graceful_exit
 
 from crib_common.client import DaemonClient
@@ -20,6 +19,7 @@ from crib_common.settings import CribSettings, SettingsError, load_settings
 
 from .forward import Gateway, PassthroughCodec, RpcMetrics
 from .routes import IMAGED, RUNTIMED, RUNTIME
+from .server import CoalescingServer
 from .status import make_status_handler
 
 log = structlog.get_logger("crib.gateway")
@@ -52,7 +52,7 @@ async def run(settings: CribSettings) -> None:
     socket.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()
-    server = Server([gateway], codec=PassthroughCodec())
+    server = CoalescingServer([gateway], codec=PassthroughCodec())
     with graceful_exit([server]):
         await server.start(path=str(socket))
         os.chmod(socket, settings.gateway.socket_mode)
