@@ -2,20 +2,72 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from crib_common.server import CriTable, Health, RouteTable, create_daemon_app
 from crib_common.settings import CribSettings
 
-from .cri import runtime_version
+from .cri import (
+    container_create,
+    container_events,
+    container_exec_sync,
+    container_list,
+    container_remove,
+    container_reopen_log,
+    container_start,
+    container_stats,
+    container_status,
+    container_stop,
+    container_update,
+    runtime_config,
+    runtime_version,
+    sandbox_list,
+    sandbox_remove,
+    sandbox_run,
+    sandbox_stats,
+    sandbox_status,
+    sandbox_stop,
+)
+from .service import Runtime
+
+RUNTIME_KEY = web.AppKey("crib_runtime", Runtime)
+
+# Exec, Attach and PortForward are registered by the streaming side
+# (runtimed/streaming, cri/container_exec.py, container_attach.py, sandbox_portforward.py)
+# through `containers.RuntimeTargets`.
+_MODULES = (
+    sandbox_run, sandbox_stop, sandbox_remove, sandbox_status, sandbox_list, sandbox_stats,
+    container_create, container_start, container_stop, container_remove, container_status,
+    container_list, container_update, container_reopen_log, container_exec_sync,
+    container_stats, container_events, runtime_config,
+)
 
 
 def create_app(settings: CribSettings) -> web.Application:
+    rt = Runtime(settings)
     cri = CriTable()
     runtime_version.register(cri)
+    for module in _MODULES:
+        module.register(cri, rt)
     routes = RouteTable()
 
     async def health() -> Health:
-        return Health(service="runtimed")
+        ready, reason, message, details = rt.health()
+        return Health(service="runtimed", ready=ready and rt.ready, reason=reason,
+                      message=message, details={"handlers": details})
 
-    return create_daemon_app("runtimed", routes, cri, health)
+    app = create_daemon_app("runtimed", routes, cri, health)
+    app[RUNTIME_KEY] = rt
+
+    async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
+        # Recovery runs here, before the socket listens: nobody sees half-loaded state.
+        await rt.open()
+        try:
+            yield
+        finally:
+            await rt.close()
+
+    app.cleanup_ctx.append(runtime_ctx)
+    return app

@@ -1,0 +1,1 @@
+"""conmon: the per-container monitor that holds stdio, writes the CRI log, records exits."""

@@ -1,0 +1,348 @@
+"""Start conmon for a container, watch the exit directory, talk to the control FIFO.
+
+conmon (containers/conmon) double-forks away from runtimed, runs `<runtime> create`,
+holds the container's stdio, writes the CRI log (`-l k8s-file:<path>`), and at exit writes
+the code to `<exit-dir>/<id>` and `<persist-dir>/exit`, so runtimed may die and come back
+(conmon README). It reports the container's pid on the sync pipe named by `_OCI_SYNCPIPE`
+as one JSON line `{"data": <pid>}` (a negative pid and "message" on failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from crib_common.errors import DeadlineExceeded, FailedPrecondition
+
+__all__ = [
+    "ConmonSpec",
+    "ExitWatcher",
+    "control",
+    "process_alive",
+    "process_start_time",
+    "read_exit_file",
+    "start_conmon",
+]
+
+log = structlog.get_logger("crib.runtimed.conmon")
+
+# conmon's control FIFO message types (src/ctrl.c): "<type> <height> <width>\n".
+WIN_RESIZE_EVENT = 1
+REOPEN_LOGS_EVENT = 2
+
+
+@dataclass
+class ConmonSpec:
+    """What one conmon instance is started with."""
+
+    conmon: str
+    cid: str
+    name: str
+    runtime_path: str
+    runtime_args: list[str]
+    bundle: Path
+    log_path: str
+    exit_dir: Path
+    socket_dir: Path
+    tty: bool = False
+    stdin: bool = False
+    stdin_once: bool = False
+    log_level: str = "info"
+    log_size_max: int = 0
+
+    @property
+    def pidfile(self) -> Path:
+        return self.bundle / "pidfile"
+
+    @property
+    def conmon_pidfile(self) -> Path:
+        return self.bundle / "conmon.pid"
+
+    @property
+    def persist_dir(self) -> Path:
+        return self.bundle / "persist"
+
+    def argv(self) -> list[str]:
+        args = [
+            self.conmon, "--api-version", "1",
+            "-c", self.cid, "-n", self.name, "-u", self.cid,
+            "-r", self.runtime_path, "-b", str(self.bundle),
+            "-p", str(self.pidfile), "-P", str(self.conmon_pidfile),
+            "-l", f"k8s-file:{self.log_path}",
+            "--exit-dir", str(self.exit_dir),
+            "--persist-dir", str(self.persist_dir),
+            "--socket-dir-path", str(self.socket_dir),
+            "--log-level", self.log_level,
+        ]
+        for arg in self.runtime_args:
+            args += ["--runtime-arg", arg]
+        if self.tty:
+            args.append("-t")
+        if self.stdin:
+            args.append("-i")
+            if not self.stdin_once:
+                args.append("--leave-stdin-open")
+        if self.log_size_max > 0:
+            args += ["--log-size-max", str(self.log_size_max)]
+        return args
+
+
+async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
+    """Run conmon, which runs `<runtime> create`; returns (conmon pid, container pid)."""
+    spec.persist_dir.mkdir(parents=True, exist_ok=True)
+    spec.socket_dir.mkdir(parents=True, exist_ok=True)
+    if spec.log_path:
+        Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+    argv = spec.argv()
+    log.debug("conmon", argv=argv)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "_OCI_SYNCPIPE": str(w)}
+    errfile = open(spec.bundle / "conmon.err", "wb")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, pass_fds=[w], stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=errfile, start_new_session=True,
+        )
+    finally:
+        os.close(w)
+        errfile.close()
+    try:
+        async with asyncio.timeout(timeout):
+            # The first conmon process exits as soon as its child has detached. (Its
+            # stderr goes to a file: the detached child keeps inherited pipes open.)
+            await proc.wait()
+            if proc.returncode != 0:
+                raise FailedPrecondition(
+                    f"conmon for {spec.cid} failed ({proc.returncode}): "
+                    f"{_tail(spec.bundle / 'conmon.err')}")
+            line = await _read_line(r)
+    except TimeoutError:
+        raise DeadlineExceeded(f"conmon did not create {spec.cid} within {timeout}s") from None
+    finally:
+        os.close(r)
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        msg = {}
+    pid = int(msg.get("data", -1)) if isinstance(msg, dict) else -1
+    conmon_pid = _read_int(spec.conmon_pidfile)
+    if pid <= 0:
+        text = str(msg.get("message", "")) if isinstance(msg, dict) else ""
+        if not text:
+            text = line.decode(errors="replace").strip() or (
+                "conmon closed the sync pipe: " + _tail(spec.bundle / "conmon.err"))
+        raise FailedPrecondition(f"creating container {spec.cid}: {text.strip()}")
+    return conmon_pid, pid
+
+
+async def _read_line(fd: int) -> bytes:
+    """Read up to the first newline (or EOF) from a non-blocking pipe."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\n" not in data:
+        fut: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[-500:]
+    except OSError:
+        return ""
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def read_exit_file(path: Path) -> tuple[int, int] | None:
+    """(exit code, finish time in unix ns) from a conmon exit file, None if absent."""
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text:
+        return None  # conmon is still writing it; the close event follows
+    try:
+        code = int(text)
+    except ValueError:
+        code = -1
+    return code, st.st_mtime_ns
+
+
+def process_start_time(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks); 0 if gone. Pid plus start
+    time names a process without the risk of pid reuse (CRI-O's ContainerMonitorProcess)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    rest = raw.rsplit(")", 1)[-1].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = raw.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X")
+
+
+def control(bundle: Path, msg_type: int, height: int = 0, width: int = 0) -> None:
+    """Send one message on conmon's control FIFO (`<bundle>/ctl`)."""
+    path = bundle / "ctl"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT):
+            raise FailedPrecondition(f"conmon of {bundle.name} is not running") from None
+        raise
+    try:
+        os.write(fd, f"{msg_type} {height} {width}\n".encode())
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ exit watcher
+
+_IN_CLOSE_WRITE = 0x00000008
+_IN_MOVED_TO = 0x00000080
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+
+
+class ExitWatcher:
+    """Calls `on_exit(cid)` when conmon writes `<exit-dir>/<cid>`: inotify through ctypes,
+    plus a slow sweep in case an event was lost (queue overflow) or inotify is missing."""
+
+    def __init__(self, exit_dir: Path, on_exit: Callable[[str], Awaitable[None]],
+                 sweep_interval: float = 2.0) -> None:
+        self.exit_dir = exit_dir
+        self.on_exit = on_exit
+        self.sweep_interval = sweep_interval
+        self._fd = -1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._seen: dict[str, int] = {}
+
+    async def start(self) -> None:
+        self.exit_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_init1")
+            wd = libc.inotify_add_watch(fd, str(self.exit_dir).encode(),
+                                        _IN_CLOSE_WRITE | _IN_MOVED_TO)
+            if wd < 0:
+                os.close(fd)
+                raise OSError(ctypes.get_errno(), "inotify_add_watch")
+            self._fd = fd
+            loop.add_reader(fd, self._readable)
+        except OSError as exc:
+            log.warning("inotify unavailable, polling exits", error=str(exc))
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
+            offset += _EVENT.size + length
+            if name:
+                self._dispatch(name.decode(errors="replace"))
+
+    def _dispatch(self, cid: str) -> None:
+        if cid.startswith("."):
+            return
+        task = asyncio.create_task(self._handle(cid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, cid: str) -> None:
+        # An exit is handled under a timeout with retries, so one stuck runtime call does
+        # not lose it (CRI-O handleExit, containerd handleEventTimeout).
+        for attempt in range(3):
+            try:
+                async with asyncio.timeout(30):
+                    await self.on_exit(cid)
+                return
+            except Exception:
+                log.exception("handling exit failed", container=cid, attempt=attempt)
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    def sweep(self) -> list[str]:
+        """Exit files present now (recovery calls this at start)."""
+        try:
+            return [e.name for e in os.scandir(self.exit_dir) if not e.name.startswith(".")]
+        except OSError:
+            return []
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            for cid in self.sweep():
+                try:
+                    mtime = os.stat(self.exit_dir / cid).st_mtime_ns
+                except OSError:
+                    continue
+                if self._seen.get(cid) != mtime:
+                    self._seen[cid] = mtime
+                    self._dispatch(cid)

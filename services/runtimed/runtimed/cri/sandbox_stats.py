@@ -1,0 +1,39 @@
+"""CRI `PodSandboxStats` and `ListPodSandboxStats` from the pod cgroup."""
+
+from __future__ import annotations
+
+from crib_common.cri.runtime.v1 import (
+    ListPodSandboxStatsRequest,
+    ListPodSandboxStatsResponse,
+    PodSandboxStatsRequest,
+    PodSandboxStatsResponse,
+)
+from crib_common.server import CriTable
+
+from ..oci.spec import is_set
+from ..service import Runtime
+from ..views import labels_match, sandbox_stats
+
+
+def register(table: CriTable, rt: Runtime) -> None:
+    @table.unary("/runtime.v1.RuntimeService/PodSandboxStats", PodSandboxStatsRequest)
+    async def pod_sandbox_stats(request: PodSandboxStatsRequest) -> PodSandboxStatsResponse:
+        rec = rt.find_sandbox(request.pod_sandbox_id)
+        return PodSandboxStatsResponse(stats=await sandbox_stats(rt, rec))
+
+    @table.unary("/runtime.v1.RuntimeService/ListPodSandboxStats", ListPodSandboxStatsRequest)
+    async def list_pod_sandbox_stats(
+        request: ListPodSandboxStatsRequest,
+    ) -> ListPodSandboxStatsResponse:
+        f = request.filter if is_set(request.filter) else None
+        out = []
+        for rec in list(rt.sandboxes.values()):
+            if rec.status.state != "ready":
+                continue
+            if f is not None:
+                if f.id and not rec.meta.id.startswith(f.id):
+                    continue
+                if f.label_selector and not labels_match(rec.meta.labels, f.label_selector):
+                    continue
+            out.append(await sandbox_stats(rt, rec))
+        return ListPodSandboxStatsResponse(stats=out)

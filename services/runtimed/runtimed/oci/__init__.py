@@ -1,0 +1,1 @@
+"""OCI runtimes (runc, crun, ...) behind one small interface, and the bundles they run."""

@@ -1,0 +1,1 @@
+"""Pod sandboxes without an infra container: pinned namespaces and per-pod files."""

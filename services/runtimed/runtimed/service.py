@@ -1,0 +1,966 @@
+"""The runtime service: pods and containers, their records, conmon and the OCI runtimes.
+
+The CRI modules in `cri/` check input and call into `Runtime`; everything that changes
+the world lives here so recovery (`recover`) and the RPCs share one implementation.
+
+Multi-step creates persist a "creating" record first, push an undo for each step on an
+`AsyncExitStack`, and keep the steps only on success; undo runs shielded under its own
+timeout (containerd's DeferContext, CRI-O's resourcecleaner). A "creating" record found at
+start is a create that was killed half-way: recovery rolls it back with the same undo
+steps, each of which tolerates the step never having happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import betterproto
+import structlog
+
+from crib_common.clients.imaged import ImagedClient
+from crib_common.clients.netd import NetdClient
+from crib_common.cri.runtime.v1 import (
+    ContainerConfig,
+    ContainerEventResponse,
+    ContainerEventType,
+    NamespaceMode,
+    PodSandboxConfig,
+)
+from crib_common.errors import (
+    AlreadyExists,
+    CribError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from crib_common.models.imaged import SnapshotCreate
+from crib_common.models.netd import DnsConfig as NetDns
+from crib_common.models.netd import PodNetworkCreate, PortMapping
+from crib_common.settings import CribSettings
+from crib_common.state import StateStore
+
+from . import cgroups
+from .conmon.monitor import (
+    REOPEN_LOGS_EVENT,
+    ConmonSpec,
+    ExitWatcher,
+    control,
+    process_alive,
+    read_exit_file,
+    start_conmon,
+)
+from .oci.mount import mount_all
+from .oci.runtime import OciRuntime, check_hybrid_cgroups, signal_number
+from .oci.spec import (
+    ContainerSpecInput,
+    build_container_spec,
+    build_sandbox_spec,
+    is_set,
+    resources_to_dict,
+    resources_to_oci,
+)
+from .oci.user import resolve_user
+from .sandbox.files import mount_shm, write_pod_files
+from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
+from .store.records import (
+    CONTAINER_KIND,
+    SANDBOX_KIND,
+    ContainerMeta,
+    ContainerRecord,
+    SandboxMeta,
+    SandboxRecord,
+)
+
+__all__ = ["Runtime", "ID_LEN", "MAX_EXEC_OUTPUT"]
+
+log = structlog.get_logger("crib.runtimed")
+
+ID_LEN = 64
+# ExecSync output is capped per stream, as containerd and CRI-O (maxExecSyncSize, 16 MiB).
+MAX_EXEC_OUTPUT = 16 * 1024 * 1024
+# Undo steps run under their own bound, never the caller's (maybe expired) deadline.
+UNDO_TIMEOUT = 60.0
+# How long StopContainer waits for conmon's exit file after SIGKILL.
+KILL_WAIT = 10.0
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def _new_id() -> str:
+    return secrets.token_hex(ID_LEN // 2)
+
+
+def _check_id(value: str, what: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(f"{what} id is empty")
+    if len(value) > ID_LEN or any(c not in "0123456789abcdef" for c in value):
+        raise NotFound(f"{what} {value!r} not found")
+    return value
+
+
+class Runtime:
+    """All of runtimed's pods and containers."""
+
+    def __init__(self, settings: CribSettings) -> None:
+        self.settings = settings
+        cfg = settings.runtimed
+        self.cfg = cfg
+        self.root = cfg.root
+        self.run_dir = cfg.run_dir
+        self.exit_dir = cfg.run_dir / "exits"
+        self.sock_dir = cfg.run_dir / "s"
+        self.bundles = cfg.run_dir / "c"
+        self.pods_dir = cfg.run_dir / "p"
+        self.store = StateStore(cfg.root / "state.db")
+        self.sandboxes: dict[str, SandboxRecord] = {}
+        self.containers: dict[str, ContainerRecord] = {}
+        self.names: dict[str, str] = {}
+        self.runtimes: dict[str, OciRuntime] = {
+            name: OciRuntime(name=name, path=h.path,
+                             root=h.root or cfg.run_dir / "rt" / name)
+            for name, h in cfg.handlers.items()
+        }
+        self.imaged = ImagedClient(settings.imaged.socket)
+        self.netd = NetdClient(settings.netd.socket)
+        self.watcher = ExitWatcher(self.exit_dir, self._on_exit)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._subscribers: set[asyncio.Queue[ContainerEventResponse]] = set()
+        self.swap_controller = cgroups.swap_controller()
+        self.ready = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Probe handlers, recover state, start watching exits. Runs before serving."""
+        for d in (self.exit_dir, self.sock_dir, self.bundles, self.pods_dir, self.cfg.pinns_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for rt in self.runtimes.values():
+            await rt.probe()
+            if rt.usable and os.path.basename(rt.path).startswith("crun"):
+                ok, message = await asyncio.to_thread(check_hybrid_cgroups)
+                if not ok:
+                    rt.usable, rt.reason = False, message
+                    log.error("crun not usable", handler=rt.name, reason=message)
+                else:
+                    log.info("cgroup check", handler=rt.name, result=message)
+            if not rt.usable:
+                log.error("runtime handler not usable", handler=rt.name, reason=rt.reason)
+        await self.recover()
+        await self.watcher.start()
+        self.ready = True
+
+    async def close(self) -> None:
+        await self.watcher.close()
+        await self.imaged.close()
+        await self.netd.close()
+        self.store.close()
+
+    def health(self) -> tuple[bool, str, str, dict[str, Any]]:
+        usable = [n for n, r in self.runtimes.items() if r.usable]
+        details = {n: {"path": r.path, "usable": r.usable, "reason": r.reason,
+                       "version": r.version} for n, r in self.runtimes.items()}
+        if not usable:
+            return False, "NoRuntimeHandler", "no OCI runtime handler works: " + "; ".join(
+                f"{n}: {r.reason}" for n, r in self.runtimes.items()), details
+        if self.cfg.default_handler not in usable:
+            return False, "DefaultHandlerUnusable", (
+                f"default handler {self.cfg.default_handler!r} is not usable"), details
+        return True, "", "", details
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    # ------------------------------------------------------------ lookup
+
+    def find_sandbox(self, sid: str) -> SandboxRecord:
+        """Full ID or unique prefix; NotFound otherwise ("creating" ones are invisible)."""
+        sid = _check_id(sid, "pod sandbox")
+        rec = self.sandboxes.get(sid)
+        if rec is not None:
+            return rec
+        hits = [r for k, r in self.sandboxes.items() if k.startswith(sid)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InvalidArgument(f"pod sandbox id prefix {sid!r} is ambiguous")
+        raise NotFound(f"pod sandbox {sid!r} not found")
+
+    def find_container(self, cid: str) -> ContainerRecord:
+        cid = _check_id(cid, "container")
+        rec = self.containers.get(cid)
+        if rec is not None:
+            return rec
+        hits = [r for k, r in self.containers.items() if k.startswith(cid)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InvalidArgument(f"container id prefix {cid!r} is ambiguous")
+        raise NotFound(f"container {cid!r} not found")
+
+    def runtime_for(self, handler: str) -> OciRuntime:
+        name = handler or self.cfg.default_handler
+        rt = self.runtimes.get(name)
+        if rt is None:
+            raise InvalidArgument(
+                f"unknown runtime handler {name!r} (configured: {', '.join(self.runtimes)})")
+        if not rt.usable:
+            raise FailedPrecondition(f"runtime handler {name!r} is not usable: {rt.reason}")
+        return rt
+
+    def pod_containers(self, sid: str) -> list[ContainerRecord]:
+        return [c for c in self.containers.values() if c.meta.pod_id == sid]
+
+    # ------------------------------------------------------------ persistence
+
+    def _put_sandbox(self, rec: SandboxRecord) -> None:
+        self.store.put(SANDBOX_KIND, rec.meta.id, rec)
+        self.sandboxes[rec.meta.id] = rec
+
+    def _put_container(self, rec: ContainerRecord) -> None:
+        self.store.put(CONTAINER_KIND, rec.meta.id, rec)
+        self.containers[rec.meta.id] = rec
+
+    def _drop_sandbox(self, sid: str) -> None:
+        self.store.delete(SANDBOX_KIND, sid)
+        rec = self.sandboxes.pop(sid, None)
+        if rec is not None:
+            self._release(_sandbox_name(rec.meta), sid)
+
+    def _drop_container(self, cid: str) -> None:
+        self.store.delete(CONTAINER_KIND, cid)
+        rec = self.containers.pop(cid, None)
+        if rec is not None:
+            self._release(_container_name(rec.meta), cid)
+        self._exited.pop(cid, None)
+        self._locks.pop(cid, None)
+
+    def _reserve(self, name: str, oid: str) -> None:
+        owner = self.names.get(name)
+        if owner is not None and owner != oid:
+            raise AlreadyExists(f"name {name!r} is reserved for {owner}")
+        self.names[name] = oid
+
+    def _release(self, name: str, oid: str) -> None:
+        if self.names.get(name) == oid:
+            del self.names[name]
+
+    # ------------------------------------------------------------ events
+
+    def subscribe(self) -> asyncio.Queue[ContainerEventResponse]:
+        q: asyncio.Queue[ContainerEventResponse] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[ContainerEventResponse]) -> None:
+        self._subscribers.discard(q)
+
+    def _emit(self, cid: str, kind: ContainerEventType,
+              status_fn: Callable[[], Any] | None = None) -> None:
+        if not self._subscribers:
+            return
+        from .views import container_status, sandbox_status  # avoid an import cycle
+
+        rec = self.containers.get(cid)
+        ev = ContainerEventResponse(container_id=cid, container_event_type=kind,
+                                    created_at=_now())
+        if rec is not None:
+            pod = self.sandboxes.get(rec.meta.pod_id)
+            if pod is not None:
+                ev.pod_sandbox_status = sandbox_status(self, pod)
+                ev.containers_statuses = [container_status(c)
+                                          for c in self.pod_containers(pod.meta.id)]
+        for q in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(ev)
+
+    # ============================================================ sandboxes
+
+    async def run_sandbox(self, config: PodSandboxConfig, handler: str) -> str:
+        md = config.metadata
+        if not is_set(md) or not md.name or not md.namespace or not md.uid:
+            raise InvalidArgument("sandbox metadata needs name, namespace and uid")
+        rt = self.runtime_for(handler)
+        linux = config.linux
+        sc = linux.security_context if is_set(linux) else None
+        nso = sc.namespace_options if sc is not None and is_set(sc.namespace_options) else None
+        host_net = bool(nso and nso.network == NamespaceMode.NODE)
+        host_pid = bool(nso and nso.pid == NamespaceMode.NODE)
+        host_ipc = bool(nso and nso.ipc == NamespaceMode.NODE)
+        shared_pid = bool(nso and nso.pid == NamespaceMode.POD)
+        sysctls = dict(linux.sysctls) if is_set(linux) else {}
+        for key in sysctls:
+            if host_net and key.startswith("net."):
+                raise InvalidArgument(f"sysctl {key} needs the pod's own network namespace")
+            if host_ipc and (key.startswith("kernel.shm") or key.startswith("kernel.msg")
+                             or key.startswith("kernel.sem") or key.startswith("fs.mqueue.")):
+                raise InvalidArgument(f"sysctl {key} needs the pod's own IPC namespace")
+        sid = _new_id()
+        parent = linux.cgroup_parent if is_set(linux) and linux.cgroup_parent else f"crib-{sid[:16]}"
+        cgroup_parent = "/" + "/".join(
+            p for p in (self.cfg.cgroup_parent.strip("/") + "/" + parent.strip("/")).split("/")
+            if p)
+        meta = SandboxMeta(
+            id=sid, name=md.name, namespace=md.namespace, uid=md.uid, attempt=md.attempt,
+            handler=rt.name, created_at=_now(), labels=dict(config.labels),
+            annotations=dict(config.annotations), hostname=config.hostname,
+            log_directory=config.log_directory, host_network=host_net, host_pid=host_pid,
+            host_ipc=host_ipc, shared_pid=shared_pid and not host_pid,
+            cgroup_parent=cgroup_parent, pod_dir=str(self.pods_dir / sid), sysctls=sysctls,
+            port_mappings=[{"protocol": int(p.protocol), "container_port": p.container_port,
+                            "host_port": p.host_port, "host_ip": p.host_ip}
+                           for p in config.port_mappings],
+            config=bytes(config).hex(),
+        )
+        name = _sandbox_name(meta)
+        self._reserve(name, sid)
+        rec = SandboxRecord(meta=meta)
+        try:
+            self._put_sandbox(rec)
+        except BaseException:
+            self._release(name, sid)
+            raise
+        log.info("sandbox creating", pod=sid, name=md.name, namespace=md.namespace,
+                 handler=rt.name)
+        try:
+            async with AsyncExitStack() as undo:
+                undo.push_async_callback(self._undo, self._teardown_sandbox, rec)
+                await self._setup_sandbox(rec, config, rt)
+                rec.status.state = "ready"
+                self._put_sandbox(rec)
+                undo.pop_all()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._drop_sandbox(sid)
+            raise
+        log.info("sandbox ready", pod=sid, ips=rec.status.ips)
+        return sid
+
+    async def _setup_sandbox(self, rec: SandboxRecord, config: PodSandboxConfig,
+                             rt: OciRuntime) -> None:
+        meta = rec.meta
+        pod_dir = Path(meta.pod_dir)
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        ips: list[str] = []
+        if not meta.host_network:
+            dns = config.dns_config if is_set(config.dns_config) else None
+            net = await self.netd.create_pod_network(PodNetworkCreate(
+                pod_id=meta.id, pod_name=meta.name, pod_namespace=meta.namespace,
+                pod_uid=meta.uid,
+                port_mappings=[PortMapping(
+                    host_port=p["host_port"], container_port=p["container_port"],
+                    protocol=("tcp", "udp", "sctp")[p["protocol"]] if 0 <= p["protocol"] < 3
+                    else "tcp", host_ip=p["host_ip"]) for p in meta.port_mappings
+                    if p["host_port"]],
+                dns=NetDns(servers=list(dns.servers), searches=list(dns.searches),
+                           options=list(dns.options)) if dns else None,
+                annotations=meta.annotations,
+            ))
+            meta.netns_path = net.netns_path
+            ips = [ip.ip for ip in net.ips]
+            rec.status.ips = ips
+            self._put_sandbox(rec)
+        pins = await pin_namespaces(Path(self.cfg.pinns_dir) / meta.id,
+                                    ipc=not meta.host_ipc,
+                                    uts=not meta.host_network, hostname=meta.hostname)
+        meta.ipc_ns = pins.get("ipc", "")
+        meta.uts_ns = pins.get("uts", "")
+        self._put_sandbox(rec)
+        write_pod_files(pod_dir, meta.hostname, config.dns_config
+                        if is_set(config.dns_config) else None, ips, meta.host_network)
+        if not meta.host_ipc:
+            mount_shm(pod_dir / "shm")
+        if meta.shared_pid:
+            await self._start_infra(rec, rt)
+
+    async def _start_infra(self, rec: SandboxRecord, rt: OciRuntime) -> None:
+        """catatonit -P as PID 1 of the pod's shared PID namespace, run like a container
+        (through conmon, so it outlives runtimed)."""
+        meta = rec.meta
+        bundle = Path(meta.pod_dir) / "infra"
+        rootfs = bundle / "rootfs"
+        for sub in ("proc", "dev"):
+            (rootfs / sub).mkdir(parents=True, exist_ok=True)
+        (rootfs / "catatonit").touch()
+        spec = build_sandbox_spec(meta, rootfs, "/catatonit", self.cfg.catatonit,
+                                  f"{meta.cgroup_parent}/crib-{meta.id}")
+        (bundle / "config.json").write_text(json.dumps(spec))
+        cm = ConmonSpec(conmon=self.cfg.conmon, cid=meta.id, name=f"infra-{meta.name}",
+                        runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
+                        log_path=str(bundle / "infra.log"), exit_dir=self.exit_dir,
+                        socket_dir=self.sock_dir)
+        conmon_pid, pid = await start_conmon(cm)
+        rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
+        self._put_sandbox(rec)
+        await rt.start(meta.id)
+
+    async def _undo(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run one undo step shielded from cancellation, under its own timeout."""
+        async def guarded() -> None:
+            try:
+                async with asyncio.timeout(UNDO_TIMEOUT):
+                    await fn(*args)
+            except Exception:
+                log.exception("undo step failed", step=fn.__name__)
+
+        await asyncio.shield(asyncio.ensure_future(guarded()))
+
+    async def _stop_infra(self, rec: SandboxRecord) -> None:
+        rt = self.runtimes.get(rec.meta.handler)
+        if rt is None or not rec.meta.shared_pid:
+            return
+        await rt.kill(rec.meta.id, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT
+        while time.monotonic() < deadline and process_alive(rec.status.infra_pid) \
+                and rec.status.infra_pid:
+            await asyncio.sleep(0.05)
+
+    async def _teardown_sandbox(self, rec: SandboxRecord) -> None:
+        """Undo every step of `_setup_sandbox`; each one tolerates not having happened."""
+        meta = rec.meta
+        await self._stop_infra(rec)
+        rt = self.runtimes.get(meta.handler)
+        if rt is not None and meta.shared_pid:
+            await rt.delete(meta.id)
+            _kill_conmon(rec.status.infra_conmon_pid)
+        if not meta.host_network:
+            await self.netd.remove_pod_network(meta.id)
+        unpin_namespaces(Path(self.cfg.pinns_dir) / meta.id)
+        for target in mounts_under(meta.pod_dir):
+            umount(target)
+        shutil.rmtree(meta.pod_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.exit_dir / meta.id).unlink()
+        left = await asyncio.to_thread(cgroups.remove_cgroup, meta.cgroup_parent)
+        if left:
+            log.warning("cgroups left behind", pod=meta.id, cgroups=left)
+
+    async def stop_sandbox(self, sid: str) -> None:
+        try:
+            rec = self.find_sandbox(sid)
+        except NotFound:
+            # api.proto: "If there are any running containers in the sandbox, they must be
+            # forcibly terminated. ... this call is idempotent, and must not return an
+            # error if all relevant resources have already been reclaimed."
+            return
+        async with self._lock(rec.meta.id):
+            for c in self.pod_containers(rec.meta.id):
+                await self.stop_container(c.meta.id, 0)
+            await self._stop_infra(rec)
+            if not rec.meta.host_network and rec.status.state != "notready":
+                await self.netd.remove_pod_network(rec.meta.id)
+            if rec.status.state != "notready":
+                rec.status.state = "notready"
+                self._put_sandbox(rec)
+                log.info("sandbox stopped", pod=rec.meta.id)
+
+    async def remove_sandbox(self, sid: str) -> None:
+        try:
+            rec = self.find_sandbox(sid)
+        except NotFound:
+            return  # api.proto: RemovePodSandbox "must not return an error" if removed
+        await self.stop_sandbox(rec.meta.id)
+        async with self._lock(rec.meta.id):
+            for c in self.pod_containers(rec.meta.id):
+                await self.remove_container(c.meta.id)
+            await self._teardown_sandbox(rec)
+            self._drop_sandbox(rec.meta.id)
+        self._locks.pop(rec.meta.id, None)
+        log.info("sandbox removed", pod=rec.meta.id)
+
+    # ============================================================ containers
+
+    async def create_container(self, sid: str, config: ContainerConfig,
+                               sandbox_config: PodSandboxConfig | None) -> str:
+        pod = self.find_sandbox(sid)
+        if pod.status.state != "ready":
+            raise FailedPrecondition(f"pod sandbox {pod.meta.id} is not ready")
+        md = config.metadata
+        if not is_set(md) or not md.name:
+            raise InvalidArgument("container metadata needs a name")
+        if not is_set(config.image) or not config.image.image:
+            raise InvalidArgument("container config needs an image")
+        rt = self.runtime_for(pod.meta.handler)
+        image = await self.imaged.resolve_image(config.image.image)
+        cid = _new_id()
+        bundle = self.bundles / cid
+        log_path = ""
+        if config.log_path:
+            log_path = os.path.join(pod.meta.log_directory or "/", config.log_path) \
+                if not config.log_path.startswith("/") else config.log_path
+        img_cfg = image.config.get("config") or {}
+        stop_signal = img_cfg.get("StopSignal") or "SIGTERM"
+        if config.stop_signal:
+            stop_signal = config.stop_signal.name or stop_signal
+        try:
+            signal_number(stop_signal)
+        except (ValueError, AttributeError):
+            stop_signal = "SIGTERM"
+        meta = ContainerMeta(
+            id=cid, pod_id=pod.meta.id, name=md.name, attempt=md.attempt, handler=rt.name,
+            created_at=_now(), image=config.image.image, image_id=image.id,
+            image_ref=(image.repo_digests[0] if image.repo_digests else image.id),
+            labels=dict(config.labels), annotations=dict(config.annotations),
+            log_path=log_path, bundle=str(bundle), snapshot_key=cid, stop_signal=stop_signal,
+            tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
+            mounts=[{"container_path": m.container_path, "host_path": m.host_path,
+                     "readonly": m.readonly, "propagation": int(m.propagation)}
+                    for m in config.mounts],
+            cgroup_path=f"{pod.meta.cgroup_parent}/crib-{cid}",
+        )
+        name = _container_name(meta)
+        self._reserve(name, cid)
+        rec = ContainerRecord(meta=meta)
+        rec.status.resources = resources_to_dict(
+            config.linux.resources if is_set(config.linux) else None)
+        try:
+            self._put_container(rec)
+        except BaseException:
+            self._release(name, cid)
+            raise
+        log.info("container creating", container=cid, pod=pod.meta.id, name=md.name,
+                 image=config.image.image)
+        try:
+            async with AsyncExitStack() as undo:
+                undo.push_async_callback(self._undo, self._teardown_container, rec)
+                await self._setup_container(rec, pod, config, image.config, rt)
+                rec.status.state = "created"
+                self._put_container(rec)
+                undo.pop_all()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._drop_container(cid)
+            raise
+        log.info("container created", container=cid, pid=rec.status.pid)
+        self._emit(cid, ContainerEventType.CONTAINER_CREATED_EVENT)
+        return cid
+
+    async def _setup_container(self, rec: ContainerRecord, pod: SandboxRecord,
+                               config: ContainerConfig, image_config: dict[str, Any],
+                               rt: OciRuntime) -> None:
+        meta = rec.meta
+        bundle = Path(meta.bundle)
+        rootfs = bundle / "rootfs"
+        rootfs.mkdir(parents=True, exist_ok=True)
+        snap = await self.imaged.create_snapshot(SnapshotCreate(
+            key=meta.snapshot_key, image=meta.image_id,
+            labels={"io.crib.container": meta.id, "io.crib.pod": meta.pod_id}))
+        await asyncio.to_thread(mount_all, snap.mounts, rootfs)
+        img = image_config.get("config") or {}
+        sc = config.linux.security_context if is_set(config.linux) else None
+        if sc is not None and not is_set(sc):
+            sc = None
+        user = await asyncio.to_thread(
+            resolve_user, rootfs, image_user=str(img.get("User") or ""),
+            run_as_user=sc.run_as_user.value if sc and is_set(sc.run_as_user) else None,
+            run_as_username=sc.run_as_username if sc else "",
+            run_as_group=sc.run_as_group.value if sc and is_set(sc.run_as_group) else None,
+            supplemental=list(sc.supplemental_groups) if sc else [],
+        )
+        meta.uid, meta.gid, meta.groups = user.uid, user.gid, user.groups
+        target_pids = {c.meta.id: c.status.pid for c in self.pod_containers(pod.meta.id)
+                       if c.status.state == "running"}
+        annotations = dict(config.annotations)
+        annotations.update({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": meta.name,
+            "io.kubernetes.cri.sandbox-id": pod.meta.id,
+            "io.kubernetes.cri.sandbox-name": pod.meta.name,
+            "io.kubernetes.cri.sandbox-namespace": pod.meta.namespace,
+            "io.kubernetes.cri.sandbox-uid": pod.meta.uid,
+            "io.kubernetes.cri.image-name": meta.image,
+        })
+        spec = build_container_spec(config, ContainerSpecInput(
+            cid=meta.id, rootfs=rootfs, sandbox=pod.meta, image_config=image_config,
+            user=user, cgroup_path=meta.cgroup_path, infra_pid=pod.status.infra_pid,
+            pids_limit=self.cfg.pids_limit, swap_controller=self.swap_controller,
+            annotations=annotations, target_pids=target_pids))
+        tmp = bundle / ".config.json.tmp"
+        tmp.write_text(json.dumps(spec))
+        os.replace(tmp, bundle / "config.json")
+        self._put_container(rec)
+        cm = ConmonSpec(conmon=self.cfg.conmon, cid=meta.id, name=meta.name,
+                        runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
+                        log_path=meta.log_path or str(bundle / "ctr.log"),
+                        exit_dir=self.exit_dir, socket_dir=self.sock_dir, tty=meta.tty,
+                        stdin=meta.stdin, stdin_once=meta.stdin_once,
+                        log_size_max=self.cfg.log_size_max)
+        conmon_pid, pid = await start_conmon(cm, timeout=self.cfg.create_timeout)
+        rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
+
+    async def _teardown_container(self, rec: ContainerRecord) -> None:
+        """Undo every step of `_setup_container` (each tolerates never having happened)."""
+        meta = rec.meta
+        rt = self.runtimes.get(meta.handler)
+        if rt is not None:
+            await rt.delete(meta.id)
+        _kill_conmon(rec.status.conmon_pid)
+        bundle = Path(meta.bundle)
+        for target in mounts_under(str(bundle)):
+            umount(target)
+        if meta.snapshot_key:
+            await self.imaged.remove_snapshot(meta.snapshot_key)
+        with contextlib.suppress(OSError):
+            (self.sock_dir / meta.id).unlink()
+        with contextlib.suppress(OSError):
+            (self.exit_dir / meta.id).unlink()
+        shutil.rmtree(bundle, ignore_errors=True)
+
+    async def start_container(self, cid: str) -> None:
+        rec = self.find_container(cid)
+        async with self._lock(rec.meta.id):
+            if rec.status.state == "running":
+                raise FailedPrecondition(f"container {rec.meta.id} is already running")
+            if rec.status.state != "created":
+                raise FailedPrecondition(
+                    f"container {rec.meta.id} is {rec.status.state}, not created")
+            rt = self.runtime_for(rec.meta.handler)
+            started = _now()
+            try:
+                await rt.start(rec.meta.id, timeout=self.cfg.create_timeout)
+            except CribError as exc:
+                # The runtime failed the process start (bad binary, ...): conmon records
+                # the exit; report it like containerd, as an exited container with Error.
+                await self._settle_exit(rec, fallback_code=128, message=exc.message)
+                raise
+            if rec.status.state == "created":  # the exit watcher may have been faster
+                rec.status.state = "running"
+            rec.status.started_at = started
+            if rec.status.finished_at and rec.status.finished_at < started:
+                rec.status.finished_at = started
+            self._put_container(rec)
+        log.info("container started", container=rec.meta.id)
+        self._emit(rec.meta.id, ContainerEventType.CONTAINER_STARTED_EVENT)
+
+    def _exit_event(self, cid: str) -> asyncio.Event:
+        ev = self._exited.get(cid)
+        if ev is None:
+            ev = self._exited[cid] = asyncio.Event()
+        return ev
+
+    async def _on_exit(self, oid: str) -> None:
+        """conmon wrote `<exit-dir>/<oid>`."""
+        rec = self.containers.get(oid)
+        if rec is None:
+            pod = self.sandboxes.get(oid)
+            if pod is not None and pod.status.infra_pid:
+                log.info("sandbox infra exited", pod=oid)
+            return
+        await self._settle_exit(rec)
+
+    async def _settle_exit(self, rec: ContainerRecord, fallback_code: int | None = None,
+                           message: str = "") -> bool:
+        """Record the container's exit from conmon's exit file; True once exited."""
+        if rec.status.state in ("exited", "creating"):
+            if rec.status.state == "exited":
+                self._exit_event(rec.meta.id).set()
+            return rec.status.state == "exited"
+        found = read_exit_file(self.exit_dir / rec.meta.id) or \
+            read_exit_file(Path(rec.meta.bundle) / "persist" / "exit")
+        if found is None:
+            if fallback_code is None:
+                return False
+            found = (fallback_code, _now())
+        code, finished = found
+        oom = any((Path(rec.meta.bundle) / p).exists() for p in ("persist/oom", "oom")) or (
+            code == 137 and cgroups.oom_killed(rec.meta.cgroup_path))
+        rec.status.state = "exited"
+        rec.status.exit_code = code
+        rec.status.finished_at = finished
+        if not rec.status.started_at and fallback_code is None:
+            rec.status.started_at = rec.status.started_at or 0
+        rec.status.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+        if message:
+            rec.status.message = message
+        self._put_container(rec)
+        self._exit_event(rec.meta.id).set()
+        log.info("container exited", container=rec.meta.id, exit_code=code,
+                 reason=rec.status.reason)
+        self._emit(rec.meta.id, ContainerEventType.CONTAINER_STOPPED_EVENT)
+        return True
+
+    async def _wait_exit(self, rec: ContainerRecord, timeout: float) -> bool:
+        if await self._settle_exit(rec):
+            return True
+        ev = self._exit_event(rec.meta.id)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                async with asyncio.timeout(min(0.25, max(end - time.monotonic(), 0.01))):
+                    await ev.wait()
+                return True
+            except TimeoutError:
+                # inotify may be slower than the poll; check the file ourselves too.
+                if await self._settle_exit(rec):
+                    return True
+                if not process_alive(rec.status.conmon_pid) and rec.status.conmon_pid:
+                    return await self._settle_exit(rec, fallback_code=137)
+        return await self._settle_exit(rec)
+
+    async def stop_container(self, cid: str, timeout: int) -> None:
+        try:
+            rec = self.find_container(cid)
+        except NotFound:
+            # api.proto: StopContainer "must not return an error if the container has
+            # already been stopped"; a removed one is stopped too (CRI-O container_stop.go).
+            return
+        if rec.status.state in ("exited", "creating"):
+            return
+        rt = self.runtimes.get(rec.meta.handler)
+        if rt is None:
+            raise FailedPrecondition(f"runtime handler {rec.meta.handler!r} is gone")
+        log.info("container stopping", container=rec.meta.id, timeout=timeout)
+        if timeout > 0 and rec.status.state == "running":
+            await rt.kill(rec.meta.id, signal_number(rec.meta.stop_signal))
+            if await self._wait_exit(rec, float(timeout)):
+                return
+        await rt.kill(rec.meta.id, signal.SIGKILL, all_procs=rec.status.state == "running")
+        if not await self._wait_exit(rec, KILL_WAIT):
+            if not process_alive(rec.status.pid):
+                await self._settle_exit(rec, fallback_code=137)
+                return
+            raise DeadlineExceeded(f"container {rec.meta.id} did not die after SIGKILL")
+
+    async def remove_container(self, cid: str) -> None:
+        try:
+            rec = self.find_container(cid)
+        except NotFound:
+            return  # api.proto: RemoveContainer "must not return an error" if removed
+        if rec.status.state in ("running", "created", "unknown"):
+            await self.stop_container(rec.meta.id, 0)
+        async with self._lock(rec.meta.id):
+            if rec.meta.id not in self.containers:
+                return
+            await self._teardown_container(rec)
+            self._drop_container(rec.meta.id)
+        log.info("container removed", container=rec.meta.id)
+        self._emit(rec.meta.id, ContainerEventType.CONTAINER_DELETED_EVENT)
+
+    async def update_resources(self, cid: str, resources: dict[str, Any]) -> None:
+        rec = self.find_container(cid)
+        if rec.status.state not in ("created", "running"):
+            raise FailedPrecondition(f"container {rec.meta.id} is {rec.status.state}")
+        rt = self.runtime_for(rec.meta.handler)
+        oci = resources_to_oci(resources, pids_limit=self.cfg.pids_limit,
+                               swap_controller=self.swap_controller)
+        oci.pop("devices", None)
+        await rt.update(rec.meta.id, oci)
+        merged = dict(rec.status.resources)
+        merged.update({k: v for k, v in resources.items() if v not in (None, "", 0, [], {})})
+        rec.status.resources = merged
+        self._put_container(rec)
+
+    async def reopen_log(self, cid: str) -> None:
+        rec = self.find_container(cid)
+        if rec.status.state != "running":
+            raise FailedPrecondition(f"container {rec.meta.id} is not running")
+        control(Path(rec.meta.bundle), REOPEN_LOGS_EVENT)
+        # conmon reopens asynchronously; the kubelet expects the new file when we answer.
+        if rec.meta.log_path:
+            end = time.monotonic() + 5
+            while time.monotonic() < end and not os.path.exists(rec.meta.log_path):
+                await asyncio.sleep(0.02)
+
+    async def exec_sync(self, cid: str, cmd: list[str], timeout: int) -> tuple[bytes, bytes, int]:
+        """Run cmd in the container, collecting stdout and stderr apart (capped)."""
+        rec = self.find_container(cid)
+        if not cmd:
+            raise InvalidArgument("exec needs a command")
+        if rec.status.state != "running":
+            raise FailedPrecondition(f"container {rec.meta.id} is not running")
+        rt = self.runtime_for(rec.meta.handler)
+        bundle = Path(rec.meta.bundle)
+        process = json.loads((bundle / "config.json").read_text())["process"]
+        process["args"] = list(cmd)
+        process["terminal"] = False
+        token = secrets.token_hex(6)
+        pfile = bundle / f".exec-{token}.json"
+        pidfile = bundle / f".exec-{token}.pid"
+        pfile.write_text(json.dumps(process))
+        argv = rt.exec_argv(rec.meta.id, pfile)
+        argv[-1:-1] = ["--pid-file", str(pidfile)]
+        log.debug("exec", argv=argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            try:
+                async with asyncio.timeout(timeout if timeout > 0 else None):
+                    out, err, _ = await asyncio.gather(
+                        _read_capped(proc.stdout), _read_capped(proc.stderr), proc.wait())
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise DeadlineExceeded(
+                    f"command {cmd[0]!r} in {rec.meta.id} timed out after {timeout}s") from None
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise
+        finally:
+            for p in (pfile, pidfile):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        code = proc.returncode if proc.returncode is not None else -1
+        if code < 0:
+            code = 128 - code
+        return out, err, code
+
+    # ============================================================ recovery
+
+    async def recover(self) -> None:
+        """Reload records and settle them against the world (containerd restart.go,
+        CRI-O restore): exits that happened while down are read from conmon's files,
+        half-done creates are rolled back, orphaned bundles removed."""
+        sandboxes = self.store.list(SANDBOX_KIND, SandboxRecord)
+        containers = self.store.list(CONTAINER_KIND, ContainerRecord)
+        for s in sandboxes:
+            self.sandboxes[s.meta.id] = s
+            self.names[_sandbox_name(s.meta)] = s.meta.id
+        for c in containers:
+            self.containers[c.meta.id] = c
+            self.names[_container_name(c.meta)] = c.meta.id
+        for c in containers:
+            try:
+                async with asyncio.timeout(30):
+                    await self._recover_container(c)
+            except Exception:
+                log.exception("container recovery failed", container=c.meta.id)
+                if c.status.state != "creating":
+                    c.status.state = "unknown"
+                    with contextlib.suppress(Exception):
+                        self._put_container(c)
+        for s in sandboxes:
+            try:
+                async with asyncio.timeout(60):
+                    await self._recover_sandbox(s)
+            except Exception:
+                log.exception("sandbox recovery failed", pod=s.meta.id)
+        known = set(self.containers) | set(self.sandboxes)
+        for entry in list(os.scandir(self.bundles)):
+            if entry.name not in self.containers:
+                log.warning("removing orphaned bundle", bundle=entry.path)
+                for target in mounts_under(entry.path):
+                    with contextlib.suppress(OSError):
+                        umount(target)
+                shutil.rmtree(entry.path, ignore_errors=True)
+        for entry in list(os.scandir(self.exit_dir)):
+            if entry.name not in known:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        log.info("recovered", pods=len(self.sandboxes), containers=len(self.containers))
+
+    async def _recover_container(self, c: ContainerRecord) -> None:
+        if c.status.state == "creating":
+            log.warning("rolling back half-done create", container=c.meta.id)
+            await self._teardown_container(c)
+            self._drop_container(c.meta.id)
+            return
+        if c.status.state == "exited":
+            return
+        if await self._settle_exit(c):
+            return
+        rt = self.runtimes.get(c.meta.handler)
+        st = await rt.state(c.meta.id) if rt is not None else None
+        status = (st or {}).get("status", "")
+        if process_alive(c.status.conmon_pid):
+            if status == "running" and c.status.state == "created":
+                # Killed between `runtime start` and persisting "running".
+                c.status.state = "running"
+                c.status.started_at = c.status.started_at or _now()
+                self._put_container(c)
+            return
+        # conmon is gone and left no exit file: the exit code is lost.
+        if status in ("stopped", "") or st is None:
+            await self._settle_exit(c, fallback_code=255,
+                                    message="conmon exited without recording the exit code")
+        else:
+            c.status.state = "unknown"
+            self._put_container(c)
+
+    async def _recover_sandbox(self, s: SandboxRecord) -> None:
+        if s.status.state == "creating":
+            log.warning("rolling back half-done sandbox", pod=s.meta.id)
+            for c in self.pod_containers(s.meta.id):
+                await self._teardown_container(c)
+                self._drop_container(c.meta.id)
+            await self._teardown_sandbox(s)
+            self._drop_sandbox(s.meta.id)
+            return
+        if s.status.state == "ready" and s.meta.shared_pid and \
+                not process_alive(s.status.infra_pid):
+            s.status.state = "notready"
+            self._put_sandbox(s)
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int = MAX_EXEC_OUTPUT) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        if size < cap:
+            chunks.append(chunk[: cap - size])
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _kill_conmon(pid: int) -> None:
+    if pid > 0 and process_alive(pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"conmon" in cmdline.split(b"\0", 1)[0]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _sandbox_name(m: SandboxMeta) -> str:
+    return f"pod/{m.name}_{m.namespace}_{m.uid}_{m.attempt}"
+
+
+def _container_name(m: ContainerMeta) -> str:
+    return f"ctr/{m.pod_id}/{m.name}_{m.attempt}"
+
+
+async def iterate_events(runtime: Runtime) -> AsyncIterator[ContainerEventResponse]:
+    q = runtime.subscribe()
+    try:
+        while True:
+            yield await q.get()
+    finally:
+        runtime.unsubscribe(q)
+
+
+def sandbox_config_of(rec: SandboxRecord) -> PodSandboxConfig:
+    return PodSandboxConfig().parse(bytes.fromhex(rec.meta.config)) if rec.meta.config \
+        else PodSandboxConfig()
+
+
+_ = betterproto  # used by views through is_set

@@ -1,0 +1,1 @@
+"""Persisted state of runtimed: sandbox and container records in the StateStore."""

@@ -1,0 +1,142 @@
+"""The records runtimed persists, and their state machines.
+
+Sandbox:
+
+    creating ──> ready ──> notready ──> (deleted)
+        └───────────────────────────────┘   rollback of a half-done RunPodSandbox
+
+Container:
+
+    creating ──> created ──> running ──> exited ──> (deleted)
+        │           └──────────────────────┘  (exited without start: conmon saw the exit)
+        └──> (deleted)  rollback of a half-done CreateContainer
+    any ──> unknown    recovery could not tell (no conmon, no exit file, runtime lost it)
+
+Metadata is written once at create; status is rewritten at each transition, in the same
+row (one SQLite transaction per transition, disk before memory). In-flight flags
+(stopping, removing) are never persisted: after a crash the kubelet's retry redoes them,
+and every step of stop/remove is idempotent.
+
+What may change while runtimed is down (the assumptions recovery checks against, as the
+NOTE in containerd's restart.go): containers exit (conmon writes exit files), conmon dies,
+the OCI runtime's state directory can vanish (tmpfs after reboot), mounts can be gone.
+Records themselves are only changed by runtimed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crib_common.state import Record
+
+__all__ = [
+    "ContainerMeta",
+    "ContainerRecord",
+    "ContainerStatusRec",
+    "SandboxMeta",
+    "SandboxRecord",
+    "SandboxStatusRec",
+    "SANDBOX_KIND",
+    "CONTAINER_KIND",
+]
+
+SANDBOX_KIND = "sandbox"
+CONTAINER_KIND = "container"
+
+_Inner = ConfigDict(extra="ignore")
+
+
+class SandboxMeta(BaseModel):
+    """Written once by RunPodSandbox."""
+
+    model_config = _Inner
+    id: str
+    name: str
+    namespace: str
+    uid: str
+    attempt: int = 0
+    handler: str
+    created_at: int  # unix nanoseconds
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    hostname: str = ""
+    log_directory: str = ""
+    host_network: bool = False
+    host_pid: bool = False
+    host_ipc: bool = False
+    shared_pid: bool = False  # namespace_options.pid == POD: catatonit holds the PID ns
+    cgroup_parent: str = ""  # full cgroupfs path of the pod cgroup, e.g. /crib/pod-<id>
+    pod_dir: str = ""  # hostname, resolv.conf, hosts, shm
+    ipc_ns: str = ""  # pinned namespace files ("" = host)
+    uts_ns: str = ""
+    netns_path: str = ""  # from netd ("" = host network)
+    sysctls: dict[str, str] = Field(default_factory=dict)
+    port_mappings: list[dict[str, Any]] = Field(default_factory=list)
+    config: str = ""  # PodSandboxConfig protobuf, hex: the verbose status and containers use it
+
+
+class SandboxStatusRec(BaseModel):
+    model_config = _Inner
+    state: Literal["creating", "ready", "notready"] = "creating"
+    ips: list[str] = Field(default_factory=list)
+    infra_pid: int = 0  # catatonit, when the pod shares a PID namespace
+    infra_conmon_pid: int = 0
+
+
+class SandboxRecord(Record):
+    SCHEMA_VERSION: ClassVar[int] = 1
+    meta: SandboxMeta
+    status: SandboxStatusRec = Field(default_factory=SandboxStatusRec)
+
+
+ContainerState = Literal["creating", "created", "running", "exited", "unknown"]
+
+
+class ContainerMeta(BaseModel):
+    """Written once by CreateContainer."""
+
+    model_config = _Inner
+    id: str
+    pod_id: str
+    name: str
+    attempt: int = 0
+    handler: str
+    created_at: int
+    image: str  # what the kubelet asked for
+    image_id: str = ""
+    image_ref: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    log_path: str = ""
+    bundle: str
+    snapshot_key: str = ""
+    stop_signal: str = "SIGTERM"
+    tty: bool = False
+    stdin: bool = False
+    stdin_once: bool = False
+    mounts: list[dict[str, Any]] = Field(default_factory=list)  # CRI Mount fields
+    uid: int = 0
+    gid: int = 0
+    groups: list[int] = Field(default_factory=list)
+    cgroup_path: str = ""
+
+
+class ContainerStatusRec(BaseModel):
+    model_config = _Inner
+    state: ContainerState = "creating"
+    pid: int = 0
+    conmon_pid: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    resources: dict[str, Any] = Field(default_factory=dict)  # CRI LinuxContainerResources
+
+
+class ContainerRecord(Record):
+    SCHEMA_VERSION: ClassVar[int] = 1
+    meta: ContainerMeta
+    status: ContainerStatusRec = Field(default_factory=ContainerStatusRec)

@@ -1,0 +1,244 @@
+"""Records -> CRI messages (status, list items, stats), shared by the cri/ modules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import betterproto
+
+from crib_common.cri.runtime.v1 import (
+    Container,
+    ContainerAttributes,
+    ContainerMetadata,
+    ContainerResources,
+    ContainerState,
+    ContainerStats,
+    ContainerStatus,
+    ContainerUser,
+    CpuUsage,
+    FilesystemIdentifier,
+    FilesystemUsage,
+    ImageSpec,
+    LinuxContainerResources,
+    LinuxContainerUser,
+    LinuxPodSandboxStats,
+    LinuxPodSandboxStatus,
+    MemoryUsage,
+    Mount,
+    MountPropagation,
+    Namespace,
+    NamespaceMode,
+    NamespaceOption,
+    NetworkInterfaceUsage,
+    NetworkUsage,
+    PodIp,
+    PodSandbox,
+    PodSandboxAttributes,
+    PodSandboxMetadata,
+    PodSandboxNetworkStatus,
+    PodSandboxState,
+    PodSandboxStats,
+    PodSandboxStatus,
+    ProcessUsage,
+    UInt64Value,
+)
+
+from . import cgroups
+from .store.records import ContainerRecord, SandboxRecord
+
+if TYPE_CHECKING:
+    from .service import Runtime
+
+_STATE = {
+    "creating": ContainerState.CONTAINER_CREATED,
+    "created": ContainerState.CONTAINER_CREATED,
+    "running": ContainerState.CONTAINER_RUNNING,
+    "exited": ContainerState.CONTAINER_EXITED,
+    "unknown": ContainerState.CONTAINER_UNKNOWN,
+}
+
+
+def container_state(rec: ContainerRecord) -> ContainerState:
+    return _STATE[rec.status.state]
+
+
+def sandbox_state(rec: SandboxRecord) -> PodSandboxState:
+    return (PodSandboxState.SANDBOX_READY if rec.status.state == "ready"
+            else PodSandboxState.SANDBOX_NOTREADY)
+
+
+def _meta(rec: SandboxRecord) -> PodSandboxMetadata:
+    m = rec.meta
+    return PodSandboxMetadata(name=m.name, uid=m.uid, namespace=m.namespace, attempt=m.attempt)
+
+
+def sandbox_item(rec: SandboxRecord) -> PodSandbox:
+    return PodSandbox(id=rec.meta.id, metadata=_meta(rec), state=sandbox_state(rec),
+                      created_at=rec.meta.created_at, labels=dict(rec.meta.labels),
+                      annotations=dict(rec.meta.annotations),
+                      runtime_handler=rec.meta.handler)
+
+
+def sandbox_status(rt: Runtime, rec: SandboxRecord) -> PodSandboxStatus:
+    m = rec.meta
+    ips = rec.status.ips if rec.status.state == "ready" else []
+    mode = lambda host, pod=False: (NamespaceMode.NODE if host else  # noqa: E731
+                                    NamespaceMode.POD if pod else NamespaceMode.CONTAINER)
+    return PodSandboxStatus(
+        id=m.id, metadata=_meta(rec), state=sandbox_state(rec), created_at=m.created_at,
+        network=PodSandboxNetworkStatus(ip=ips[0] if ips else "",
+                                        additional_ips=[PodIp(ip=i) for i in ips[1:]]),
+        linux=LinuxPodSandboxStatus(namespaces=Namespace(options=NamespaceOption(
+            network=mode(m.host_network, True), pid=mode(m.host_pid, m.shared_pid),
+            ipc=mode(m.host_ipc, True)))),
+        labels=dict(m.labels), annotations=dict(m.annotations), runtime_handler=m.handler)
+
+
+def sandbox_info(rt: Runtime, rec: SandboxRecord) -> dict[str, str]:
+    """The verbose `info` map (free-form JSON, as containerd's "info" key)."""
+    m = rec.meta
+    info = {
+        "pid": rec.status.infra_pid, "netns": m.netns_path, "ipc": m.ipc_ns, "uts": m.uts_ns,
+        "cgroupParent": m.cgroup_parent, "podDir": m.pod_dir, "hostname": m.hostname,
+        "runtimeHandler": m.handler, "state": rec.status.state,
+        "containers": [c.meta.id for c in rt.pod_containers(m.id)],
+    }
+    return {"info": json.dumps(info)}
+
+
+def _image(rec: ContainerRecord) -> ImageSpec:
+    return ImageSpec(image=rec.meta.image, user_specified_image=rec.meta.image)
+
+
+def container_item(rec: ContainerRecord) -> Container:
+    m = rec.meta
+    return Container(id=m.id, pod_sandbox_id=m.pod_id,
+                     metadata=ContainerMetadata(name=m.name, attempt=m.attempt),
+                     image=_image(rec), image_ref=m.image_ref, state=container_state(rec),
+                     created_at=m.created_at, labels=dict(m.labels),
+                     annotations=dict(m.annotations), image_id=m.image_id)
+
+
+def resources_message(res: dict[str, Any]) -> LinuxContainerResources:
+    msg = LinuxContainerResources()
+    if res:
+        with contextlib.suppress(Exception):
+            msg = LinuxContainerResources().from_dict(res)
+    return msg
+
+
+def container_status(rec: ContainerRecord) -> ContainerStatus:
+    m, s = rec.meta, rec.status
+    mounts = [Mount(container_path=x["container_path"], host_path=x["host_path"],
+                    readonly=bool(x.get("readonly")),
+                    propagation=MountPropagation(int(x.get("propagation", 0))))
+              for x in m.mounts]
+    return ContainerStatus(
+        id=m.id, metadata=ContainerMetadata(name=m.name, attempt=m.attempt),
+        state=container_state(rec), created_at=m.created_at, started_at=s.started_at,
+        finished_at=s.finished_at, exit_code=s.exit_code, image=_image(rec),
+        image_ref=m.image_ref, image_id=m.image_id, reason=s.reason, message=s.message,
+        labels=dict(m.labels), annotations=dict(m.annotations), mounts=mounts,
+        log_path=m.log_path,
+        resources=ContainerResources(linux=resources_message(s.resources)),
+        user=ContainerUser(linux=LinuxContainerUser(uid=m.uid, gid=m.gid,
+                                                    supplemental_groups=[m.gid, *m.groups])),
+    )
+
+
+def container_info(rec: ContainerRecord) -> dict[str, str]:
+    info: dict[str, Any] = {"pid": rec.status.pid, "conmonPid": rec.status.conmon_pid,
+                            "bundle": rec.meta.bundle, "runtimeHandler": rec.meta.handler,
+                            "cgroupPath": rec.meta.cgroup_path,
+                            "snapshotKey": rec.meta.snapshot_key}
+    with contextlib.suppress(OSError, ValueError):
+        info["runtimeSpec"] = json.loads((Path(rec.meta.bundle) / "config.json").read_text())
+    return {"info": json.dumps(info)}
+
+
+def _u(v: int) -> UInt64Value:
+    return UInt64Value(value=max(int(v), 0))
+
+
+async def container_stats(rt: Runtime, rec: ContainerRecord) -> ContainerStats:
+    st = await asyncio.to_thread(cgroups.read_stats, rec.meta.cgroup_path)
+    stats = ContainerStats(
+        attributes=ContainerAttributes(
+            id=rec.meta.id, metadata=ContainerMetadata(name=rec.meta.name,
+                                                       attempt=rec.meta.attempt),
+            labels=dict(rec.meta.labels), annotations=dict(rec.meta.annotations)),
+        cpu=CpuUsage(timestamp=st.timestamp, usage_core_nano_seconds=_u(st.cpu_usage_ns)),
+        memory=MemoryUsage(timestamp=st.timestamp, working_set_bytes=_u(st.working_set),
+                           usage_bytes=_u(st.memory_usage), rss_bytes=_u(st.rss),
+                           page_faults=_u(st.page_faults),
+                           major_page_faults=_u(st.major_page_faults)),
+    )
+    try:
+        usage = await rt.imaged.snapshot_usage(rec.meta.snapshot_key, timeout=5)
+        stats.writable_layer = FilesystemUsage(
+            timestamp=st.timestamp,
+            fs_id=FilesystemIdentifier(mountpoint=str(rt.settings.imaged.root)),
+            used_bytes=_u(usage.bytes), inodes_used=_u(usage.inodes))
+    except Exception:  # imaged down or snapshot gone: stats without the layer
+        pass
+    return stats
+
+
+def _net_dev(pid: int) -> list[NetworkInterfaceUsage]:
+    out = []
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return []
+    for line in lines:
+        name, _, rest = line.partition(":")
+        f = rest.split()
+        name = name.strip()
+        if name == "lo" or len(f) < 16:
+            continue
+        out.append(NetworkInterfaceUsage(name=name, rx_bytes=_u(int(f[0])),
+                                         rx_errors=_u(int(f[2])), tx_bytes=_u(int(f[8])),
+                                         tx_errors=_u(int(f[10]))))
+    return out
+
+
+async def sandbox_stats(rt: Runtime, rec: SandboxRecord) -> PodSandboxStats:
+    st = await asyncio.to_thread(cgroups.read_stats, rec.meta.cgroup_parent)
+    containers = [c for c in rt.pod_containers(rec.meta.id)
+                  if c.status.state in ("created", "running", "exited")]
+    cstats = [await container_stats(rt, c) for c in containers]
+    linux = LinuxPodSandboxStats(
+        cpu=CpuUsage(timestamp=st.timestamp, usage_core_nano_seconds=_u(st.cpu_usage_ns)),
+        memory=MemoryUsage(timestamp=st.timestamp, working_set_bytes=_u(st.working_set),
+                           usage_bytes=_u(st.memory_usage), rss_bytes=_u(st.rss),
+                           page_faults=_u(st.page_faults),
+                           major_page_faults=_u(st.major_page_faults)),
+        process=ProcessUsage(timestamp=st.timestamp, process_count=_u(st.pids)),
+        containers=cstats,
+    )
+    pids = [c.status.pid for c in containers if c.status.state == "running"]
+    pids.append(rec.status.infra_pid)
+    if not rec.meta.host_network:
+        for pid in pids:
+            ifaces = _net_dev(pid) if pid else []
+            if ifaces:
+                default = next((i for i in ifaces if i.name == "eth0"), ifaces[0])
+                linux.network = NetworkUsage(timestamp=st.timestamp,
+                                             default_interface=default, interfaces=ifaces)
+                break
+    return PodSandboxStats(
+        attributes=PodSandboxAttributes(id=rec.meta.id, metadata=_meta(rec),
+                                        labels=dict(rec.meta.labels),
+                                        annotations=dict(rec.meta.annotations)),
+        linux=linux)
+
+
+def labels_match(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+_ = betterproto

@@ -1,0 +1,95 @@
+"""Pod and container lifecycle through the gateway with the grpcio client, on runc and
+crun, with the busybox test image: logs, exit codes, stop and remove."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from .conftest import Cri
+
+pytestmark = pytest.mark.integration
+
+LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{1,9}(Z|[+-]\d\d:\d\d) (stdout|stderr) (P|F) (.*)$")
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_full_lifecycle(cri: Cri, image: str, handler: str) -> None:
+    sid, pod = cri.run_pod(handler=handler)
+    st = cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid,
+                                                                 verbose=True)).status
+    assert st.state == api_pb2.SANDBOX_READY
+    assert st.network.ip.startswith("10.213.")
+    assert st.runtime_handler == handler
+    cid = cri.create(sid, pod, image, "talker", command=["sh", "-c"], args=[
+        "echo one; echo two >&2; printf 'no-newline'; sleep 0.3; echo; "
+        "hostname; cat /etc/resolv.conf >/dev/null; exit 7"])
+    assert cri.status(cid).state == api_pb2.CONTAINER_CREATED
+    cri.start(cid)
+    st = cri.wait_exit(cid)
+    assert st.state == api_pb2.CONTAINER_EXITED
+    assert st.exit_code == 7
+    assert st.reason == "Error"
+    assert st.started_at > 0 and st.finished_at >= st.started_at
+    assert st.log_path == os.path.join(pod.log_directory, "talker.log")
+    lines = Path(st.log_path).read_text().splitlines()
+    parsed = [LOG_LINE.match(line) for line in lines]
+    assert all(parsed), lines
+    streams = [(m.group(2), m.group(3), m.group(4)) for m in parsed if m]
+    assert ("stdout", "F", "one") in streams
+    assert ("stderr", "F", "two") in streams
+    # A line cut short is tagged P, and its end arrives as an F line.
+    assert ("stdout", "P", "no-newline") in streams
+    assert ("stdout", "F", pod.metadata.name) in streams
+    # Stop and remove are idempotent.
+    cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
+    cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    with pytest.raises(grpc.RpcError) as err:
+        cri.status(cid)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    cri.remove_pod(sid)
+    cri.remove_pod(sid)
+    listed = cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert sid not in [p.id for p in listed]
+
+
+def test_running_container_stop_and_exec(cri: Cri, image: str) -> None:
+    sid, pod = cri.run_pod()
+    try:
+        cid = cri.create(sid, pod, image, "trapper", command=["sh", "-c"], args=[
+            "trap 'echo got-term; exit 0' TERM; sleep 300 & wait"])
+        ignorer = cri.create(sid, pod, image, "ignorer", command=["sleep", "300"])
+        cri.start(cid)
+        cri.start(ignorer)
+        assert cri.status(cid).state == api_pb2.CONTAINER_RUNNING
+        r = cri.rt.ExecSync(api_pb2.ExecSyncRequest(
+            container_id=cid, cmd=["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=10))
+        assert (r.stdout, r.stderr, r.exit_code) == (b"out\n", b"err\n", 3)
+        with pytest.raises(grpc.RpcError) as err:
+            cri.rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["sleep", "30"],
+                                                    timeout=1))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        t0 = time.monotonic()
+        cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=10))
+        assert time.monotonic() - t0 < 5  # the trap handles SIGTERM at once
+        st = cri.status(cid)
+        assert (st.state, st.exit_code, st.reason) == (api_pb2.CONTAINER_EXITED, 0, "Completed")
+        assert "got-term" in Path(st.log_path).read_text()
+        # PID 1 without a handler ignores SIGTERM: killed after the timeout.
+        t0 = time.monotonic()
+        cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=ignorer, timeout=2))
+        assert 1.9 < time.monotonic() - t0 < 8
+        st = cri.status(ignorer)
+        assert (st.state, st.exit_code) == (api_pb2.CONTAINER_EXITED, 137)
+        # Stopping again is fine.
+        cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=ignorer, timeout=2))
+    finally:
+        cri.remove_pod(sid)
