@@ -46,7 +46,7 @@ def build_gateway(
 
 async def run(settings: CribSettings) -> None:
     http_app = create_daemon_app("gateway")
-    gateway, clients = build_gateway(settings, http_app[METRICS_KEY].registry)  # type: ignore[attr-defined]
+    gateway, clients = build_gateway(settings, http_app[METRICS_KEY].registry)
     http_runner = await serve_unix(http_app, settings.gateway.http_socket, settings.gateway.socket_mode)
     socket = settings.gateway.socket
     socket.parent.mkdir(parents=True, exist_ok=True)
