@@ -5,6 +5,7 @@ Exec/Attach/PortForward RPCs return URLs our streaming clients then use, against
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,12 @@ class Pod:
         return self
 
     def stop(self) -> None:
+        try:
+            self._remove()
+        finally:
+            shutil.rmtree(self.config.log_directory, ignore_errors=True)
+
+    def _remove(self) -> None:
         if self.id:
             self.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=self.id),
                                         timeout=60)
