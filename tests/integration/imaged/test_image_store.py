@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from crib_common.cri.runtime.v1 import ImageSpec, PullImageRequest, PullImageResponse
 from crib_common.models.imaged import SnapshotCreate
 from tests.integration.imaged.conftest import Imaged, start_imaged, stop_imaged
 from tests.support.images import Entry, Image, Layer, push_image
@@ -123,3 +124,25 @@ async def test_more_layers_with_short_link_dir(imaged_root: Path, registry: Regi
             await d.client.create_snapshot(SnapshotCreate(key="m2", image=pushed.reference))
     finally:
         await stop_imaged(d)
+
+
+async def test_deadline_cancels_pull_cleanly(imaged: Imaged) -> None:
+    layers = [Layer.from_entries([Entry.file(f"f{i}", os.urandom(300_000))]) for i in range(2)]
+    image = Image(layers)
+    with StaticRegistry() as static:
+        static.add_image("crib/late", "v1", image.manifest, image.manifest_media_type,
+                         [image.config_blob] + [lay.blob for lay in layers])
+        static.throttle[f"/v2/crib/late/blobs/{layers[1].digest}"] = 100_000
+        ref = f"{static.host}/crib/late:v1"
+        before = imaged.files()
+        with pytest.raises(Exception, match="did not finish within|did not answer"):
+            # The kubelet's deadline: the daemon cancels the pull when it passes.
+            await imaged.cri("PullImage", PullImageRequest(image=ImageSpec(image=ref)),
+                             PullImageResponse, timeout=0.5)
+        for _ in range(100):
+            if imaged.files() == before:
+                break
+            await asyncio.sleep(0.05)
+        assert imaged.files() == before
+        static.throttle.clear()
+        assert await imaged.pull(ref) == image.config_digest
