@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -94,7 +95,12 @@ class _CriTransport:
     async def post(self, path: str, body: bytes, headers: dict[str, str],
                    timeout: float | None) -> tuple[int, bytes]:
         """POST `body`; (status, body) of the answer. Transport failures become CribErrors."""
-        head = [f"POST {path} HTTP/1.1\r\nHost: crib\r\nContent-Length: {len(body)}\r\n"]
+        return await self.request("POST", path, body, headers, timeout)
+
+    async def request(self, method: str, path: str, body: bytes, headers: dict[str, str],
+                      timeout: float | None) -> tuple[int, bytes]:
+        """One request; (status, body) of the answer. Transport failures become CribErrors."""
+        head = [f"{method} {path} HTTP/1.1\r\nHost: crib\r\nContent-Length: {len(body)}\r\n"]
         for key, value in headers.items():
             head.append(f"{key}: {value}\r\n")
         head.append("\r\n")
@@ -373,10 +379,12 @@ class DaemonClient:
 
     async def health(self, *, timeout: float = 2.0) -> dict[str, Any]:
         """The daemon's /healthz body; a not-ready daemon answers 503 with the same body."""
-        headers = self._headers(None)
-        with _map_transport_errors(self.name, self.socket, timeout):
-            async with self._get_session().get(
-                "/healthz", headers=headers, timeout=self._timeout(timeout),
-            ) as resp:
-                result: dict[str, Any] = await resp.json(content_type=None)
-                return result
+        # On the pooled transport: the gateway asks three daemons on every CRI Status.
+        _, raw = await self._cri.request("GET", "/healthz", b"", self._headers(None), timeout)
+        try:
+            result = json.loads(raw)
+        except ValueError:
+            raise Internal(f"{self.name} answered /healthz with something not JSON") from None
+        if not isinstance(result, dict):
+            raise Internal(f"{self.name} answered /healthz with {type(result).__name__}")
+        return result
