@@ -44,7 +44,7 @@ from crib_common.state import StateStore
 
 from ..oci.reference import parse_reference
 from .content import ContentStore
-from .layers import LayerDirs
+from .layers import LayerDirs, disk_usage
 from .records import ImageRecord, LayerRecord, SnapshotRecord
 
 __all__ = ["ImageStore", "SNAPSHOT_KEY"]
@@ -383,7 +383,10 @@ class ImageStore:
 
     async def snapshot_usage(self, key: str) -> tuple[int, int]:
         self.get_snapshot(key)
-        return await asyncio.to_thread(_du, self.snapshot_dir / key / "fs")
+        used, inodes = await asyncio.to_thread(disk_usage, self.snapshot_dir / key / "fs")
+        # The upper directory itself is not the container's data.
+        root = os.lstat(self.snapshot_dir / key / "fs")
+        return used - root.st_blocks * 512, inodes - 1
 
     # ---------------------------------------------------------------- usage
     def usage(self) -> tuple[int, int]:
@@ -393,22 +396,3 @@ class ImageStore:
             used += rec.bytes
             inodes += rec.inodes
         return used, inodes
-
-
-def _du(path: Path) -> tuple[int, int]:
-    used, inodes = 0, 0
-    stack = [str(path)]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                for entry in it:
-                    st = entry.stat(follow_symlinks=False)
-                    used += st.st_blocks * 512
-                    inodes += 1
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-        except FileNotFoundError:
-            continue
-    return used, inodes
-

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .unpack import UnpackStats, unpack_layer
 
-__all__ = ["LayerDirs"]
+__all__ = ["LayerDirs", "disk_usage"]
 
 _LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -65,6 +65,9 @@ class LayerDirs:
         tmp.mkdir(mode=0o700)
         try:
             stats = unpack_layer(blob, compression, tmp / "diff", diff_id, cancel)
+            # Record what the layer really occupies (blocks and distinct inodes), for
+            # ImageFsInfo; one lstat per entry is cheap next to creating it.
+            stats.bytes, stats.inodes = disk_usage(tmp / "diff")
             final = self.path(diff_id)
             link_path = self.links / link
             with contextlib.suppress(FileNotFoundError):
@@ -105,3 +108,28 @@ class LayerDirs:
             if entry.name not in keep:
                 out.append(entry.name)
         return out
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(bytes in allocated blocks, distinct inodes) under `path`, hardlinks counted once."""
+    seen: set[int] = set()
+    st = os.lstat(path)
+    used, inodes = st.st_blocks * 512, 1
+    stack = [str(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    est = entry.stat(follow_symlinks=False)
+                    if est.st_nlink > 1:
+                        if est.st_ino in seen:
+                            continue
+                        seen.add(est.st_ino)
+                    used += est.st_blocks * 512
+                    inodes += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except FileNotFoundError:
+            continue
+    return used, inodes
