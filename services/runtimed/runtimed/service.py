@@ -35,6 +35,7 @@ from crib_common.cri.runtime.v1 import (
     ContainerEventResponse,
     ContainerEventType,
     NamespaceMode,
+    NamespaceOption,
     PodSandboxConfig,
 )
 from crib_common.errors import (
@@ -301,11 +302,13 @@ class Runtime:
         rt = self.runtime_for(handler)
         linux = config.linux
         sc = linux.security_context if is_set(linux) else None
-        nso = sc.namespace_options if sc is not None and is_set(sc.namespace_options) else None
-        host_net = bool(nso and nso.network == NamespaceMode.NODE)
-        host_pid = bool(nso and nso.pid == NamespaceMode.NODE)
-        host_ipc = bool(nso and nso.ipc == NamespaceMode.NODE)
-        shared_pid = bool(nso and nso.pid == NamespaceMode.POD)
+        # Unset options mean POD for every namespace (api.proto: POD = 0 is the default);
+        # the kubelet sends pid=CONTAINER unless the pod shares its process namespace.
+        nso = sc.namespace_options if sc is not None else NamespaceOption()
+        host_net = nso.network == NamespaceMode.NODE
+        host_pid = nso.pid == NamespaceMode.NODE
+        host_ipc = nso.ipc == NamespaceMode.NODE
+        shared_pid = nso.pid == NamespaceMode.POD
         sysctls = dict(linux.sysctls) if is_set(linux) else {}
         for key in sysctls:
             if host_net and key.startswith("net."):

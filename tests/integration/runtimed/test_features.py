@@ -1,0 +1,209 @@
+"""Container features end to end: OOM, users, read-only rootfs, shared PID namespace,
+filters, stats, resources update, log reopen, events, bad IDs."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from .conftest import Cri
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pod(cri: Cri, image: str) -> tuple[str, api_pb2.PodSandboxConfig]:
+    sid, config = cri.run_pod()
+    yield sid, config
+    cri.remove_pod(sid)
+
+
+def _linux(**sc: object) -> api_pb2.LinuxContainerConfig:
+    return api_pb2.LinuxContainerConfig(
+        security_context=api_pb2.LinuxContainerSecurityContext(**sc))  # type: ignore[arg-type]
+
+
+def test_oom_killed(cri: Cri, image: str, pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    sid, config = pod
+    linux = api_pb2.LinuxContainerConfig(resources=api_pb2.LinuxContainerResources(
+        memory_limit_in_bytes=16 * 1024 * 1024))
+    # Dynamic busybox has no memory hog; grow a shell variable until the cgroup limit hits.
+    cid = cri.create(sid, config, image, "hog", command=["sh", "-c"],
+                     args=["x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"], linux=linux)
+    cri.start(cid)
+    st = cri.wait_exit(cid, timeout=30)
+    assert st.state == api_pb2.CONTAINER_EXITED
+    assert st.exit_code == 137
+    assert st.reason == "OOMKilled"
+    assert st.resources.linux.memory_limit_in_bytes == 16 * 1024 * 1024
+
+
+def test_user_from_image_and_context(cri: Cri, image: str,
+                                     pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    sid, config = pod
+    cid = cri.create(sid, config, image, "byname", command=["id"],
+                     linux=_linux(run_as_username="crib"))
+    cri.start(cid)
+    st = cri.wait_exit(cid)
+    assert st.exit_code == 0
+    text = Path(st.log_path).read_text()
+    assert "uid=1000(crib)" in text and "gid=1000" in text
+    assert st.user.linux.uid == 1000
+    cid2 = cri.create(sid, config, image, "bynum", command=["id"], linux=_linux(
+        run_as_user=api_pb2.Int64Value(value=1000), run_as_group=api_pb2.Int64Value(value=2000),
+        supplemental_groups=[3000]))
+    cri.start(cid2)
+    st2 = cri.wait_exit(cid2)
+    text2 = Path(st2.log_path).read_text()
+    assert "uid=1000(crib) gid=2000(cribgrp)" in text2
+    assert "3000" in text2
+    with pytest.raises(grpc.RpcError) as err:
+        cri.create(sid, config, image, "nouser", command=["id"],
+                   linux=_linux(run_as_username="nobody-here"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_readonly_rootfs(cri: Cri, image: str, pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    sid, config = pod
+    cid = cri.create(sid, config, image, "ro", command=["sh", "-c"],
+                     args=["touch /newfile && echo wrote || echo refused; touch /tmp/x; "
+                           "echo > /dev/shm/ok && echo shm-ok"],
+                     linux=_linux(readonly_rootfs=True))
+    cri.start(cid)
+    st = cri.wait_exit(cid)
+    text = Path(st.log_path).read_text()
+    assert "refused" in text and "wrote" not in text
+    assert "shm-ok" in text
+
+
+def test_shared_pid_namespace_and_hostname(cri: Cri, image: str) -> None:
+    ns = api_pb2.NamespaceOption(pid=api_pb2.POD)
+    config = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
+        security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
+    sid, config = cri.run_pod(config)
+    try:
+        a = cri.create(sid, config, image, "a", command=["sleep", "300"])
+        cri.start(a)
+        r = cri.rt.ExecSync(api_pb2.ExecSyncRequest(container_id=a, cmd=["ps", "-o", "comm"],
+                                                    timeout=10))
+        # catatonit holds PID 1 of the pod; the sleeper is its sibling.
+        names = r.stdout.decode().split()
+        assert "catatonit" in names and "sleep" in names
+        r = cri.rt.ExecSync(api_pb2.ExecSyncRequest(container_id=a, cmd=["hostname"],
+                                                    timeout=10))
+        assert r.stdout.decode().strip() == config.hostname
+        st = cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid))
+        assert st.status.linux.namespaces.options.pid == api_pb2.POD
+    finally:
+        cri.remove_pod(sid)
+
+
+def test_filters_prefixes_and_bad_ids(cri: Cri, image: str,
+                                      pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    sid, config = pod
+    cid = cri.create(sid, config, image, "labelled", command=["sleep", "300"],
+                     labels={"app": "crib", "tier": "x"})
+    listed = cri.rt.ListContainers(api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(
+        label_selector={"app": "crib"}))).containers
+    assert [c.id for c in listed] == [cid]
+    by_state = cri.rt.ListContainers(api_pb2.ListContainersRequest(
+        filter=api_pb2.ContainerFilter(state=api_pb2.ContainerStateValue(
+            state=api_pb2.CONTAINER_CREATED), pod_sandbox_id=sid[:12]))).containers
+    assert cid in [c.id for c in by_state]
+    by_id = cri.rt.ListContainers(api_pb2.ListContainersRequest(
+        filter=api_pb2.ContainerFilter(id=cid[:10]))).containers
+    assert [c.id for c in by_id] == [cid]
+    assert cri.status(cid[:12]).id == cid
+    pods = cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(
+        id=sid[:8], state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)))).items
+    assert [p.id for p in pods] == [sid]
+    none = cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(
+        label_selector={"nope": "x"}))).items
+    assert not none
+    for bad in ("0" * 64, "zz-not-hex", "../../etc"):
+        with pytest.raises(grpc.RpcError) as err:
+            cri.status(bad)
+        assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+        with pytest.raises(grpc.RpcError) as err:
+            cri.start(bad)
+        assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.RpcError) as err:
+        cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="f" * 64))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        cri.run_pod(handler="no-such-runtime")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        cri.create(sid, config, image, "labelled", command=["true"])
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+
+
+def test_stats_update_reopen_and_events(cri: Cri, image: str,
+                                        pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    sid, config = pod
+    events: list[api_pb2.ContainerEventResponse] = []
+    stream = cri.rt.GetContainerEvents(api_pb2.GetEventsRequest())
+
+    def collect() -> None:
+        try:
+            for ev in stream:
+                events.append(ev)
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    time.sleep(0.3)
+    cid = cri.create(sid, config, image, "ticker", command=["sh", "-c"],
+                     args=["i=0; while true; do echo tick $i; i=$((i+1)); "
+                           "echo data > /tmp/f$((i % 5)); sleep 0.1; done"])
+    cri.start(cid)
+    time.sleep(0.5)
+    stats = cri.rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=cid)).stats
+    assert stats.attributes.id == cid
+    assert stats.cpu.usage_core_nano_seconds.value > 0
+    assert stats.memory.working_set_bytes.value > 0
+    assert stats.writable_layer.used_bytes.value > 0
+    assert stats.writable_layer.inodes_used.value > 0
+    listed = cri.rt.ListContainerStats(api_pb2.ListContainerStatsRequest(
+        filter=api_pb2.ContainerStatsFilter(pod_sandbox_id=sid))).stats
+    assert cid in [s.attributes.id for s in listed]
+    pst = cri.rt.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sid)).stats
+    assert pst.linux.cpu.usage_core_nano_seconds.value > 0
+    assert cid in [c.attributes.id for c in pst.linux.containers]
+    assert pst.linux.network.default_interface.name == "eth0"
+    assert sid in [s.attributes.id for s in cri.rt.ListPodSandboxStats(
+        api_pb2.ListPodSandboxStatsRequest()).stats]
+    # Live cgroup update.
+    cri.rt.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(
+        container_id=cid, linux=api_pb2.LinuxContainerResources(
+            memory_limit_in_bytes=64 * 1024 * 1024, cpu_shares=512)))
+    info = json.loads(cri.rt.ContainerStatus(api_pb2.ContainerStatusRequest(
+        container_id=cid, verbose=True)).info["info"])
+    cg = info["cgroupPath"].lstrip("/")
+    assert Path(f"/sys/fs/cgroup/memory/{cg}/memory.limit_in_bytes").read_text().strip() == \
+        str(64 * 1024 * 1024)
+    assert Path(f"/sys/fs/cgroup/cpu/{cg}/cpu.shares").read_text().strip() == "512"
+    assert cri.status(cid).resources.linux.cpu_shares == 512
+    # Log rotation: the kubelet renames the file, then asks for a reopen.
+    log_path = cri.status(cid).log_path
+    os.rename(log_path, log_path + ".1")
+    cri.rt.ReopenContainerLog(api_pb2.ReopenContainerLogRequest(container_id=cid))
+    time.sleep(0.4)
+    assert "tick" in Path(log_path).read_text()
+    cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    time.sleep(0.3)
+    stream.cancel()
+    reader.join(5)
+    mine = [e.container_event_type for e in events if e.container_id == cid]
+    assert mine == [api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
+                    api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_DELETED_EVENT]
