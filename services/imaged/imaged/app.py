@@ -19,6 +19,7 @@ from crib_common.settings import CribSettings
 from .api import images as images_api
 from .api import snapshots as snapshots_api
 from .cri import register_all
+from .oci.reference import parse_reference
 from .pull import Puller
 from .service import ImageService
 from .store.images import ImageStore
@@ -60,6 +61,9 @@ def create_app(settings: CribSettings) -> web.Application:
             timeout=aiohttp.ClientTimeout(sock_connect=15, sock_read=120),
             auto_decompress=False,
         )
+        if settings.runtimed.pause_image:
+            # CRI Image.pinned: a recommendation to the kubelet's image GC (api.proto).
+            store.pinned_names = {str(parse_reference(settings.runtimed.pause_image))}
         svc._puller = Puller(store, settings.imaged, http)
         svc._store = store
         try:

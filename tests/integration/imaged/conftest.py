@@ -79,9 +79,12 @@ class Imaged:
                 and not (p.is_dir() and not p.is_symlink() and not any(p.iterdir()))}
 
 
-async def start_imaged(root: Path, **imaged_settings: Any) -> Imaged:
+async def start_imaged(root: Path, runtimed: dict[str, Any] | None = None,
+                       **imaged_settings: Any) -> Imaged:
+    """An in-process imaged on `root` (store, run dir, socket), with settings overrides."""
     settings = CribSettings(imaged={"root": root / "store", "run_dir": root / "run",
-                                    "socket": root / "imaged.sock", **imaged_settings})
+                                    "socket": root / "imaged.sock", **imaged_settings},
+                            runtimed=runtimed or {})
     app = create_app(settings)
     runner = await serve_unix(app, root / "imaged.sock")
     return Imaged(root / "store", root / "imaged.sock",

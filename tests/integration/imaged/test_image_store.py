@@ -146,3 +146,18 @@ async def test_deadline_cancels_pull_cleanly(imaged: Imaged) -> None:
         assert imaged.files() == before
         static.throttle.clear()
         assert await imaged.pull(ref) == image.config_digest
+
+
+async def test_pause_image_is_pinned(imaged_root: Path, registry: Registry) -> None:
+    pushed = push_image(registry, "crib-test/pause", "3.9",
+                        Image([Layer.from_entries([Entry.file("pause", "p")])]))
+    other = push_image(registry, "crib-test/other", "v1",
+                       Image([Layer.from_entries([Entry.file("other", "o")])]))
+    d = await start_imaged(imaged_root, runtimed={"pause_image": pushed.reference})
+    try:
+        await d.pull(pushed.reference)
+        await d.pull(other.reference)
+        assert (await d.status(pushed.reference)).image.pinned is True
+        assert (await d.status(other.reference)).image.pinned is False
+    finally:
+        await stop_imaged(d)

@@ -74,6 +74,8 @@ class ImageStore:
         self.layer_records: dict[str, LayerRecord] = {}
         self.snapshots: dict[str, SnapshotRecord] = {}
         self.lock = asyncio.Lock()
+        # Names of images the kubelet must not garbage-collect (the pause image).
+        self.pinned_names: set[str] = set()
         self.leases: collections.Counter[str] = collections.Counter()
         self.ready = False
         # overlayfs' inode index must be off for lowers shared by many mounts (containerd
@@ -220,6 +222,7 @@ class ImageStore:
                     img.repo_tags.append(tag)
             if repo_digest and repo_digest not in img.repo_digests:
                 img.repo_digests.append(repo_digest)
+            img.pinned = bool(self.pinned_names & set(img.repo_tags + img.repo_digests))
             with self.state.transaction():
                 for other in changed:
                     self.state.put("image", other.id, other)
