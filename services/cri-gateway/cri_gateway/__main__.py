@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 
 import structlog
 from prometheus_client import CollectorRegistry
 import uvloop
-from grpclib.utils import graceful_exit
 
 from crib_common.client import DaemonClient
 from crib_common.logging import configure_logging
@@ -53,11 +53,24 @@ async def run(settings: CribSettings) -> None:
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()
     server = CoalescingServer([gateway], codec=PassthroughCodec())
-    with graceful_exit([server]):
-        await server.start(path=str(socket))
-        os.chmod(socket, settings.gateway.socket_mode)
-        log.info("listening", socket=str(socket))
-        await server.wait_closed()
+    await server.start(path=str(socket))
+    os.chmod(socket, settings.gateway.socket_mode)
+    log.info("listening", socket=str(socket))
+    await _wait_for_signal()
+    # Graceful: stop accepting, let the calls in flight finish (bounded), then close.
+    # grpclib's own `Server.close()` cancels in-flight calls, so it comes last.
+    log.info("shutting down", inflight=gateway.inflight)
+    gateway.closing = True
+    listener = getattr(server, "_server", None)  # grpclib keeps the asyncio server here
+    if listener is not None:
+        listener.close()
+    with contextlib.suppress(FileNotFoundError):
+        socket.unlink()
+    drained = await _drain(gateway, SHUTDOWN_TIMEOUT)
+    if not drained:
+        log.warning("calls still in flight at shutdown", inflight=gateway.inflight)
+    server.close()
+    await server.wait_closed()
     await http_runner.cleanup()
     for client in clients:
         await client.close()
@@ -66,6 +79,36 @@ async def run(settings: CribSettings) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     log.info("stopped")
+
+
+# How long SIGTERM waits for calls in flight; the kubelet retries whatever is cut.
+SHUTDOWN_TIMEOUT = 10.0
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _drain(gateway: Gateway, timeout: float) -> bool:
+    """Wait until no call is in flight, or `timeout`; a second signal stops waiting."""
+    second = asyncio.ensure_future(_wait_for_signal())
+    drained = asyncio.ensure_future(gateway.wait_idle())
+    try:
+        await asyncio.wait({second, drained}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        second.cancel()
+    finished = drained.done()
+    drained.cancel()
+    return finished
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ statuses in one place (`errors.to_grpc`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
@@ -95,6 +96,19 @@ class Gateway:
         self.default_timeout = default_timeout
         self.metrics = metrics
         self.routes = ROUTES if routes is None else routes
+        # Calls being served, for a graceful shutdown; once closing, new calls are refused.
+        self.inflight = 0
+        self.closing = False
+        self._idle: asyncio.Event | None = None
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight."""
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        if self.inflight == 0:
+            return
+        self._idle.clear()
+        await self._idle.wait()
 
     def __mapping__(self) -> dict[str, Handler]:
         mapping: dict[str, Handler] = {}
@@ -117,8 +131,12 @@ class Gateway:
         request_id = _metadata_value(stream, "x-request-id") or uuid.uuid4().hex[:16]
         start = time.perf_counter()
         code = Status.OK
+        self.inflight += 1
         with RequestContext(request_id, rpc=rpc):
             try:
+                if self.closing:
+                    # The kubelet retries on UNAVAILABLE, reaching the next gateway.
+                    raise GRPCError(Status.UNAVAILABLE, "crib gateway is shutting down")
                 await self._forward(path, rpc, cardinality, stream)
             except GRPCError as exc:
                 code = exc.status
@@ -133,6 +151,9 @@ class Gateway:
                 log.exception("rpc crashed")
                 raise GRPCError(Status.INTERNAL, f"crib gateway: {type(exc).__name__}: {exc}") from None
             finally:
+                self.inflight -= 1
+                if self.inflight == 0 and self._idle is not None:
+                    self._idle.set()
                 elapsed = time.perf_counter() - start
                 self.metrics.observe(rpc, code, elapsed)
                 if _DEBUG():

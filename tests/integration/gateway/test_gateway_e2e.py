@@ -312,6 +312,38 @@ def test_generated_request_id_is_shared_by_gateway_and_daemon(
 # ------------------------------------------------------------------ graceful shutdown
 
 
+def test_sigterm_lets_the_call_in_flight_finish(node: Node, images: Any) -> None:
+    """Last in the module on purpose: it stops the module's gateway (and restarts it)."""
+    import threading
+
+    gateway = node.stack.procs["gateway"]
+    result: dict[str, Any] = {}
+
+    def slow_call() -> None:
+        try:
+            result["reply"] = images.ImageStatus(
+                api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image="sleep:1.5")),
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            result["error"] = exc
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.5)  # the call is now waiting on the daemon
+    gateway.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    # Stopped accepting at once: the socket is gone while the call is still in flight.
+    assert not node.stack.cri_socket.exists()
+    caller.join(timeout=10)
+    assert "error" not in result, result.get("error")
+    assert result["reply"].info["name_len"] == str(len("sleep:1.5"))
+    assert gateway.wait(timeout=15) == 0
+    node.stack.procs.pop("gateway", None)
+    node.ensure("gateway")
+
+
+
 def test_sigterm_exits_zero_and_removes_sockets() -> None:
     stack = Stack.create().start(("runtimed", "gateway"))
     try:
