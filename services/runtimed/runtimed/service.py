@@ -97,6 +97,18 @@ UNDO_TIMEOUT = 60.0
 KILL_WAIT = 10.0
 
 
+# Test-only failpoints (containerd's integration/failpoint idea): a comma list of names in
+# CRIB_RUNTIMED_CRASH_AT makes runtimed SIGKILL itself at that point, so restart tests hit
+# every half-done state deterministically.
+_CRASH_AT = frozenset(filter(None, os.environ.get("CRIB_RUNTIMED_CRASH_AT", "").split(",")))
+
+
+def failpoint(name: str) -> None:
+    if name in _CRASH_AT:
+        log.warning("failpoint: killing runtimed", failpoint=name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _now() -> int:
     return time.time_ns()
 
@@ -381,6 +393,7 @@ class Runtime:
             ips = [ip.ip for ip in net.ips]
             rec.status.ips = ips
             self._put_sandbox(rec)
+            failpoint("sandbox_after_network")
         pins = await pin_namespaces(Path(self.cfg.pinns_dir) / meta.id,
                                     ipc=not meta.host_ipc,
                                     uts=not meta.host_network, hostname=meta.hostname)
@@ -567,6 +580,7 @@ class Runtime:
             key=meta.snapshot_key, image=meta.image_id,
             labels={"io.crib.container": meta.id, "io.crib.pod": meta.pod_id}))
         await asyncio.to_thread(mount_all, snap.mounts, rootfs)
+        failpoint("create_after_mount")
         img = image_config.get("config") or {}
         sc = config.linux.security_context if is_set(config.linux) else None
         if sc is not None and not is_set(sc):
@@ -608,6 +622,7 @@ class Runtime:
                         log_size_max=self.cfg.log_size_max)
         conmon_pid, pid = await start_conmon(cm, timeout=self.cfg.create_timeout)
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
+        failpoint("create_after_conmon")
 
     async def _teardown_container(self, rec: ContainerRecord) -> None:
         """Undo every step of `_setup_container` (each tolerates never having happened)."""
@@ -639,6 +654,7 @@ class Runtime:
             started = _now()
             try:
                 await rt.start(rec.meta.id, timeout=self.cfg.create_timeout)
+                failpoint("start_after_runtime")
             except CribError as exc:
                 # The runtime failed the process start (bad binary, ...): conmon records
                 # the exit; report it like containerd, as an exited container with Error.
@@ -733,6 +749,7 @@ class Runtime:
         log.info("container stopping", container=rec.meta.id, timeout=timeout)
         if timeout > 0 and rec.status.state == "running":
             await rt.kill(rec.meta.id, signal_number(rec.meta.stop_signal))
+            failpoint("stop_after_signal")
             if await self._wait_exit(rec, float(timeout)):
                 return
         await rt.kill(rec.meta.id, signal.SIGKILL, all_procs=rec.status.state == "running")
@@ -753,6 +770,7 @@ class Runtime:
             if rec.meta.id not in self.containers:
                 return
             await self._teardown_container(rec)
+            failpoint("remove_after_teardown")
             self._drop_container(rec.meta.id)
         log.info("container removed", container=rec.meta.id)
         self._emit(rec.meta.id, ContainerEventType.CONTAINER_DELETED_EVENT)

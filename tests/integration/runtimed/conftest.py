@@ -110,3 +110,70 @@ def image(cri: Cri, busybox_image: str) -> str:
 
 def code_of(exc: grpc.RpcError) -> grpc.StatusCode:
     return exc.code()  # type: ignore[no-any-return]
+
+
+def unix_get_json(sock: Path, path: str) -> Any:
+    """GET a daemon's REST path over its UNIX socket."""
+    import http.client
+    import json
+    import socket as _socket
+
+    class _Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = _socket.socket(_socket.AF_UNIX)
+            self.sock.connect(str(sock))
+
+    conn = _Conn("crib")
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def leftovers(stack: Stack) -> dict[str, list[str]]:
+    """What runtimed (and its peers, for pods) left on the host for this stack."""
+    import sqlite3
+
+    root = str(stack.root)
+    out: dict[str, list[str]] = {}
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    # netd keeps its netns directory itself a (shared) mount point: not a leak.
+    out["mounts"] = [m for m in mounts if m.startswith(root + "/run/")
+                     and m != root + "/run/netns"]
+    cgs = []
+    for ctrl in Path("/sys/fs/cgroup").iterdir():
+        top = ctrl / stack.cgroup_parent.lstrip("/")
+        if top.is_dir():
+            cgs += [str(p) for p in top.iterdir() if p.is_dir()]
+    out["cgroups"] = cgs
+    netns = Path(root) / "run/netns"
+    out["netns"] = [str(p) for p in netns.iterdir()] if netns.is_dir() else []
+    procs = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if root in cmd and ("conmon" in cmd.split(" ")[0] or "runc" in cmd.split(" ")[0]
+                                or "crun" in cmd.split(" ")[0]):
+                procs.append(cmd[:200])
+    out["processes"] = procs
+    db = Path(root) / "lib/runtimed/state.db"
+    if db.exists():
+        con = sqlite3.connect(str(db))
+        out["state_rows"] = [f"{k}/{key}" for k, key in
+                             con.execute("SELECT kind, key FROM records").fetchall()]
+        con.close()
+    run = Path(root) / "run/runtimed"
+    out["run_files"] = [str(p) for d in ("c", "p", "exits") for p in (run / d).glob("*")] \
+        if run.is_dir() else []
+    ns = Path(root) / "run/ns"
+    out["ns_pins"] = [str(p) for p in ns.iterdir()] if ns.is_dir() else []
+    snaps = unix_get_json(stack.socket("imaged"), "/v1/snapshots")
+    out["snapshots"] = [s["key"] for s in snaps or []]
+    nets = unix_get_json(stack.socket("netd"), "/v1/networks")
+    out["networks"] = [n["pod_id"] for n in nets or []]
+    return {k: v for k, v in out.items() if v}
