@@ -117,8 +117,14 @@ async def test_kill_during_pull_then_pull_completes(node: Stack) -> None:
             await client.close()
 
 
+def _many_files_image(n_layers: int, files: int) -> Image:
+    return Image([Layer.from_entries([Entry.file(f"l{i}/d{j % 20}/f{j}", f"{i}-{j}")
+                                      for j in range(files)]) for i in range(n_layers)])
+
+
 async def test_kill_during_remove_then_consistent(node: Stack, registry: Registry) -> None:
-    image = _big_image(6, 1 << 19)
+    # Many small files: removing the layers takes long enough for the kill to land in it.
+    image = _many_files_image(6, 800)
     pushed = push_image(registry, "crib-test/remove-kill", "v1", image)
     root = _root(node)
     client = ImagedClient(node.socket("imaged"))
@@ -128,16 +134,19 @@ async def test_kill_during_remove_then_consistent(node: Stack, registry: Registr
             SVC + "RemoveImage", bytes(RemoveImageRequest(image=ImageSpec(image=image_id))),
             timeout=10))
         # Let the remove get under way (record deleted, layers being renamed away).
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(0.05)
         node.kill("imaged")
         with contextlib.suppress(Exception):
             await remove
     finally:
         await client.close()
+    half_removed = [p.name for p in (root / "layers").iterdir() if p.name.startswith(".rm-")]
     node.start_one("imaged")
     _assert_consistent(root)
     client = ImagedClient(node.socket("imaged"))
     try:
+        health = await client.health()
+        assert health["details"]["recovery"].get("layer_dirs_swept", 0) == len(half_removed)
         listed = [i.id for i in (await _list(client)).images]
         layer_dirs = [p for p in (root / "layers").iterdir()]
         if listed:
