@@ -356,10 +356,11 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
             # The kubelet expects a missing host directory to be created (containerd does).
             os.makedirs(m.host_path, exist_ok=True)
         prop = _PROPAGATION.get(m.propagation, "rprivate")
+        # rootfsPropagation takes "shared"/"slave" (config-linux.md), not the r- forms.
         if prop == "rshared":
-            rootfs_propagation = "rshared"
-        elif prop == "rslave" and rootfs_propagation != "rshared":
-            rootfs_propagation = "rslave"
+            rootfs_propagation = "shared"
+        elif prop == "rslave" and rootfs_propagation != "shared":
+            rootfs_propagation = "slave"
         opts = ["rbind", prop, "ro" if m.readonly else "rw"]
         mounts = [x for x in mounts if x["destination"] != m.container_path]
         mounts.append({"destination": m.container_path, "type": "bind",

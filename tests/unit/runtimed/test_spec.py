@@ -1,0 +1,263 @@
+"""OCI config generation: schema validity (runtime-spec JSON schema) and the kubelet's
+rules for command, env, users, capabilities, mounts, resources, seccomp."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
+
+from crib_common.cri.runtime.v1 import (
+    Capability,
+    ContainerConfig,
+    ContainerMetadata,
+    Device,
+    HugepageLimit,
+    ImageSpec,
+    Int64Value,
+    KeyValue,
+    LinuxContainerConfig,
+    LinuxContainerResources,
+    LinuxContainerSecurityContext,
+    Mount,
+    MountPropagation,
+    NamespaceMode,
+    NamespaceOption,
+    SecurityProfile,
+    SecurityProfileProfileType,
+)
+from crib_common.errors import InvalidArgument
+from runtimed.oci.spec import (
+    DEFAULT_CAPS,
+    ContainerSpecInput,
+    build_container_spec,
+    build_sandbox_spec,
+    combine_command,
+    merge_env,
+    resources_to_dict,
+    resources_to_oci,
+)
+from runtimed.oci.user import ResolvedUser
+from runtimed.store.records import SandboxMeta
+
+SCHEMA_DIR = Path("/work/shared/specs/oci-runtime-spec/schema")
+
+
+def _validator() -> jsonschema.Validator:
+    def retrieve(uri: str) -> Resource[Any]:
+        return Resource.from_contents(json.loads((SCHEMA_DIR / uri).read_text()),
+                                      default_specification=DRAFT4)
+
+    schema = json.loads((SCHEMA_DIR / "config-schema.json").read_text())
+    registry: Registry[Any] = Registry(retrieve=retrieve)  # type: ignore[call-arg]
+    return jsonschema.Draft4Validator(schema, registry=registry)
+
+
+VALIDATOR = _validator()
+
+
+def _assert_valid(spec: dict[str, Any]) -> None:
+    errors = sorted(VALIDATOR.iter_errors(spec), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def _sandbox(tmp_path: Path, **kw: Any) -> SandboxMeta:
+    pod_dir = tmp_path / "pod"
+    pod_dir.mkdir(exist_ok=True)
+    for name in ("hostname", "resolv.conf", "hosts"):
+        (pod_dir / name).write_text("x\n")
+    base: dict[str, Any] = dict(
+        id="a" * 64, name="p", namespace="ns", uid="u", handler="runc", created_at=1,
+        hostname="p", pod_dir=str(pod_dir), netns_path="/run/netns/x", ipc_ns="/run/ns/ipc",
+        uts_ns="/run/ns/uts", cgroup_parent="/crib/pod", shared_pid=True,
+        sysctls={"net.ipv4.ip_unprivileged_port_start": "0"})
+    base.update(kw)
+    return SandboxMeta(**base)
+
+
+def _input(tmp_path: Path, image: dict[str, Any] | None = None, **kw: Any) -> ContainerSpecInput:
+    return ContainerSpecInput(
+        cid="b" * 64, rootfs=tmp_path / "rootfs", sandbox=_sandbox(tmp_path),
+        image_config={"config": image or {"Entrypoint": ["/ep"], "Cmd": ["c1"],
+                                          "Env": ["PATH=/bin", "A=1"], "WorkingDir": "/w"}},
+        user=ResolvedUser(uid=1000, gid=1000, groups=[2000]), cgroup_path="/crib/pod/crib-b",
+        infra_pid=42, **kw)
+
+
+def test_full_featured_container_is_schema_valid(tmp_path: Path) -> None:
+    cfg = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="img"),
+        args=["a1"], envs=[KeyValue(key="A", value="2"), KeyValue(key="B", value="3")],
+        mounts=[Mount(container_path="/data", host_path=str(tmp_path / "data"), readonly=True,
+                      propagation=MountPropagation.PROPAGATION_HOST_TO_CONTAINER)],
+        devices=[Device(container_path="/dev/xnull", host_path="/dev/null", permissions="rw")],
+        tty=True, stdin=True,
+        linux=LinuxContainerConfig(
+            resources=LinuxContainerResources(
+                cpu_period=100000, cpu_quota=50000, cpu_shares=256, memory_limit_in_bytes=1 << 26,
+                oom_score_adj=-997, cpuset_cpus="0", cpuset_mems="0",
+                hugepage_limits=[HugepageLimit(page_size="2MB", limit=0)]),
+            security_context=LinuxContainerSecurityContext(
+                capabilities=Capability(add_capabilities=["NET_ADMIN"],
+                                        drop_capabilities=["CAP_KILL"]),
+                no_new_privs=True, readonly_rootfs=True,
+                seccomp=SecurityProfile(profile_type=SecurityProfileProfileType.RuntimeDefault),
+                namespace_options=NamespaceOption(pid=NamespaceMode.POD),
+                masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"])),
+    )
+    spec = build_container_spec(cfg, _input(tmp_path, pids_limit=100, swap_controller=True))
+    _assert_valid(spec)
+    proc = spec["process"]
+    assert proc["args"] == ["/ep", "a1"]  # args replace Cmd, Entrypoint kept
+    assert proc["env"][:3] == ["PATH=/bin", "A=2", "B=3"]
+    assert proc["cwd"] == "/w"
+    assert proc["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [2000]}
+    assert proc["terminal"] is True
+    assert proc["oomScoreAdj"] == 0  # never negative without CAP_SYS_RESOURCE
+    assert "CAP_NET_ADMIN" in proc["capabilities"]["bounding"]
+    assert "CAP_KILL" not in proc["capabilities"]["effective"]
+    assert proc["noNewPrivileges"] is True
+    assert spec["root"]["readonly"] is True
+    linux = spec["linux"]
+    assert {"type": "pid", "path": "/proc/42/ns/pid"} in linux["namespaces"]
+    assert {"type": "network", "path": "/run/netns/x"} in linux["namespaces"]
+    res = linux["resources"]
+    assert res["cpu"] == {"shares": 256, "quota": 50000, "period": 100000, "cpus": "0",
+                          "mems": "0"}
+    assert res["memory"] == {"limit": 1 << 26, "swap": 1 << 26}
+    assert res["pids"] == {"limit": 100}
+    assert res["hugepageLimits"] == [{"pageSize": "2MB", "limit": 0}]
+    assert linux["rootfsPropagation"] == "slave"
+    assert linux["seccomp"]["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert "kexec_load" in linux["seccomp"]["syscalls"][0]["names"]
+    assert linux["devices"][0]["path"] == "/dev/xnull"
+    assert linux["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    data = next(m for m in spec["mounts"] if m["destination"] == "/data")
+    assert data["options"] == ["rbind", "rslave", "ro"]
+    assert (tmp_path / "data").is_dir()  # a missing host path is created, as containerd
+    assert any(m["destination"] == "/etc/resolv.conf" for m in spec["mounts"])
+
+
+def test_sandbox_spec_is_schema_valid(tmp_path: Path) -> None:
+    spec = build_sandbox_spec(_sandbox(tmp_path), tmp_path / "rootfs", "/catatonit",
+                              "/usr/bin/catatonit", "/crib/pod/crib-a")
+    _assert_valid(spec)
+    assert spec["process"]["args"] == ["/catatonit", "-P"]
+    assert {"type": "pid"} in spec["linux"]["namespaces"]
+
+
+def test_minimal_and_privileged_are_schema_valid(tmp_path: Path) -> None:
+    cfg = ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"))
+    spec = build_container_spec(cfg, _input(tmp_path))
+    _assert_valid(spec)
+    assert spec["process"]["args"] == ["/ep", "c1"]
+    assert sorted(spec["process"]["capabilities"]["bounding"]) == sorted(DEFAULT_CAPS)
+    assert "seccomp" not in spec["linux"]  # nothing asked: Unconfined, as the kubelet
+    priv = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"), command=["/x"],
+        linux=LinuxContainerConfig(security_context=LinuxContainerSecurityContext(
+            privileged=True)))
+    pspec = build_container_spec(priv, _input(tmp_path))
+    _assert_valid(pspec)
+    assert "maskedPaths" not in pspec["linux"]
+    assert pspec["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    assert "CAP_SYS_ADMIN" in pspec["process"]["capabilities"]["bounding"]
+
+
+@pytest.mark.parametrize("command,args,ep,cmd,want", [
+    (["c"], ["a"], ["e"], ["d"], ["c", "a"]),
+    (["c"], [], ["e"], ["d"], ["c"]),
+    ([], ["a"], ["e"], ["d"], ["e", "a"]),
+    ([], [], ["e"], ["d"], ["e", "d"]),
+    ([], [], None, ["d"], ["d"]),
+    ([], ["a"], None, ["d"], ["a"]),
+])
+def test_combine_command(command: list[str], args: list[str], ep: list[str] | None,
+                         cmd: list[str] | None, want: list[str]) -> None:
+    assert combine_command(command, args, ep, cmd) == want
+
+
+def test_no_command_at_all() -> None:
+    with pytest.raises(InvalidArgument):
+        combine_command([], [], None, None)
+
+
+def test_merge_env_overrides_in_place_and_adds_path() -> None:
+    assert merge_env(["A=1", "B=2"], [("A", "3"), ("C", "4")])[1:] == ["A=3", "B=2", "C=4"]
+    assert merge_env([], [])[0].startswith("PATH=")
+
+
+def test_capabilities_drop_all_then_add(tmp_path: Path) -> None:
+    cfg = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+        linux=LinuxContainerConfig(security_context=LinuxContainerSecurityContext(
+            capabilities=Capability(drop_capabilities=["ALL"], add_capabilities=["CHOWN"]))))
+    spec = build_container_spec(cfg, _input(tmp_path))
+    assert spec["process"]["capabilities"]["bounding"] == ["CAP_CHOWN"]
+    bad = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+        linux=LinuxContainerConfig(security_context=LinuxContainerSecurityContext(
+            capabilities=Capability(add_capabilities=["NOT_A_CAP"]))))
+    with pytest.raises(InvalidArgument):
+        build_container_spec(bad, _input(tmp_path))
+
+
+def test_localhost_seccomp_and_errors(tmp_path: Path) -> None:
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "archMap": [
+        {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+        "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}))
+    cfg = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+        linux=LinuxContainerConfig(security_context=LinuxContainerSecurityContext(
+            seccomp=SecurityProfile(profile_type=SecurityProfileProfileType.Localhost,
+                                    localhost_ref=str(prof)))))
+    spec = build_container_spec(cfg, _input(tmp_path))
+    _assert_valid(spec)
+    assert spec["linux"]["seccomp"]["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    cfg.linux.security_context.seccomp.localhost_ref = str(tmp_path / "missing.json")
+    with pytest.raises(InvalidArgument):
+        build_container_spec(cfg, _input(tmp_path))
+
+
+def test_bad_inputs_are_invalid_argument(tmp_path: Path) -> None:
+    for cfg in (
+        ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                        working_dir="relative"),
+        ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                        mounts=[Mount(container_path="rel", host_path="/tmp")]),
+        ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                        devices=[Device(container_path="/dev/x", host_path="/etc/passwd")]),
+        ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                        linux=LinuxContainerConfig(security_context=LinuxContainerSecurityContext(
+                            namespace_options=NamespaceOption(pid=NamespaceMode.TARGET,
+                                                              target_id="nope")))),
+    ):
+        with pytest.raises(InvalidArgument):
+            build_container_spec(cfg, _input(tmp_path))
+
+
+def test_resources_roundtrip_and_swap() -> None:
+    res = resources_to_dict(LinuxContainerResources(memory_limit_in_bytes=100,
+                                                    memory_swap_limit_in_bytes=300))
+    assert resources_to_oci(res, swap_controller=True)["memory"] == {"limit": 100, "swap": 300}
+    assert resources_to_oci(res)["memory"] == {"limit": 100}
+    assert resources_to_dict(None) == {}
+
+
+def test_run_as_user_reaches_process(tmp_path: Path) -> None:
+    cfg = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+        linux=LinuxContainerConfig(security_context=LinuxContainerSecurityContext(
+            run_as_user=Int64Value(value=5))))
+    inp = _input(tmp_path)
+    inp.user = ResolvedUser(uid=5, gid=0)
+    spec = build_container_spec(cfg, inp)
+    assert spec["process"]["user"] == {"uid": 5, "gid": 0}
+    assert os.path.isdir(tmp_path)
