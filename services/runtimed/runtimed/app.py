@@ -10,8 +10,10 @@ from crib_common.server import CriTable, Health, RouteTable, create_daemon_app
 from crib_common.settings import CribSettings
 
 from .cri import (
+    container_attach,
     container_create,
     container_events,
+    container_exec,
     container_exec_sync,
     container_list,
     container_remove,
@@ -24,15 +26,19 @@ from .cri import (
     runtime_config,
     runtime_version,
     sandbox_list,
+    sandbox_portforward,
     sandbox_remove,
     sandbox_run,
     sandbox_stats,
     sandbox_status,
     sandbox_stop,
 )
+from .containers import RuntimeTargets
 from .service import Runtime
+from .streaming import StreamServer
 
 RUNTIME_KEY = web.AppKey("crib_runtime", Runtime)
+STREAM_KEY = web.AppKey("crib_stream_server", StreamServer)
 
 # Exec, Attach and PortForward are registered by the streaming side
 # (runtimed/streaming, cri/container_exec.py, container_attach.py, sandbox_portforward.py)
@@ -51,6 +57,9 @@ def create_app(settings: CribSettings) -> web.Application:
     runtime_version.register(cri)
     for module in _MODULES:
         module.register(cri, rt)
+    stream = StreamServer(settings.runtimed, RuntimeTargets(rt))
+    for streaming in (container_exec, container_attach, sandbox_portforward):
+        streaming.register(cri, stream)
     routes = RouteTable()
 
     async def health() -> Health:
@@ -60,6 +69,7 @@ def create_app(settings: CribSettings) -> web.Application:
 
     app = create_daemon_app("runtimed", routes, cri, health)
     app[RUNTIME_KEY] = rt
+    app[STREAM_KEY] = stream
 
     async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
         # Recovery runs here, before the socket listens: nobody sees half-loaded state.
@@ -70,4 +80,6 @@ def create_app(settings: CribSettings) -> web.Application:
             await rt.close()
 
     app.cleanup_ctx.append(runtime_ctx)
+    # After recovery; stopped first, which ends every session and kills its exec processes.
+    app.cleanup_ctx.append(stream.context)
     return app
