@@ -180,6 +180,14 @@ class Gateway:
         client = self.clients[owner]
         if cardinality is Cardinality.UNARY_UNARY:
             reply = await client.call_cri(path, request, timeout=timeout)
+            if len(reply) > self.max_message_bytes:
+                # The kubelet would drop it with a bare "message larger than max"; say
+                # which call and how large instead.
+                raise GRPCError(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"{rpc} answer of {len(reply)} bytes exceeds the limit of "
+                    f"{self.max_message_bytes}",
+                )
             await stream.send_message(reply)
             return
         await stream.send_initial_metadata()

@@ -65,6 +65,8 @@ def _imaged() -> web.Application:
     async def image_status(r: ImageStatusRequest) -> ImageStatusResponse:
         if r.image.image == "slow":
             await asyncio.sleep(3)
+        if r.image.image == "huge-answer":
+            return ImageStatusResponse(info={"big": "y" * (1024 * 1024 + 10)})
         return ImageStatusResponse(info={"len": str(len(r.image.image))})
 
     async def health() -> Health:
@@ -162,6 +164,14 @@ async def test_oversized_request_is_resource_exhausted(env: Env) -> None:
     # Just under the limit passes.
     ok = bytes(ImageStatusRequest(image=ImageSpec(image="x" * (1024 * 1024 - 64))))
     assert ImageStatusResponse().parse(await env.call(IM + "ImageStatus", ok)).info
+
+
+async def test_oversized_answer_is_resource_exhausted_naming_the_rpc(env: Env) -> None:
+    with pytest.raises(GRPCError) as info:
+        await env.call(IM + "ImageStatus",
+                       bytes(ImageStatusRequest(image=ImageSpec(image="huge-answer"))))
+    assert info.value.status is Status.RESOURCE_EXHAUSTED
+    assert "ImageStatus answer of" in (info.value.message or "")
 
 
 async def test_deadline_is_passed_on(env: Env) -> None:
