@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -39,8 +40,12 @@ RESOURCES = {
 class FakeApiServer:
     """Maps pod names to (container id, sandbox id) and serves kubectl."""
 
-    def __init__(self, stream: StreamServer) -> None:
+    def __init__(self, stream: StreamServer | None = None,
+                 url_for: Callable[[Any], Awaitable[str]] | None = None) -> None:
+        """URLs come from `url_for(spec)` (e.g. a CRI Exec call through the gateway, as the
+        kubelet gets them) or straight from `stream`."""
         self.stream = stream
+        self.url_for = url_for
         self.pods: dict[str, tuple[str, str]] = {}
         self.requests: list[str] = []
         self.upgrades: list[str] = []  # the Upgrade header of each relayed request
@@ -122,7 +127,11 @@ class FakeApiServer:
                               stderr=flag("stderr"), tty=flag("tty"))
         else:
             spec = PortForwardSpec(sandbox_id, ())
-        url = urlsplit(self.stream.url(spec))
+        if self.url_for is not None:
+            url = urlsplit(await self.url_for(spec))
+        else:
+            assert self.stream is not None
+            url = urlsplit(self.stream.url(spec))
         first, rest = head.split(b"\r\n", 1)
         method, _, version = first.decode().split(" ")
         # Keep the client's query (the WebSocket port-forward reads its ports there).

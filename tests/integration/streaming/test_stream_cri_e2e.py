@@ -5,15 +5,19 @@ Exec/Attach/PortForward RPCs return URLs our streaming clients then use, against
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
+from runtimed.streaming import ExecSpec
+from tests.integration.streaming.apiserver import FakeApiServer
 from tests.support.stack import Stack
 from tests.support.streamclient import SpdyPortForward, UpgradeRefused, open_stdio
 
@@ -164,3 +168,37 @@ async def test_port_forward_through_cri(pod: Pod) -> None:
         assert b"crib-pf-ok" in first and b"crib-pf-ok" in second
     finally:
         await pf.close()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("websocket", [False, True], ids=["spdy", "websocket"])
+async def test_kubectl_through_cri(pod: Pod, tmp_path: Path, websocket: bool) -> None:
+    """kubectl -> (API server stand-in) -> URL from CRI Exec via the gateway, as a kubelet
+    would obtain it -> runtimed's streaming server -> runc in the pod."""
+
+    async def url_for(spec: Any) -> str:
+        if isinstance(spec, ExecSpec):
+            request = api_pb2.ExecRequest(container_id=spec.container_id, cmd=list(spec.cmd),
+                                          stdin=spec.stdin, stdout=spec.stdout,
+                                          stderr=spec.stderr, tty=spec.tty)
+            return str((await asyncio.to_thread(pod.runtime.Exec, request, timeout=10)).url)
+        request = api_pb2.PortForwardRequest(pod_sandbox_id=spec.sandbox_id)
+        return str((await asyncio.to_thread(pod.runtime.PortForward, request,
+                                            timeout=10)).url)
+
+    fake = await FakeApiServer(url_for=url_for).start()
+    try:
+        fake.pods["web"] = (pod.containers["sleeper"], pod.id)
+        env = {**os.environ, "HOME": str(tmp_path),
+               "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": str(websocket).lower()}
+        proc = await asyncio.create_subprocess_exec(
+            "kubectl", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kubeconfig")), "exec",
+            "-i", "web", "--", "sh", "-c", "cat; hostname >&2; exit 7",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env)
+        out, err = await asyncio.wait_for(proc.communicate(b"via kubectl\n"), 60)
+        assert out == b"via kubectl\n", err
+        assert proc.returncode == 7, err
+        assert fake.upgrades == ["websocket" if websocket else "spdy/3.1"]
+    finally:
+        await fake.stop()
