@@ -286,14 +286,15 @@ class Runtime:
     def unsubscribe(self, q: asyncio.Queue[ContainerEventResponse]) -> None:
         self._subscribers.discard(q)
 
-    def _emit(self, cid: str, kind: ContainerEventType,
+    def _emit(self, cid: str, kind: int,
               status_fn: Callable[[], Any] | None = None) -> None:
         if not self._subscribers:
             return
         from .views import container_status, sandbox_status  # avoid an import cycle
 
         rec = self.containers.get(cid)
-        ev = ContainerEventResponse(container_id=cid, container_event_type=kind,
+        ev = ContainerEventResponse(container_id=cid,
+                                    container_event_type=ContainerEventType(kind),
                                     created_at=_now())
         if rec is not None:
             pod = self.sandboxes.get(rec.meta.pod_id)

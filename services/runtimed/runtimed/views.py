@@ -63,12 +63,12 @@ _STATE = {
 
 
 def container_state(rec: ContainerRecord) -> ContainerState:
-    return _STATE[rec.status.state]
+    return ContainerState(_STATE[rec.status.state])
 
 
 def sandbox_state(rec: SandboxRecord) -> PodSandboxState:
-    return (PodSandboxState.SANDBOX_READY if rec.status.state == "ready"
-            else PodSandboxState.SANDBOX_NOTREADY)
+    return PodSandboxState(PodSandboxState.SANDBOX_READY if rec.status.state == "ready"
+                           else PodSandboxState.SANDBOX_NOTREADY)
 
 
 def _meta(rec: SandboxRecord) -> PodSandboxMetadata:
@@ -86,8 +86,11 @@ def sandbox_item(rec: SandboxRecord) -> PodSandbox:
 def sandbox_status(rt: Runtime, rec: SandboxRecord) -> PodSandboxStatus:
     m = rec.meta
     ips = rec.status.ips if rec.status.state == "ready" else []
-    mode = lambda host, pod=False: (NamespaceMode.NODE if host else  # noqa: E731
-                                    NamespaceMode.POD if pod else NamespaceMode.CONTAINER)
+
+    def mode(host: bool, pod: bool) -> NamespaceMode:
+        return NamespaceMode(NamespaceMode.NODE if host else
+                             NamespaceMode.POD if pod else NamespaceMode.CONTAINER)
+
     return PodSandboxStatus(
         id=m.id, metadata=_meta(rec), state=sandbox_state(rec), created_at=m.created_at,
         network=PodSandboxNetworkStatus(ip=ips[0] if ips else "",

@@ -30,7 +30,8 @@ def test_full_lifecycle(cri: Cri, image: str, handler: str) -> None:
     assert st.runtime_handler == handler
     cid = cri.create(sid, pod, image, "talker", command=["sh", "-c"], args=[
         "echo one; echo two >&2; printf 'no-newline'; sleep 0.3; echo; "
-        "hostname; cat /etc/resolv.conf >/dev/null; exit 7"])
+        "hostname; echo env=$GREETING; exit 7"],
+        envs=[api_pb2.KeyValue(key="GREETING", value="hello there")])
     assert cri.status(cid).state == api_pb2.CONTAINER_CREATED
     cri.start(cid)
     st = cri.wait_exit(cid)
@@ -48,6 +49,7 @@ def test_full_lifecycle(cri: Cri, image: str, handler: str) -> None:
     # A line cut short is tagged P, and its end arrives as an F line.
     assert ("stdout", "P", "no-newline") in streams
     assert ("stdout", "F", pod.metadata.name) in streams
+    assert ("stdout", "F", "env=hello there") in streams
     # Stop and remove are idempotent.
     cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
     cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
@@ -66,7 +68,8 @@ def test_running_container_stop_and_exec(cri: Cri, image: str) -> None:
     try:
         cid = cri.create(sid, pod, image, "trapper", command=["sh", "-c"], args=[
             "trap 'echo got-term; exit 0' TERM; sleep 300 & wait"])
-        ignorer = cri.create(sid, pod, image, "ignorer", command=["sleep", "300"])
+        ignorer = cri.create(sid, pod, image, "ignorer", command=["sh", "-c"],
+                             args=["trap '' TERM; while true; do sleep 1; done"])
         cri.start(cid)
         cri.start(ignorer)
         assert cri.status(cid).state == api_pb2.CONTAINER_RUNNING
@@ -83,7 +86,7 @@ def test_running_container_stop_and_exec(cri: Cri, image: str) -> None:
         st = cri.status(cid)
         assert (st.state, st.exit_code, st.reason) == (api_pb2.CONTAINER_EXITED, 0, "Completed")
         assert "got-term" in Path(st.log_path).read_text()
-        # PID 1 without a handler ignores SIGTERM: killed after the timeout.
+        # A container ignoring SIGTERM is killed after the timeout.
         t0 = time.monotonic()
         cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=ignorer, timeout=2))
         assert 1.9 < time.monotonic() - t0 < 8

@@ -148,13 +148,18 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
     return conmon_pid, pid
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def _read_line(fd: int) -> bytes:
     """Read up to the first newline (or EOF) from a non-blocking pipe."""
     loop = asyncio.get_running_loop()
     data = b""
     while b"\n" not in data:
         fut: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        loop.add_reader(fd, _wake, fut)
         try:
             await fut
         finally:

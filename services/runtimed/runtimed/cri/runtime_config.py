@@ -28,7 +28,7 @@ def register(table: CriTable, rt: Runtime) -> None:
     async def runtime_config(_request: RuntimeConfigRequest) -> RuntimeConfigResponse:
         # crib drives cgroups through cgroupfs paths (no systemd on the node).
         return RuntimeConfigResponse(
-            linux=LinuxRuntimeConfiguration(cgroup_driver=CgroupDriver.CGROUPFS))
+            linux=LinuxRuntimeConfiguration(cgroup_driver=CgroupDriver(CgroupDriver.CGROUPFS)))
 
     @table.unary("/runtime.v1.RuntimeService/UpdateRuntimeConfig", UpdateRuntimeConfigRequest)
     async def update_runtime_config(

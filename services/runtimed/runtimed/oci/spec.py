@@ -152,7 +152,7 @@ def resources_to_dict(res: LinuxContainerResources | None) -> dict[str, Any]:
     """CRI resources as a plain dict for the record (ContainerStatus reports them)."""
     if res is None or not is_set(res):
         return {}
-    return res.to_dict(casing=betterproto.Casing.SNAKE)  # type: ignore[no-any-return]
+    return res.to_dict(casing=betterproto.Casing.SNAKE)  # type: ignore[arg-type]
 
 
 def resources_to_oci(res: dict[str, Any], *, pids_limit: int = 0,
@@ -232,7 +232,7 @@ def _base_mounts(shm: str, privileged: bool) -> list[dict[str, Any]]:
     ]
 
 
-def _namespaces(sb: SandboxMeta, mode_pid: NamespaceMode, infra_pid: int, target_id: str,
+def _namespaces(sb: SandboxMeta, mode_pid: int, infra_pid: int, target_id: str,
                 target_pids: dict[str, int]) -> list[dict[str, str]]:
     ns: list[dict[str, str]] = [{"type": "mount"}]
     if sb.netns_path:
@@ -302,7 +302,10 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     privileged = bool(sc and sc.privileged)
     argv = combine_command(list(cfg.command), list(cfg.args), img.get("Entrypoint"),
                            img.get("Cmd"))
-    env = merge_env(list(img.get("Env") or []), [(kv.key, kv.value) for kv in cfg.envs])
+    # KeyValue.value is `bytes` in our api.proto copy (wire-compatible with string).
+    env = merge_env(list(img.get("Env") or []),
+                    [(kv.key, kv.value.decode("utf-8", "replace")
+                      if isinstance(kv.value, bytes) else str(kv.value)) for kv in cfg.envs])
     if cfg.tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")
     if inp.sandbox.hostname and not any(e.startswith("HOSTNAME=") for e in env):
