@@ -1,6 +1,6 @@
 """Streaming server figures: time to first byte of `exec echo`, and port-forward throughput.
 
-    sudo python -m bench.bench_stream [--execs 30] [--megabytes 100]
+    sudo python -m bench.bench_stream [--execs 30] [--megabytes 100] [--no-cri]
 
 - exec TTFB: from asking for the URL to the first stdout byte of `echo hi` run by real runc
   in a busybox container, over SPDY and over WebSocket (p50/p90 of N runs); the full exec
@@ -11,6 +11,11 @@
 The streaming server runs in-process on loopback with a `StreamTargets` that points at the
 containers this script makes (tests/integration/streaming/nodes.py); everything is removed
 at the end.
+
+Then, unless --no-cri, the kubelet's view against Debian's containerd (bench/peer_containerd)
+with the same client: a pod of the busybox test image on each, `Exec` through CRI (crib:
+gateway -> runtimed) and the returned URL until the first byte of `echo hi` over SPDY, and an
+HTTP download of N MB from busybox httpd in the pod through `PortForward` (SPDY).
 """
 
 from __future__ import annotations
@@ -18,18 +23,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 import structlog
 
-from bench.harness import Stats
+from cri_api.v1 import api_pb2
+
+from bench.harness import Row, Stats, image_stub, report, runtime_stub
+from bench.peer_containerd import PeerContainerd
 from crib_common.settings import RuntimedSection
 from runtimed.streaming import ContainerTarget, ExecSpec, PortForwardSpec, StreamServer
 from tests.integration.streaming.nodes import FakeTargets, Node, make_node
+from tests.support.images import busybox_image, push_image
+from tests.support.registry import Registry
+from tests.support.stack import Stack
 from tests.support.streamclient import SpdyPortForward, open_stdio, ws_port_forward
 
 SINK, SOURCE = 19090, 19091
@@ -184,10 +199,142 @@ async def run(args: argparse.Namespace, node: Node) -> None:
         await srv.stop()
 
 
+# -- through CRI, against containerd ----------------------------------------------------
+
+WEB = ("mkdir -p /tmp/www && head -c {size} /dev/zero > /tmp/www/big && "
+       "exec httpd -f -p 127.0.0.1:8080 -h /tmp/www")
+
+
+class CriPod:
+    """A pod with a sleeper and an httpd container on one CRI endpoint (grpcio stubs)."""
+
+    def __init__(self, socket: Path, image: str, size: int) -> None:
+        self.runtime = runtime_stub(socket)
+        self.images = image_stub(socket)
+        self.image = image
+        uid = uuid.uuid4().hex[:8]
+        self.log_dir = Path(tempfile.mkdtemp(prefix="crib-bench-logs-"))
+        self.config = api_pb2.PodSandboxConfig(
+            metadata=api_pb2.PodSandboxMetadata(name=f"crib-bench-{uid}", uid=uid,
+                                                namespace="default"),
+            log_directory=str(self.log_dir))
+        self.size = size
+        self.id = ""
+        self.containers: dict[str, str] = {}
+
+    def start(self) -> CriPod:
+        self.images.PullImage(api_pb2.PullImageRequest(
+            image=api_pb2.ImageSpec(image=self.image)), timeout=300)
+        self.id = self.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(
+            config=self.config), timeout=120).pod_sandbox_id
+        for name, args in (("sleeper", ["sleep", "3600"]),
+                           ("web", ["sh", "-c", WEB.format(size=self.size)])):
+            cid = self.runtime.CreateContainer(api_pb2.CreateContainerRequest(
+                pod_sandbox_id=self.id, sandbox_config=self.config,
+                config=api_pb2.ContainerConfig(
+                    metadata=api_pb2.ContainerMetadata(name=name), command=args,
+                    image=api_pb2.ImageSpec(image=self.image), log_path=f"{name}.log")),
+                timeout=120).container_id
+            self.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid),
+                                        timeout=60)
+            self.containers[name] = cid
+        return self
+
+    def stop(self) -> None:
+        try:
+            if self.id:
+                self.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(
+                    pod_sandbox_id=self.id), timeout=60)
+                self.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(
+                    pod_sandbox_id=self.id), timeout=60)
+        finally:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+async def cri_exec_ttfb(pod: CriPod, n: int) -> Stats:
+    samples: list[float] = []
+    request = api_pb2.ExecRequest(container_id=pod.containers["sleeper"], cmd=["echo", "hi"],
+                                  stdout=True, stderr=True)
+    for _ in range(n + 3):
+        t0 = time.perf_counter()
+        url = pod.runtime.Exec(request, timeout=10).url
+        client = await open_stdio(url, "spdy")
+        while not client.stdout:
+            await asyncio.sleep(0.0005)
+        samples.append(time.perf_counter() - t0)
+        result = await client.wait()
+        assert result.stdout == b"hi\n" and result.exit_code == 0, result
+    return Stats.of(samples[3:])
+
+
+async def cri_download(pod: CriPod) -> float:
+    url = pod.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod.id,
+                                                             port=[8080]), timeout=10).url
+    pf = await SpdyPortForward().connect(url)
+    try:
+        for _ in range(300):  # httpd starts after the file is written
+            conn = await pf.open(8080)
+            await conn.send(b"GET /big HTTP/1.0\r\n\r\n")
+            t0 = time.perf_counter()
+            got = 0
+            while data := await conn.data.read():
+                got += len(data)
+            elapsed = time.perf_counter() - t0
+            if got > pod.size:
+                return pod.size / elapsed / 1e6
+            await asyncio.sleep(0.1)
+        raise RuntimeError("httpd in the pod never served the file")
+    finally:
+        await pf.close()
+
+
+async def measure_endpoint(socket: Path, image: str, args: argparse.Namespace,
+                           ) -> tuple[Stats, float]:
+    pod = await asyncio.to_thread(
+        lambda: CriPod(socket, image, args.megabytes * 1000 * 1000).start())
+    try:
+        return await cri_exec_ttfb(pod, args.execs), await cri_download(pod)
+    finally:
+        await asyncio.to_thread(pod.stop)
+
+
+class Peer(PeerContainerd):
+    """containerd that clamps the pause container's oom_score_adj (-998) to its own: this
+    machine has no CAP_SYS_RESOURCE, and runc init fails on a negative value."""
+
+    def config_text(self) -> str:
+        return super().config_text().replace(
+            "  enable_selinux = false", "  enable_selinux = false\n  restrict_oom_score_adj = true")
+
+
+def cri_compare(args: argparse.Namespace) -> None:
+    with Registry() as registry:
+        pushed = push_image(registry, "crib-bench/busybox", "v1",
+                            busybox_image(cmd=["sleep", "3600000"]))
+        stack = Stack.create(CRIB_LOG__LEVEL="warning")
+        try:
+            stack.start()
+            ours = asyncio.run(measure_endpoint(stack.cri_socket, pushed.reference, args))
+        finally:
+            stack.cleanup()
+        # The busybox image doubles as containerd's pause image (its Cmd sleeps).
+        with Peer(registries=[registry.host],
+                            sandbox_image=pushed.reference) as ctd:
+            peer = asyncio.run(measure_endpoint(ctd.cri_socket, pushed.reference, args))
+    print()
+    print(report([Row("CRI Exec + echo, first byte", ours[0], peer[0],
+                      note="Exec RPC, URL, SPDY upgrade, streams, runc exec")],
+                 title=f"through CRI (SPDY client), {args.execs} runs"))
+    print(f"port-forward download {args.megabytes} MB from httpd in the pod (SPDY), MB/s: "
+          f"crib {ours[1]:.1f}   containerd {peer[1]:.1f}   ratio {ours[1] / peer[1]:.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--execs", type=int, default=30)
     parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--no-cri", action="store_true",
+                        help="skip the comparison with containerd through CRI")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     node = make_node()
@@ -195,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(run(args, node))
     finally:
         node.cleanup()
+    if not args.no_cri:
+        cri_compare(args)
 
 
 if __name__ == "__main__":
