@@ -1,0 +1,211 @@
+"""`crib pods`, `crib ps`, `crib inspect`, `crib logs`, `crib stopp`, `crib rmp`: pods and
+containers through the gateway's CRI socket (what crictl does, in crib's words)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import betterproto
+from grpclib.client import Channel
+from grpclib.exceptions import GRPCError
+
+from crib_common.cri.runtime.v1 import (
+    ContainerFilter,
+    ContainerStatusRequest,
+    ListContainersRequest,
+    ListPodSandboxRequest,
+    PodSandboxFilter,
+    PodSandboxStatusRequest,
+    RemovePodSandboxRequest,
+    RuntimeServiceStub,
+    StopPodSandboxRequest,
+)
+from crib_common.settings import CribSettings
+
+_CSTATE = {0: "Created", 1: "Running", 2: "Exited", 3: "Unknown"}
+_PSTATE = {0: "Ready", 1: "NotReady"}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("pods", help="list pod sandboxes")
+    p.add_argument("--label", action="append", default=[], help="KEY=VALUE selector")
+    p.add_argument("-q", "--quiet", action="store_true", help="IDs only")
+    p.set_defaults(func=pods)
+    p = sub.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="include exited containers")
+    p.add_argument("--pod", default="", help="only this pod (ID or prefix)")
+    p.add_argument("-q", "--quiet", action="store_true", help="IDs only")
+    p.set_defaults(func=ps)
+    p = sub.add_parser("inspect", help="verbose status of a container or pod (JSON)")
+    p.add_argument("id")
+    p.set_defaults(func=inspect)
+    p = sub.add_parser("logs", help="print a container's log (CRI log format decoded)")
+    p.add_argument("id")
+    p.add_argument("--raw", action="store_true", help="print the CRI log lines as stored")
+    p.set_defaults(func=logs)
+    p = sub.add_parser("stopp", help="stop pod sandboxes")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=stopp)
+    p = sub.add_parser("rmp", help="stop and remove pod sandboxes")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=rmp)
+
+
+def _stub(settings: CribSettings) -> tuple[Channel, RuntimeServiceStub]:
+    channel = Channel(path=str(settings.gateway.socket))
+    return channel, RuntimeServiceStub(channel)
+
+
+def _age(ns: int) -> str:
+    secs = max(int(time.time() - ns / 1e9), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+async def pods(args: argparse.Namespace, settings: CribSettings) -> int:
+    selector = dict(item.split("=", 1) for item in args.label if "=" in item)
+    channel, stub = _stub(settings)
+    try:
+        items = (await stub.list_pod_sandbox(ListPodSandboxRequest(
+            filter=PodSandboxFilter(label_selector=selector)), timeout=10)).items
+    except GRPCError as exc:
+        print(f"crib: {exc.message}")
+        return 1
+    finally:
+        channel.close()
+    if args.quiet:
+        for p in items:
+            print(p.id)
+        return 0
+    rows = [["POD ID", "NAME", "NAMESPACE", "STATE", "AGE", "HANDLER"]]
+    for p in sorted(items, key=lambda x: -x.created_at):
+        rows.append([p.id[:13], p.metadata.name, p.metadata.namespace,
+                     _PSTATE.get(int(p.state), "?"), _age(p.created_at), p.runtime_handler])
+    _table(rows)
+    return 0
+
+
+async def ps(args: argparse.Namespace, settings: CribSettings) -> int:
+    channel, stub = _stub(settings)
+    try:
+        items = (await stub.list_containers(ListContainersRequest(
+            filter=ContainerFilter(pod_sandbox_id=args.pod)), timeout=10)).containers
+    except GRPCError as exc:
+        print(f"crib: {exc.message}")
+        return 1
+    finally:
+        channel.close()
+    if not args.all:
+        items = [c for c in items if int(c.state) != 2]
+    if args.quiet:
+        for c in items:
+            print(c.id)
+        return 0
+    rows = [["CONTAINER", "NAME", "STATE", "CREATED", "IMAGE", "POD ID"]]
+    for c in sorted(items, key=lambda x: -x.created_at):
+        rows.append([c.id[:13], c.metadata.name, _CSTATE.get(int(c.state), "?"),
+                     _age(c.created_at), c.image.image, c.pod_sandbox_id[:13]])
+    _table(rows)
+    return 0
+
+
+async def inspect(args: argparse.Namespace, settings: CribSettings) -> int:
+    channel, stub = _stub(settings)
+    try:
+        try:
+            reply: Any = await stub.container_status(
+                ContainerStatusRequest(container_id=args.id, verbose=True), timeout=10)
+        except GRPCError:
+            reply = await stub.pod_sandbox_status(
+                PodSandboxStatusRequest(pod_sandbox_id=args.id, verbose=True), timeout=10)
+    except GRPCError as exc:
+        print(f"crib: no container or pod {args.id!r}: {exc.message}")
+        return 1
+    finally:
+        channel.close()
+    out = reply.to_dict(casing=betterproto.Casing.SNAKE)
+    for key, value in dict(out.get("info") or {}).items():
+        try:
+            out["info"][key] = json.loads(value)
+        except ValueError:
+            pass
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+async def logs(args: argparse.Namespace, settings: CribSettings) -> int:
+    channel, stub = _stub(settings)
+    try:
+        st = (await stub.container_status(ContainerStatusRequest(container_id=args.id),
+                                          timeout=10)).status
+    except GRPCError as exc:
+        print(f"crib: {exc.message}")
+        return 1
+    finally:
+        channel.close()
+    if not st.log_path:
+        print("crib: the container has no log path")
+        return 1
+    try:
+        lines = Path(st.log_path).read_text(errors="replace").splitlines()
+    except OSError as exc:
+        print(f"crib: cannot read {st.log_path}: {exc.strerror}")
+        return 1
+    partial = ""
+    for line in lines:
+        if args.raw:
+            print(line)
+            continue
+        # "<RFC3339Nano> <stream> <P|F> <content>" (CRI log format).
+        parts = line.split(" ", 3)
+        if len(parts) < 3:
+            continue
+        content = parts[3] if len(parts) == 4 else ""
+        if parts[2] == "P":
+            partial += content
+            continue
+        print(partial + content)
+        partial = ""
+    if partial:
+        print(partial)
+    return 0
+
+
+async def _each_pod(settings: CribSettings, ids: list[str], remove: bool) -> int:
+    channel, stub = _stub(settings)
+    rc = 0
+    try:
+        for pid in ids:
+            try:
+                await stub.stop_pod_sandbox(StopPodSandboxRequest(pod_sandbox_id=pid),
+                                            timeout=120)
+                if remove:
+                    await stub.remove_pod_sandbox(RemovePodSandboxRequest(pod_sandbox_id=pid),
+                                                  timeout=120)
+                print(pid)
+            except GRPCError as exc:
+                print(f"crib: {pid}: {exc.message}")
+                rc = 1
+    finally:
+        channel.close()
+    return rc
+
+
+async def stopp(args: argparse.Namespace, settings: CribSettings) -> int:
+    return await _each_pod(settings, args.ids, remove=False)
+
+
+async def rmp(args: argparse.Namespace, settings: CribSettings) -> int:
+    return await _each_pod(settings, args.ids, remove=True)
