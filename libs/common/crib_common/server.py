@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import struct
 import time
+import typing
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from .logging import RequestContext
 __all__ = [
     "CriTable",
     "check_wire",
+    "encode_message",
     "HEALTH_KEY",
     "Health",
     "RouteTable",
@@ -289,12 +292,12 @@ class CriTable:
                     reply = await method.handler(message)
             except TimeoutError:
                 raise DeadlineExceeded(f"{path} did not finish within {timeout:.3f}s") from None
-            return web.Response(body=bytes(reply), content_type=PROTO_CONTENT_TYPE)
+            return web.Response(body=encode_message(reply), content_type=PROTO_CONTENT_TYPE)
         response = web.StreamResponse(headers={"Content-Type": STREAM_CONTENT_TYPE})
         response.enable_chunked_encoding()
         await response.prepare(request)
         async for item in method.handler(message):
-            data = bytes(item)
+            data = encode_message(item)
             await response.write(struct.pack(">I", len(data)) + data)
         await response.write_eof()
         return response
@@ -460,6 +463,197 @@ def _check_map_entry(chunk: memoryview, cls: type[betterproto.Message], name: st
             _check_message(sub, meta.cls_by_field[f"{name}.value"], path, depth + 1)
         elif kind == "enum" and number == 2:
             _check_enum(meta.cls_by_field[f"{name}.value"], value, path)
+
+
+# ---------------------------------------------------------------- fast encoding
+
+# betterproto's `bytes(message)` looks up every field's default inside
+# `warnings.catch_warnings()` and compares nested messages against fresh default
+# instances; a ListContainers answer of 100 containers took 74 ms to encode, on every
+# kubelet relist. `encode_message` writes the same bytes (same field order, same rules for
+# defaults, oneofs, empty messages, packed lists and maps: tests/unit/common/test_server.py
+# compares them byte for byte) from the instance dictionaries directly.
+
+_PLACEHOLDER = betterproto.PLACEHOLDER
+_PACKED = frozenset(betterproto.PACKED_TYPES)
+_VARINT_TYPES = frozenset(("enum", "bool", "int32", "int64", "uint32", "uint64"))
+_ZIGZAG_TYPES = frozenset(("sint32", "sint64"))
+_FIXED_FORMATS = {"float": "<f", "double": "<d", "fixed32": "<I", "sfixed32": "<i",
+                  "fixed64": "<Q", "sfixed64": "<q"}
+_SCALAR_OK = _VARINT_TYPES | _ZIGZAG_TYPES | frozenset(_FIXED_FORMATS) | {"string", "bytes"}
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+_KEYS: dict[int, bytes] = {}
+
+# Per message class: [(name, meta, scalar default or _PLACEHOLDER)], or None when the
+# class uses something only betterproto's own encoder handles (wrappers, timestamps).
+_PLANS: dict[type, list[tuple[str, Any, Any]] | None] = {}
+_dict_of = object.__getattribute__  # betterproto overrides __getattribute__, even for __dict__
+
+
+def _varint(value: int) -> bytes:
+    # Negative numbers are written as 64-bit two's complement (10 bytes), as protobuf does.
+    if value < 0:
+        value += 1 << 64
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    tag = (number << 3) | wire
+    key = _KEYS.get(tag)
+    if key is None:
+        key = _KEYS[tag] = _varint(tag)
+    return key
+
+
+def _raw_scalar(kind: str, value: Any) -> bytes:
+    """A scalar's payload without its key (betterproto's `_preprocess_single`)."""
+    if kind in _VARINT_TYPES:
+        return _varint(int(value))
+    if kind in _ZIGZAG_TYPES:
+        return _varint(value << 1 if value >= 0 else (value << 1) ^ (~0))
+    if kind == "string":
+        return value.encode("utf-8")  # type: ignore[no-any-return]
+    if kind == "bytes":
+        return bytes(value)
+    return struct.pack(_FIXED_FORMATS[kind], value)
+
+
+def _single(number: int, kind: str, value: Any, serialize_empty: bool) -> bytes:
+    """Key and payload of one scalar (betterproto's `_serialize_single`)."""
+    if kind in _VARINT_TYPES or kind in _ZIGZAG_TYPES:
+        return _key(number, 0) + _raw_scalar(kind, value)
+    if kind == "string" or kind == "bytes":
+        data = _raw_scalar(kind, value)
+        if not data and not serialize_empty:
+            return b""
+        return _key(number, 2) + _varint(len(data)) + data
+    fmt = _FIXED_FORMATS[kind]
+    return _key(number, 5 if fmt in ("<f", "<I", "<i") else 1) + struct.pack(fmt, value)
+
+
+def _plan(cls: type[betterproto.Message]) -> list[tuple[str, Any, Any]] | None:
+    try:
+        return _PLANS[cls]
+    except KeyError:
+        pass
+    meta_all: Any = cls._betterproto  # type: ignore[arg-type]  # classproperty typing
+    plan: list[tuple[str, Any, Any]] | None = []
+    for name, meta in meta_all.meta_by_field_name.items():
+        kind = meta.proto_type
+        if meta.wraps or kind not in _SCALAR_OK | {"message", "map"}:
+            plan = None
+            break
+        if kind == "map" and (
+            meta.map_types[0] not in _SCALAR_OK
+            or meta.map_types[1] not in _SCALAR_OK | {"message"}
+        ):
+            plan = None
+            break
+        hint = cls._type_hint(name)
+        if kind == "message" and not (
+            isinstance(hint, type) and issubclass(hint, betterproto.Message)
+            or typing.get_origin(hint) in (list, typing.Union)
+        ):
+            plan = None  # datetime / timedelta fields
+            break
+        default: Any = _PLACEHOLDER
+        if kind in _SCALAR_OK and typing.get_origin(hint) is None:
+            default = meta_all.default_gen[name]()
+        assert plan is not None
+        plan.append((name, meta, default))
+    _PLANS[cls] = plan
+    return plan
+
+
+def encode_message(message: betterproto.Message) -> bytes:
+    """The protobuf encoding of `message`, byte for byte what `bytes(message)` gives."""
+    plan = _plan(type(message))
+    if plan is None:
+        return bytes(message)
+    out = bytearray()
+    d = _dict_of(message, "__dict__")
+    groups = d.get("_group_current") or {}
+    for name, meta, default in plan:
+        group = meta.group
+        if group is not None and groups.get(group) != name:
+            continue  # an unselected oneof member is never written
+        value = d.get(name, _PLACEHOLDER)
+        if value is _PLACEHOLDER:
+            if group is None:
+                continue  # never set: the default, which proto3 does not write
+            value = getattr(message, name)
+        if value is None:
+            continue
+        selected = group is not None or meta.optional
+        kind = meta.proto_type
+        number = meta.number
+        if isinstance(value, list):
+            if not value:
+                continue
+            if kind in _PACKED:
+                buf = b"".join([_raw_scalar(kind, item) for item in value])
+                out += _key(number, 2) + _varint(len(buf)) + buf
+            elif kind == "message":
+                key = _key(number, 2)
+                for item in value:
+                    sub = encode_message(item)
+                    out += key + _varint(len(sub)) + sub
+            else:
+                for item in value:
+                    out += _single(number, kind, item, True)
+        elif isinstance(value, dict):
+            if not value:
+                continue
+            key_type, value_type = meta.map_types
+            key = _key(number, 2)
+            for k, v in value.items():
+                entry = _single(1, key_type, k, False)
+                if value_type == "message":
+                    sub = encode_message(v)
+                    if sub:
+                        entry += b"\x12" + _varint(len(sub)) + sub
+                else:
+                    entry += _single(2, value_type, v, False)
+                if entry:
+                    out += key + _varint(len(entry)) + entry
+        elif kind == "message":
+            on_wire = _dict_of(value, "__dict__").get("_serialized_on_wire", False)
+            if not (selected or on_wire) and _is_default(value):
+                continue
+            sub = encode_message(value)
+            if sub or selected or on_wire:
+                out += _key(number, 2) + _varint(len(sub)) + sub
+        else:
+            if value == default and not selected:
+                continue
+            out += _single(number, kind, value, selected)
+    out += d.get("_unknown_fields", b"")
+    return bytes(out)
+
+
+def _is_default(message: betterproto.Message) -> bool:
+    """`message == type(message)()`, as betterproto's __eq__ decides it."""
+    meta_all: Any = type(message)._betterproto  # type: ignore[arg-type]
+    d = _dict_of(message, "__dict__")
+    for name in meta_all.meta_by_field_name:
+        value = d.get(name, _PLACEHOLDER)
+        if value is _PLACEHOLDER:
+            continue
+        default = meta_all.default_gen[name]()
+        if value != default:
+            if isinstance(value, float) and isinstance(default, float) and (
+                math.isnan(value) and math.isnan(default)
+            ):
+                continue
+            return False
+    return True
 
 
 def _timeout_of(request: web.Request) -> float | None:

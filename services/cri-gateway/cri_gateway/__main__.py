@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -46,7 +47,8 @@ def build_gateway(
 
 async def run(settings: CribSettings) -> None:
     http_app = create_daemon_app("gateway")
-    gateway, clients = build_gateway(settings, http_app[METRICS_KEY].registry)
+    metrics: Any = http_app[METRICS_KEY]  # the daemon skeleton's _Metrics
+    gateway, clients = build_gateway(settings, metrics.registry)
     http_runner = await serve_unix(http_app, settings.gateway.http_socket, settings.gateway.socket_mode)
     socket = settings.gateway.socket
     socket.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from crib_common.client import DaemonClient
 from crib_common.cri.runtime.v1 import RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse
 from crib_common.errors import CribError
 from crib_common.errors import InvalidArgument
-from crib_common.server import check_wire
+from crib_common.server import check_wire, encode_message
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
@@ -58,6 +58,6 @@ def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: Daem
                 "runtimed": json.dumps(r_body), "netd": json.dumps(n_body),
                 "imaged": json.dumps(i_body),
             }
-        return bytes(response)
+        return encode_message(response)
 
     return status
