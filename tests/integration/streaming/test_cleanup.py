@@ -88,3 +88,24 @@ async def test_container_killed_ends_exec_with_its_code(
     assert result.exit_code == 137  # 128 + SIGKILL, as the runtime reports it
     await _settle(srv)
     assert srv.active_sessions == 0
+
+
+async def test_server_stop_kills_running_execs(node: Node,
+                                               server: tuple[StreamServer, FakeTargets]) -> None:
+    srv, _ = server
+    c = node.run(["sleep", "3600"])
+    kids = _children()  # other fixtures (a session registry) may have children of their own
+    clients = []
+    for transport, tty in (("spdy", False), ("ws", True)):
+        client = await open_stdio(srv.url(ExecSpec(c.id, ("sh", "-c", "echo up; sleep 300"),
+                                                   False, True, not tty, tty)),
+                                  transport, stderr=not tty, tty=tty)
+        await client.wait_output(b"up")
+        clients.append(client)
+    assert len(node.processes(c.id)) >= 3
+    await srv.stop()  # as runtimed does on SIGTERM
+    assert srv.active_sessions == 0
+    assert len(node.processes(c.id)) == 1
+    assert _children() == kids
+    for client in clients:
+        await client.close()
