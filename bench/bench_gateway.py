@@ -3,8 +3,9 @@
 `Version` does no work in either runtime, so its round trip is the fixed cost every CRI
 call pays: crib's grpclib gateway, the HTTP hop to runtimed and back; containerd's Go gRPC
 server. Both are driven by the same grpcio client (bench.harness), 2,000 sequential calls
-after a warm-up. Also measured: runtimed alone over its HTTP socket (the hop the gateway
-adds on top), so a regression can be placed.
+after a warm-up. Also measured, so a regression can be placed: runtimed alone over its
+HTTP socket (the hop the gateway adds), and the floor of the gRPC side, a grpclib server
+with the gateway's transport whose handler answers a constant (no hop, no decoding).
 
     python -m bench.bench_gateway [--n 2000]
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 if str(HERE) not in sys.path:
@@ -50,10 +53,59 @@ def _runtimed_direct(socket: Path, n: int) -> Stats:
     return uvloop.run(run())
 
 
+def _serve_floor(path: str) -> None:
+    """The floor server (run in a child process): Version answered with constant bytes."""
+    import uvloop
+    from grpclib.const import Cardinality, Handler
+
+    from cri_gateway.forward import PassthroughCodec
+    from cri_gateway.server import CoalescingServer
+
+    reply = b"\n\x050.1.0\x12\x04crib"
+
+    class Floor:
+        def __mapping__(self) -> dict[str, Handler]:
+            async def version(stream: Any) -> None:
+                await stream.recv_message()
+                await stream.send_message(reply)
+
+            return {"/runtime.v1.RuntimeService/Version":
+                    Handler(version, Cardinality.UNARY_UNARY, bytes, bytes)}
+
+    async def run() -> None:
+        server = CoalescingServer([Floor()], codec=PassthroughCodec())
+        await server.start(path=path)
+        await server.wait_closed()
+
+    uvloop.run(run())
+
+
+def _grpclib_floor(n: int) -> Stats:
+    from cri_api.v1 import api_pb2
+
+    from tests.support.stack import wait_for_socket
+
+    path = Path(f"/tmp/crib-floor-{os.getpid()}.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_gateway", "--serve-floor",
+                             str(path)], cwd=HERE)
+    try:
+        wait_for_socket(path, 30, proc)
+        rt = runtime_stub(path)
+        return measure(lambda: rt.Version(api_pb2.VersionRequest(), timeout=10), n)
+    finally:
+        proc.kill()
+        proc.wait()
+        path.unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="crib gateway Version latency")
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--serve-floor", metavar="SOCKET", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_floor:
+        _serve_floor(args.serve_floor)
+        return
     from cri_api.v1 import api_pb2
 
     # Info level, as in production: debug logging is work a benchmark should not count.
@@ -65,6 +117,7 @@ def main() -> None:
         direct = _runtimed_direct(stack.socket("runtimed"), args.n)
     finally:
         stack.cleanup()
+    floor = _grpclib_floor(args.n)
     with PeerContainerd() as peer:
         prt = runtime_stub(peer.cri_socket)
         theirs = measure(lambda: prt.Version(api_pb2.VersionRequest(), timeout=10), args.n)
@@ -74,6 +127,7 @@ def main() -> None:
             Row("Version (gateway+runtimed)", ours, theirs),
             Row("Status (gateway, 3 health)", status, pstatus),
             Row("runtimed HTTP hop alone", direct, None, "DaemonClient.call_cri, no gRPC"),
+            Row("grpclib floor (no hop)", floor, None, "constant answer, same transport"),
         ],
         title=f"CRI gateway latency, sequential calls, grpcio client (cpus={os.cpu_count()})",
     ))
