@@ -158,3 +158,21 @@ async def test_exec_websocket_base64_protocol(server: tuple[StreamServer, FakeTa
                 got[int(msg.data[0])] += base64.b64decode(msg.data[1:])
     assert got[1] == b"base64 stdin\n"
     assert json.loads(got[3])["details"]["causes"] == [{"reason": "ExitCode", "message": "2"}]
+
+
+@pytest.mark.parametrize("protocol", ["v3.channel.k8s.io", "v2.channel.k8s.io",
+                                      "channel.k8s.io"])
+async def test_exec_older_spdy_protocols(server: tuple[StreamServer, FakeTargets],
+                                         sleeper: str, protocol: str) -> None:
+    """Before v4 the error stream carries text, and only on failure."""
+    srv, _ = server
+    ok = await open_stdio(_exec(srv, sleeper, ["echo", "fine"]), "spdy", protocols=[protocol])
+    assert ok.protocol == protocol
+    result = await ok.wait()
+    assert (result.stdout, result.status) == (b"fine\n", None)
+    bad = await open_stdio(_exec(srv, sleeper, ["sh", "-c", "exit 3"]), "spdy",
+                           protocols=[protocol])
+    result = await bad.wait()
+    assert result.status == {"status": "Failure",
+                             "message": "command terminated with non-zero exit code: "
+                                        "exit status 3"}
