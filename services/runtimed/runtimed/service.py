@@ -75,6 +75,7 @@ from .oci.spec import (
 from .oci.user import resolve_user
 from .sandbox.files import mount_shm, write_pod_files
 from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
+from .views import forget_item
 from .store.records import (
     CONTAINER_KIND,
     SANDBOX_KIND,
@@ -257,6 +258,7 @@ class Runtime:
         rec = self.sandboxes.pop(sid, None)
         if rec is not None:
             self._release(_sandbox_name(rec.meta), sid)
+        forget_item(sid)
 
     def _drop_container(self, cid: str) -> None:
         self.store.delete(CONTAINER_KIND, cid)
@@ -265,6 +267,7 @@ class Runtime:
             self._release(_container_name(rec.meta), cid)
         self._exited.pop(cid, None)
         self._locks.pop(cid, None)
+        forget_item(cid)
 
     def _reserve(self, name: str, oid: str) -> None:
         owner = self.names.get(name)

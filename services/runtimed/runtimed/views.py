@@ -47,6 +47,8 @@ from crib_common.cri.runtime.v1 import (
     UInt64Value,
 )
 
+from crib_common import server as _crib_server
+
 from . import cgroups
 from .store.records import ContainerRecord, SandboxRecord
 
@@ -124,6 +126,70 @@ def container_item(rec: ContainerRecord) -> Container:
                      image=_image(rec), image_ref=m.image_ref, state=container_state(rec),
                      created_at=m.created_at, labels=dict(m.labels),
                      annotations=dict(m.annotations), image_id=m.image_id)
+
+
+class RawMessage:
+    """An already-encoded protobuf message: the dispatcher only calls `bytes()` on replies.
+    betterproto costs ~1 ms to build and encode one Container; list replies are assembled
+    from per-item encodings cached until the item's state changes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+
+# crib_common.server.encode_message plans betterproto classes; a pre-encoded reply has no
+# plan and falls back to bytes(), which is what we want.
+_server_plans: Any = getattr(_crib_server, "_PLANS", None)
+if isinstance(_server_plans, dict):
+    _server_plans[RawMessage] = None
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def repeated_field(number: int, items: list[bytes]) -> RawMessage:
+    """A message whose only field `number` is a repeated message (wire type 2)."""
+    tag = _varint((number << 3) | 2)
+    return RawMessage(b"".join(tag + _varint(len(i)) + i for i in items))
+
+
+_ITEM_CACHE: dict[str, tuple[str, bytes]] = {}
+
+
+def container_item_bytes(rec: ContainerRecord) -> bytes:
+    key = rec.status.state
+    hit = _ITEM_CACHE.get(rec.meta.id)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    data = bytes(container_item(rec))
+    _ITEM_CACHE[rec.meta.id] = (key, data)
+    return data
+
+
+def sandbox_item_bytes(rec: SandboxRecord) -> bytes:
+    key = "pod:" + rec.status.state
+    hit = _ITEM_CACHE.get(rec.meta.id)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    data = bytes(sandbox_item(rec))
+    _ITEM_CACHE[rec.meta.id] = (key, data)
+    return data
+
+
+def forget_item(oid: str) -> None:
+    _ITEM_CACHE.pop(oid, None)
 
 
 def resources_message(res: dict[str, Any]) -> LinuxContainerResources:
