@@ -42,6 +42,7 @@ from .logging import RequestContext
 __all__ = [
     "CriTable",
     "check_wire",
+    "decode_message",
     "encode_message",
     "HEALTH_KEY",
     "Health",
@@ -281,7 +282,7 @@ class CriTable:
         # wire format is checked first: bad input is InvalidArgument naming the field.
         check_wire(raw, method.request_type)
         try:
-            message = method.request_type().parse(raw)
+            message = decode_message(method.request_type, raw)
         except Exception as exc:  # betterproto raises assorted errors on bad wire data
             raise InvalidArgument(f"malformed {method.request_type.__name__}: {exc}") from None
         structlog.contextvars.bind_contextvars(rpc=path.rsplit("/", 1)[-1])
@@ -636,6 +637,173 @@ def encode_message(message: betterproto.Message) -> bytes:
             out += _single(number, kind, value, selected)
     out += d.get("_unknown_fields", b"")
     return bytes(out)
+
+
+# Decoding: betterproto reads every varint through a new BytesIO; a full
+# CreateContainerRequest took 28 ms to parse. `decode_message` builds the same objects
+# (same __dict__: set fields, PLACEHOLDERs, oneof selection, unknown fields; compared in
+# tests/unit/common/test_server.py) from the bytes directly.
+
+_TEMPLATES: dict[type, dict[str, Any]] = {}
+_SIGNED_BITS = {"int32": 32, "int64": 64}
+
+
+class _Fallback(Exception):
+    """Something betterproto's own parser should handle (unusual wire data or types)."""
+
+
+def decode_message(cls: type[P], data: bytes) -> P:
+    """`cls().parse(data)`, faster; the wire format is expected checked (`check_wire`)."""
+    try:
+        return _decode(cls, memoryview(data))
+    except (_Fallback, IndexError, struct.error, ValueError):
+        return cls().parse(data)
+
+
+def _new(cls: type[P]) -> P:
+    template = _TEMPLATES.get(cls)
+    if template is None:
+        template = _TEMPLATES[cls] = dict(_dict_of(cls(), "__dict__"))
+    msg = cls.__new__(cls)
+    d = _dict_of(msg, "__dict__")
+    d.update(template)
+    d["_group_current"] = dict(template["_group_current"])
+    return msg
+
+
+def _next_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 64:
+            raise _Fallback()
+
+
+def _scalar_value(kind: str, wire: int, raw: Any, enum_cls: Any) -> Any:
+    if wire == _VARINT:
+        if kind in _SIGNED_BITS:
+            bits = _SIGNED_BITS[kind]
+            raw &= (1 << bits) - 1
+            sign = 1 << (bits - 1)
+            return int((raw ^ sign) - sign)
+        if kind in _ZIGZAG_TYPES:
+            return (raw >> 1) ^ (-(raw & 1))
+        if kind == "bool":
+            return raw > 0
+        if kind == "enum":
+            return enum_cls.try_value(raw)
+        return raw
+    if wire in (_I32, _I64):
+        return struct.unpack(_FIXED_FORMATS[kind], raw)[0]
+    if kind == "string":
+        return str(raw, "utf-8")
+    return raw
+
+
+def _decode(cls: type[P], buf: memoryview) -> P:
+    msg = _new(cls)
+    d = _dict_of(msg, "__dict__")
+    d["_serialized_on_wire"] = True
+    meta_all: Any = cls._betterproto  # type: ignore[arg-type]  # classproperty typing
+    by_number = meta_all.field_name_by_number
+    metas = meta_all.meta_by_field_name
+    groups = d["_group_current"]
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        start = pos
+        raw: Any
+        key, pos = _next_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            raw, pos = _next_varint(buf, pos)
+        elif wire == _I64:
+            raw, pos = bytes(buf[pos:pos + 8]), pos + 8
+        elif wire == _LEN:
+            size, pos = _next_varint(buf, pos)
+            raw, pos = buf[pos:pos + size], pos + size
+        elif wire == _I32:
+            raw, pos = bytes(buf[pos:pos + 4]), pos + 4
+        else:
+            raise _Fallback()
+        if pos > end:
+            raise _Fallback()
+        name = by_number.get(number)
+        if name is None:
+            d["_unknown_fields"] += bytes(buf[start:pos])
+            continue
+        meta = metas[name]
+        kind = meta.proto_type
+        if meta.wraps or kind not in _SCALAR_OK | {"message", "map"}:
+            raise _Fallback()
+        expected = _WIRE_OF[kind]
+        if wire != expected and not (wire == _LEN and kind in _PACKED):
+            raise _Fallback()  # betterproto keeps such values raw; let it
+        sub_cls = meta_all.cls_by_field.get(name)
+        if wire == _LEN and kind in _PACKED:
+            value: Any = []
+            chunk = raw
+            p = 0
+            width = 4 if _FIXED_FORMATS.get(kind, "") in ("<f", "<I", "<i") else 8
+            while p < len(chunk):
+                if kind in _FIXED_FORMATS:
+                    item: Any = bytes(chunk[p:p + width])
+                    p += width
+                    value.append(_scalar_value(kind, _I32 if width == 4 else _I64, item,
+                                               sub_cls))
+                else:
+                    item, p = _next_varint(chunk, p)
+                    value.append(_scalar_value(kind, _VARINT, item, sub_cls))
+        elif kind == "message":
+            if not (isinstance(sub_cls, type) and issubclass(sub_cls, betterproto.Message)):
+                raise _Fallback()  # datetime / timedelta
+            value = _decode(sub_cls, raw)
+        elif kind == "map":
+            entry = _decode(sub_cls, raw)
+            current = d.get(name, _PLACEHOLDER)
+            if current is _PLACEHOLDER:
+                current = d[name] = {}
+            current[getattr(entry, "key")] = getattr(entry, "value")
+            continue
+        else:
+            value = _scalar_value(kind, wire, bytes(raw) if wire == _LEN else raw, sub_cls)
+        group = meta.group
+        if group is None:
+            current = d.get(name, _PLACEHOLDER)
+            if isinstance(current, list) and not isinstance(value, list):
+                current.append(value)
+                continue
+            if current is _PLACEHOLDER and not isinstance(value, list) and \
+                    _is_repeated(cls, name):
+                d[name] = [value]
+                continue
+            d[name] = value
+        else:
+            # Selecting a oneof member clears the others, as Message.__setattr__ does.
+            for other in meta_all.oneof_field_by_group[group]:
+                if other.name != name:
+                    d[other.name] = _PLACEHOLDER
+            groups[group] = name
+            d[name] = value
+    return msg
+
+
+_REPEATED: dict[tuple[type, str], bool] = {}
+
+
+def _is_repeated(cls: type, name: str) -> bool:
+    key = (cls, name)
+    known = _REPEATED.get(key)
+    if known is None:
+        hint: Any = cls._type_hint(name)  # type: ignore[attr-defined]
+        known = _REPEATED[key] = typing.get_origin(hint) is list
+    return known
 
 
 def _is_default(message: betterproto.Message) -> bool:

@@ -15,7 +15,7 @@ from crib_common.client import DaemonClient
 from crib_common.cri.runtime.v1 import RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse
 from crib_common.errors import CribError
 from crib_common.errors import InvalidArgument
-from crib_common.server import check_wire, encode_message
+from crib_common.server import check_wire, decode_message, encode_message
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
@@ -34,7 +34,7 @@ def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: Daem
     async def status(raw: bytes, timeout: float | None) -> bytes:
         check_wire(raw, StatusRequest)  # betterproto alone accepts garbage
         try:
-            request = StatusRequest().parse(raw)
+            request = decode_message(StatusRequest, raw)
         except Exception as exc:
             raise InvalidArgument(f"malformed StatusRequest: {exc}") from None
         budget = min(timeout or 2.0, 2.0)
