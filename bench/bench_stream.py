@@ -268,22 +268,28 @@ async def cri_exec_ttfb(pod: CriPod, n: int) -> Stats:
 
 
 async def cri_download(pod: CriPod) -> float:
+    # httpd starts once the file is written: wait for it with ExecSync, then download once.
+    ready = api_pb2.ExecSyncRequest(container_id=pod.containers["web"], timeout=10,
+                                    cmd=["sh", "-c", "pidof httpd"])
+    for _ in range(600):
+        if pod.runtime.ExecSync(ready, timeout=20).exit_code == 0:
+            break
+        await asyncio.sleep(0.1)
     url = pod.runtime.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=pod.id,
                                                              port=[8080]), timeout=10).url
     pf = await SpdyPortForward().connect(url)
     try:
-        for _ in range(300):  # httpd starts after the file is written
-            conn = await pf.open(8080)
-            await conn.send(b"GET /big HTTP/1.0\r\n\r\n")
-            t0 = time.perf_counter()
-            got = 0
-            while data := await conn.data.read():
-                got += len(data)
-            elapsed = time.perf_counter() - t0
-            if got > pod.size:
-                return pod.size / elapsed / 1e6
-            await asyncio.sleep(0.1)
-        raise RuntimeError("httpd in the pod never served the file")
+        conn = await pf.open(8080)
+        await conn.send(b"GET /big HTTP/1.0\r\n\r\n")
+        t0 = time.perf_counter()
+        got = 0
+        while data := await conn.data.read():
+            got += len(data)
+        elapsed = time.perf_counter() - t0
+        if got <= pod.size:
+            raise RuntimeError(f"short download: {got} bytes; "
+                               f"error stream: {await conn.error_text()!r}")
+        return pod.size / elapsed / 1e6
     finally:
         await pf.close()
 

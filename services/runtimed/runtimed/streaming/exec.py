@@ -22,6 +22,7 @@ import fcntl
 import os
 import signal
 import struct
+import subprocess
 import tempfile
 import termios
 from collections.abc import Awaitable, Callable
@@ -79,28 +80,76 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+class _Child:
+    """The runtime process, started with subprocess.Popen and awaited through a pidfd.
+
+    Popen forks with vfork, which costs the same from a large daemon as from a small one;
+    the event loop's own subprocess support forks the whole process first (a few ms more
+    per exec under uvloop, measured by bench/bench_stream.py).
+    """
+
+    def __init__(self, argv: list[str], stdin: int, stdout: int, stderr: int) -> None:
+        self.popen = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                      close_fds=True)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    async def wait(self) -> int:
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            fd = os.pidfd_open(self.popen.pid)
+        except OSError:  # no pidfd (kernel < 5.3): a thread waits instead
+            return await asyncio.to_thread(self.popen.wait)
+        try:
+            await _wait_fd(fd, writable=False)  # readable once the process has exited
+        finally:
+            os.close(fd)
+        return self.popen.wait()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+
+    def close_pipes(self) -> None:
+        for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
 async def _exec_pipes(argv: list[str], pid_file: Path, session: StdioSession) -> int | None:
     opts = session.opts
-    pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=pipe if opts.stdin else devnull, stdout=pipe if opts.stdout else devnull,
-        stderr=pipe if opts.stderr else devnull, start_new_session=True)
-    tasks: list[asyncio.Task[None]] = []
-    outputs: list[asyncio.Task[None]] = []
-    if proc.stdin is not None:
-        tasks.append(asyncio.create_task(_pump_stdin(session, proc.stdin)))
-    if proc.stdout is not None:
-        outputs.append(asyncio.create_task(_pump_output(proc.stdout, session.write_stdout)))
-    if proc.stderr is not None:
-        outputs.append(asyncio.create_task(_pump_output(proc.stderr, session.write_stderr)))
-    return await _supervise(proc, pid_file, session, tasks, outputs)
+    pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
+    child = _Child(argv, stdin=pipe if opts.stdin else devnull,
+                   stdout=pipe if opts.stdout else devnull,
+                   stderr=pipe if opts.stderr else devnull)
+    popen = child.popen
+    try:
+        tasks: list[asyncio.Task[None]] = []
+        outputs: list[asyncio.Task[None]] = []
+        if popen.stdin is not None:
+            fd = popen.stdin.fileno()
+            os.set_blocking(fd, False)
+            tasks.append(asyncio.create_task(
+                _pump_stdin_fd(session, fd, on_eof=popen.stdin.close)))
+        for stream, write in ((popen.stdout, session.write_stdout),
+                              (popen.stderr, session.write_stderr)):
+            if stream is not None:
+                os.set_blocking(stream.fileno(), False)
+                outputs.append(asyncio.create_task(_pump_fd(stream.fileno(), write)))
+        return await _supervise(child, pid_file, session, tasks, outputs)
+    finally:
+        child.close_pipes()
 
 
-async def _supervise(proc: asyncio.subprocess.Process, pid_file: Path, session: StdioSession,
+async def _supervise(child: _Child, pid_file: Path, session: StdioSession,
                      tasks: list[asyncio.Task[None]],
                      outputs: list[asyncio.Task[None]]) -> int | None:
     """Wait for the process and its output, or for the client to leave (then kill)."""
-    waiter = asyncio.create_task(proc.wait())
+    waiter = asyncio.create_task(child.wait())
     gone: asyncio.Task[Any] = asyncio.create_task(session.closed.wait())
     try:
         await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -119,8 +168,8 @@ async def _supervise(proc: asyncio.subprocess.Process, pid_file: Path, session: 
         await session.close_output()
         return _exit_code(waiter.result())
     finally:
-        if proc.returncode is None:
-            _kill_exec(pid_file, proc)
+        if child.returncode is None:
+            _kill_exec(pid_file, child)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), 10)
         for task in (*tasks, *outputs, gone, waiter):
@@ -128,30 +177,47 @@ async def _supervise(proc: asyncio.subprocess.Process, pid_file: Path, session: 
         await asyncio.gather(*tasks, *outputs, gone, waiter, return_exceptions=True)
 
 
-def _kill_exec(pid_file: Path, proc: asyncio.subprocess.Process) -> None:
+def _kill_exec(pid_file: Path, child: _Child) -> None:
     """Kill the exec'd process (host PID from the pid file), then the runtime."""
     with contextlib.suppress(OSError, ValueError):
         pid = int(pid_file.read_text().strip())
         os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
+    child.kill()
 
 
-async def _pump_stdin(session: StdioSession, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await session.read_stdin():
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, BrokenPipeError):
-        return
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
-async def _pump_output(reader: asyncio.StreamReader, write: _Writer) -> None:
-    while chunk := await reader.read(READ_SIZE):
+async def _pump_fd(fd: int, write: _Writer) -> None:
+    """Copy a non-blocking fd to `write` until EOF (a pty master reports EOF as EIO)."""
+    while True:
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            await _wait_fd(fd, writable=False)
+            continue
+        except OSError as e:
+            if e.errno == errno.EIO:  # every slave holder is gone: end of output
+                return
+            raise
+        if not chunk:
+            return
         await write(chunk)
+
+
+async def _pump_stdin_fd(session: StdioSession, fd: int,
+                         on_eof: Callable[[], None] | None = None) -> None:
+    """Copy the session's stdin to a non-blocking fd; at its end call `on_eof`."""
+    while data := await session.read_stdin():
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                await _wait_fd(fd, writable=True)
+            except OSError:  # the process closed its stdin
+                return
+    if on_eof is not None:
+        with contextlib.suppress(OSError):
+            on_eof()
 
 
 # -- tty ----------------------------------------------------------------------------------
@@ -161,19 +227,18 @@ async def _exec_tty(argv: list[str], pid_file: Path, session: StdioSession) -> i
     try:
         _set_winsize(master, 80, 24)
         os.set_blocking(master, False)
-        proc = await asyncio.create_subprocess_exec(
-            SETSID, "--ctty", *argv, stdin=slave, stdout=slave, stderr=slave)
+        child = _Child([SETSID, "--ctty", *argv], stdin=slave, stdout=slave, stderr=slave)
     except BaseException:
         os.close(master)
-        os.close(slave)
         raise
-    # Only the runtime may hold the slave, or we never see EIO when it is done.
-    os.close(slave)
+    finally:
+        # Only the runtime may hold the slave, or we never see EIO when it is done.
+        os.close(slave)
     try:
         tasks = [asyncio.create_task(_pump_stdin_fd(session, master)),
                  asyncio.create_task(_apply_resizes(session, master))]
-        outputs = [asyncio.create_task(_pump_master(master, session))]
-        return await _supervise(proc, pid_file, session, tasks, outputs)
+        outputs = [asyncio.create_task(_pump_fd(master, session.write_stdout))]
+        return await _supervise(child, pid_file, session, tasks, outputs)
     finally:
         os.close(master)
 
@@ -202,32 +267,3 @@ async def _wait_fd(fd: int, writable: bool) -> None:
         await fut
     finally:
         (loop.remove_writer if writable else loop.remove_reader)(fd)
-
-
-async def _pump_master(master: int, session: StdioSession) -> None:
-    while True:
-        try:
-            chunk = os.read(master, READ_SIZE)
-        except BlockingIOError:
-            await _wait_fd(master, writable=False)
-            continue
-        except OSError as e:
-            if e.errno == errno.EIO:  # every slave holder is gone: end of output
-                return
-            raise
-        if not chunk:
-            return
-        await session.write_stdout(chunk)
-
-
-async def _pump_stdin_fd(session: StdioSession, master: int) -> None:
-    while data := await session.read_stdin():
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(master, view)
-                view = view[n:]
-            except BlockingIOError:
-                await _wait_fd(master, writable=True)
-            except OSError:
-                return
