@@ -485,7 +485,9 @@ class Runtime:
             for c in self.pod_containers(rec.meta.id):
                 await self.stop_container(c.meta.id, 0)
             await self._stop_infra(rec)
-            if not rec.meta.host_network and rec.status.state != "notready":
+            if not rec.meta.host_network:
+                # Idempotent in netd; always asked, so a pod marked NotReady by its infra's
+                # death still gets its IP released.
                 await self.netd.remove_pod_network(rec.meta.id)
             if rec.status.state != "notready":
                 rec.status.state = "notready"
@@ -684,8 +686,12 @@ class Runtime:
         rec = self.containers.get(oid)
         if rec is None:
             pod = self.sandboxes.get(oid)
-            if pod is not None and pod.status.infra_pid:
-                log.info("sandbox infra exited", pod=oid)
+            if pod is not None and pod.status.infra_pid and pod.status.state == "ready":
+                # The PID namespace holder died: the pod cannot run new containers (CRI-O
+                # marks the sandbox stopped when its infra exits).
+                log.warning("sandbox infra exited", pod=oid)
+                pod.status.state = "notready"
+                self._put_sandbox(pod)
             return
         await self._settle_exit(rec)
 

@@ -207,3 +207,64 @@ def test_stats_update_reopen_and_events(cri: Cri, image: str,
     mine = [e.container_event_type for e in events if e.container_id == cid]
     assert mine == [api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
                     api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_DELETED_EVENT]
+
+
+def test_host_namespaces_and_sysctls(cri: Cri, image: str) -> None:
+    ns = api_pb2.NamespaceOption(network=api_pb2.NODE, pid=api_pb2.CONTAINER, ipc=api_pb2.NODE)
+    config = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
+        security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
+    sid, config = cri.run_pod(config)
+    try:
+        st = cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid)).status
+        assert st.network.ip == ""
+        assert st.linux.namespaces.options.network == api_pb2.NODE
+        cid = cri.create(sid, config, image, "hostnet", command=["sh", "-c"],
+                         args=["cat /proc/net/dev; hostname"])
+        cri.start(cid)
+        text = Path(cri.wait_exit(cid).log_path).read_text()
+        assert cri.stack.bridge in text or "lo:" in text
+        assert os.uname().nodename in text
+    finally:
+        cri.remove_pod(sid)
+    # Pod-level sysctls reach every container (net.* in the pod's own netns).
+    config = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
+        sysctls={"net.ipv4.ip_unprivileged_port_start": "1234", "kernel.shmmni": "1000"}))
+    sid, config = cri.run_pod(config)
+    try:
+        cid = cri.create(sid, config, image, "sysctl", command=["sh", "-c"], args=[
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni"])
+        cri.start(cid)
+        assert Path(cri.wait_exit(cid).log_path).read_text().split()[3::4] == ["1234", "1000"]
+    finally:
+        cri.remove_pod(sid)
+    with pytest.raises(grpc.RpcError) as err:
+        bad = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
+            sysctls={"net.ipv4.ip_forward": "1"}, security_context=api_pb2.
+            LinuxSandboxSecurityContext(namespace_options=ns)))
+        cri.run_pod(bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_mounts_devices_and_seccomp(cri: Cri, image: str, tmp_path: Path,
+                                    pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    sid, config = pod
+    (tmp_path / "in.txt").write_text("from-host\n")
+    linux = _linux(seccomp=api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.
+                                                   RuntimeDefault))
+    cid = cri.create(sid, config, image, "mounter", command=["sh", "-c"], args=[
+        "cat /data/in.txt; echo x > /data/new && echo rw-wrong || echo ro-ok; "
+        "echo y > /out/made && echo rw-ok; ls -l /dev/xnull; "
+        "echo 1 > /proc/sys/kernel/x 2>/dev/null || echo procsys-ro"],
+        mounts=[api_pb2.Mount(container_path="/data", host_path=str(tmp_path), readonly=True),
+                api_pb2.Mount(container_path="/out", host_path=str(tmp_path / "out"))],
+        devices=[api_pb2.Device(container_path="/dev/xnull", host_path="/dev/null",
+                                permissions="rwm")], linux=linux)
+    cri.start(cid)
+    st = cri.wait_exit(cid)
+    text = Path(st.log_path).read_text()
+    assert "from-host" in text and "ro-ok" in text and "rw-ok" in text
+    assert "rw-wrong" not in text and "procsys-ro" in text
+    assert "/dev/xnull" in text
+    assert (tmp_path / "out" / "made").read_text() == "y\n"
+    assert [m.container_path for m in st.mounts] == ["/data", "/out"]
+    assert st.mounts[0].readonly
