@@ -25,6 +25,7 @@ import struct
 import subprocess
 import tempfile
 import termios
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ async def run_exec(target: ContainerTarget, cmd: list[str], session: StdioSessio
             argv.append("--tty")
         argv += [target.id, *cmd]
         log.debug("exec", argv=argv)
+        started = time.monotonic()
         try:
             if session.opts.tty:
                 code = await _exec_tty(argv, pid_file, session)
@@ -71,7 +73,8 @@ async def run_exec(target: ContainerTarget, cmd: list[str], session: StdioSessio
         log.info("exec ended by client", container=target.id)
         await session.abort()
         return
-    log.info("exec finished", container=target.id, exit_code=code)
+    log.info("exec finished", container=target.id, exit_code=code,
+             seconds=round(time.monotonic() - started, 4))
     await session.finish(exit_status(code))
 
 
