@@ -90,8 +90,11 @@ __all__ = ["Runtime", "ID_LEN", "MAX_EXEC_OUTPUT"]
 log = structlog.get_logger("crib.runtimed")
 
 ID_LEN = 64
-# ExecSync output is capped per stream, as containerd and CRI-O (maxExecSyncSize, 16 MiB).
+# ExecSync output is capped at 16 MiB, as CRI-O's maxExecSyncSize; since the kubelet's
+# message limit is also 16 MiB, stdout and stderr together keep 1 KiB for the framing
+# (stderr is kept whole first: it explains failures).
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024
+EXEC_REPLY_ROOM = MAX_EXEC_OUTPUT - 1024
 # Undo steps run under their own bound, never the caller's (maybe expired) deadline.
 UNDO_TIMEOUT = 60.0
 # How long StopContainer waits for conmon's exit file after SIGKILL.
@@ -856,6 +859,8 @@ class Runtime:
             for p in (pfile, pidfile):
                 with contextlib.suppress(OSError):
                     p.unlink()
+        err = err[:EXEC_REPLY_ROOM]
+        out = out[:EXEC_REPLY_ROOM - len(err)]
         code = proc.returncode if proc.returncode is not None else -1
         if code < 0:
             code = 128 - code

@@ -26,12 +26,19 @@ def crib() -> Iterator[Stack]:
         stack.cleanup()
 
 
+def _channel(stack: Stack) -> grpc.Channel:
+    # The kubelet's 16 MiB message limits (its remote runtime client).
+    limit = 16 * 1024 * 1024
+    return grpc.insecure_channel(f"unix://{stack.cri_socket}", options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
+
+
 class Cri:
     """The independent grpcio client against the gateway's socket."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.channel = grpc.insecure_channel(f"unix://{stack.cri_socket}")
+        self.channel = _channel(stack)
         self.rt = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.img = api_pb2_grpc.ImageServiceStub(self.channel)
         self.logs = Path(stack.root) / "podlogs"
@@ -41,7 +48,7 @@ class Cri:
 
     def reconnect(self) -> None:
         self.channel.close()
-        self.channel = grpc.insecure_channel(f"unix://{self.stack.cri_socket}")
+        self.channel = _channel(self.stack)
         self.rt = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.img = api_pb2_grpc.ImageServiceStub(self.channel)
 

@@ -96,3 +96,19 @@ def test_running_container_stop_and_exec(cri: Cri, image: str) -> None:
         cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=ignorer, timeout=2))
     finally:
         cri.remove_pod(sid)
+
+
+def test_status_and_exec_output_cap(cri: Cri, image: str) -> None:
+    conds = {c.type: c.status for c in cri.rt.Status(api_pb2.StatusRequest()).status.conditions}
+    assert conds.get("RuntimeReady") is True
+    sid, pod = cri.run_pod()
+    try:
+        cid = cri.create(sid, pod, image, "big", command=["sleep", "300"])
+        cri.start(cid)
+        r = cri.rt.ExecSync(api_pb2.ExecSyncRequest(
+            container_id=cid, cmd=["sh", "-c", "head -c 20000000 /dev/zero; echo done >&2"],
+            timeout=30), timeout=60)
+        assert 16 * 1024 * 1024 - 2048 < len(r.stdout) < 16 * 1024 * 1024
+        assert r.stderr == b"done\n" and r.exit_code == 0
+    finally:
+        cri.remove_pod(sid)
