@@ -34,6 +34,7 @@ from .cri import (
     sandbox_stop,
 )
 from .containers import RuntimeTargets
+from .api import records
 from .service import Runtime
 from .streaming import StreamServer
 
@@ -61,6 +62,7 @@ def create_app(settings: CribSettings) -> web.Application:
     for streaming in (container_exec, container_attach, sandbox_portforward):
         streaming.register(cri, stream)
     routes = RouteTable()
+    records.register(routes, rt)
 
     async def health() -> Health:
         ready, reason, message, details = rt.health()

@@ -1,0 +1,1 @@
+"""Operator REST of runtimed, one module per resource group."""
