@@ -506,6 +506,7 @@ class Runtime:
         async with self._lock(rec.meta.id):
             for c in self.pod_containers(rec.meta.id):
                 await self.remove_container(c.meta.id)
+            failpoint("remove_sandbox_after_containers")
             await self._teardown_sandbox(rec)
             self._drop_sandbox(rec.meta.id)
         self._locks.pop(rec.meta.id, None)

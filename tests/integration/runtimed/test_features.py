@@ -210,8 +210,9 @@ def test_stats_update_reopen_and_events(cri: Cri, image: str,
 
 
 def test_host_namespaces_and_sysctls(cri: Cri, image: str) -> None:
-    ns = api_pb2.NamespaceOption(network=api_pb2.NODE, pid=api_pb2.CONTAINER, ipc=api_pb2.NODE)
+    ns = api_pb2.NamespaceOption(network=api_pb2.NODE, pid=api_pb2.NODE, ipc=api_pb2.NODE)
     config = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
+        cgroup_parent="/kubepods/besteffort/podcrib",
         security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
     sid, config = cri.run_pod(config)
     try:
@@ -219,11 +220,16 @@ def test_host_namespaces_and_sysctls(cri: Cri, image: str) -> None:
         assert st.network.ip == ""
         assert st.linux.namespaces.options.network == api_pb2.NODE
         cid = cri.create(sid, config, image, "hostnet", command=["sh", "-c"],
-                         args=["cat /proc/net/dev; hostname"])
+                         args=["cat /proc/net/dev; hostname; cat /proc/1/comm"])
         cri.start(cid)
         text = Path(cri.wait_exit(cid).log_path).read_text()
         assert cri.stack.bridge in text or "lo:" in text
         assert os.uname().nodename in text
+        assert Path("/proc/1/comm").read_text().strip() in text  # host PID namespace
+        info = json.loads(cri.rt.ContainerStatus(api_pb2.ContainerStatusRequest(
+            container_id=cid, verbose=True)).info["info"])
+        assert info["cgroupPath"].startswith(
+            cri.stack.cgroup_parent + "/kubepods/besteffort/podcrib/")
     finally:
         cri.remove_pod(sid)
     # Pod-level sysctls reach every container (net.* in the pod's own netns).

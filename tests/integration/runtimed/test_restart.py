@@ -110,6 +110,15 @@ def test_kill9_during_create_start_stop(crib: Stack, cri: Cri, image: str) -> No
     assert [p.id for p in pods] == [sid]
     assert cri.status(keeper).state == api_pb2.CONTAINER_RUNNING
 
+    # 7. Killed in RemovePodSandbox after its containers went: the retry finishes it.
+    _restart(crib, "remove_sandbox_after_containers")
+    cri.rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid))
+    _crash(crib, lambda: cri.rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(
+        pod_sandbox_id=sid)))
+    _restart(crib)
+    pods = cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+    assert [(p.id, p.state) for p in pods] == [(sid, api_pb2.SANDBOX_NOTREADY)]
+    assert not cri.rt.ListContainers(api_pb2.ListContainersRequest()).containers
     cri.remove_pod(sid)
     assert leftovers(crib) == {}
 
