@@ -84,8 +84,11 @@ async def test_exec_rejects(table: tuple[CriTable, StreamServer], request_: Exec
 
 async def test_attach(table: tuple[CriTable, StreamServer]) -> None:
     t, server = table
-    reply = await _call(t, "Attach", AttachRequest(container_id=FULL_ID, stdout=True))
+    reply = await _call(t, "Attach", AttachRequest(container_id=FULL_ID, stdout=True,
+                                                   stdin=True))
     assert reply.url.startswith(server.base_url + "/attach/")
+    spec = server._cache.consume(reply.url.rsplit("/", 1)[1])
+    assert spec is not None and spec.stdin is False  # the container has no stdin
     with pytest.raises(InvalidArgument):  # tty must match the container's
         await _call(t, "Attach", AttachRequest(container_id=FULL_ID, stdout=True, tty=True))
     with pytest.raises(InvalidArgument):

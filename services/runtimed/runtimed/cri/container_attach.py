@@ -41,5 +41,7 @@ async def _prepare(request: AttachRequest, server: StreamServer) -> AttachSpec:
                               f"(tty={target.tty})")
     if target.attach_socket is None:
         raise FailedPrecondition(f"container {target.id} has no attach socket")
-    return AttachSpec(target.id, stdin=request.stdin, stdout=request.stdout,
+    # A container created without stdin has no pipe for it in conmon: input is dropped
+    # rather than refused, as a kubelet may ask for stdin on any `kubectl attach -i`.
+    return AttachSpec(target.id, stdin=request.stdin and target.stdin, stdout=request.stdout,
                       stderr=request.stderr, tty=request.tty)
