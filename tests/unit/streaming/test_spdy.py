@@ -108,3 +108,24 @@ async def test_goaway_ends_the_session(pair: tuple[SpdyConnection, SpdyConnectio
             break
         await asyncio.sleep(0.01)
     assert server.closed
+
+
+async def test_unread_stream_applies_backpressure(
+        pair: tuple[SpdyConnection, SpdyConnection, list[SpdyStream]]) -> None:
+    from runtimed.streaming.spdy import MAX_BUFFERED, MAX_DATA
+
+    client, _server, accepted = pair
+    s = await client.open_stream({"streamtype": ["stdin"]})
+    data = bytes(range(256)) * (10 * 4096)  # 10 MiB
+
+    async def send() -> None:
+        await s.write(data)
+        await s.close()
+
+    sender = asyncio.create_task(send())
+    await asyncio.sleep(0.3)
+    # The server stopped reading frames once the stream held its limit: no unbounded queue.
+    assert accepted[0]._buffered <= MAX_BUFFERED + MAX_DATA
+    assert not sender.done()
+    assert await asyncio.wait_for(accepted[0].read_all(limit=1 << 30), 10) == data
+    await sender

@@ -125,6 +125,9 @@ class SpdyStdioSession(StdioSession):
         self.streams[kind] = stream
         if kind == "resize":
             self._tasks.append(asyncio.create_task(self._read_resizes(stream)))
+        elif kind == "stdin" and not self.opts.stdin:
+            # Input nobody will read must not fill the connection's buffers and stall it.
+            self._tasks.append(asyncio.create_task(_discard(stream)))
         if self._expected <= set(self.streams):
             self._ready.set()
 
@@ -195,6 +198,11 @@ class SpdyStdioSession(StdioSession):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.closed.set()
+
+
+async def _discard(stream: SpdyStream) -> None:
+    while await stream.read():
+        pass
 
 
 class WsStdioSession(StdioSession):

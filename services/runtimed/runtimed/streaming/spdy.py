@@ -61,6 +61,10 @@ RST_STREAM_IN_USE = 8
 MAX_FRAME = (1 << 24) - 1
 # Our DATA frames carry at most this much; 32 KiB is spdystream's read buffer.
 MAX_DATA = 32 * 1024
+# Received data a stream may hold unread before the connection stops reading frames: our
+# peers (spdystream) do not honour windows, so this is the only backpressure. The reader
+# of the whole connection waits, as spdystream's own frame loop does on a full stream.
+MAX_BUFFERED = 4 * 1024 * 1024
 # Default initial window (SPDY/3.1 section 2.6.8); we re-grant consumed bytes in steps.
 INITIAL_WINDOW = 64 * 1024
 WINDOW_STEP = 32 * 1024
@@ -191,6 +195,8 @@ class SpdyStream:
     _inbox: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     _pending: bytes = b""
     _unacked: int = 0
+    _buffered: int = 0
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
     remote_closed: bool = False
     local_closed: bool = False
     reset: bool = False
@@ -208,6 +214,9 @@ class SpdyStream:
                 return b""
             self._pending = chunk
             self._grant(len(chunk))
+            self._buffered -= len(chunk)
+            if self._buffered <= MAX_BUFFERED // 2:
+                self._room.set()
         if n < 0 or n >= len(self._pending):
             data, self._pending = self._pending, b""
         else:
@@ -233,7 +242,17 @@ class SpdyStream:
             self._unacked = 0
 
     def _feed(self, data: bytes | None) -> None:
+        if data is None:
+            self._room.set()  # nobody waits for room on a finished stream
+        else:
+            self._buffered += len(data)
+            if self._buffered > MAX_BUFFERED:
+                self._room.clear()
         self._inbox.put_nowait(data)
+
+    async def _wait_room(self) -> None:
+        if self._buffered > MAX_BUFFERED and not (self.reset or self.remote_closed):
+            await self._room.wait()
 
     async def write(self, data: bytes) -> None:
         """Send data on this stream (split into frames of at most MAX_DATA)."""
@@ -395,7 +414,9 @@ class SpdyConnection:
                         raise SpdyError(f"unsupported SPDY version {version}")
                     await self._on_control(first & 0xFFFF, flags, payload)
                 else:
-                    self._on_data(first & 0x7FFFFFFF, flags, payload)
+                    stream = self._on_data(first & 0x7FFFFFFF, flags, payload)
+                    if stream is not None:
+                        await stream._wait_room()
         except _GoAway:
             pass
         except SpdyError as e:
@@ -405,19 +426,20 @@ class SpdyConnection:
             for task in list(self._tasks):
                 task.cancel()
 
-    def _on_data(self, sid: int, flags: int, payload: bytes) -> None:
+    def _on_data(self, sid: int, flags: int, payload: bytes) -> SpdyStream | None:
         stream = self.streams.get(sid)
         if stream is None or stream.remote_closed:
             # Data for a stream we forgot (reset or finished): tell the peer once.
             with contextlib.suppress(SpdyError):
                 self._send_control(RST_STREAM, 0, struct.pack(">II", sid, RST_INVALID_STREAM))
-            return
+            return None
         if payload:
             stream._feed(payload)
         if flags & FLAG_FIN:
             stream.remote_closed = True
             stream._feed(None)
             self._maybe_forget(stream)
+        return stream
 
     async def _on_control(self, ftype: int, flags: int, payload: bytes) -> None:
         if ftype == SYN_STREAM:
