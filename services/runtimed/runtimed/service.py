@@ -25,7 +25,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import betterproto
 import structlog
 
 from crib_common.clients.imaged import ImagedClient
@@ -292,8 +291,7 @@ class Runtime:
     def unsubscribe(self, q: asyncio.Queue[ContainerEventResponse]) -> None:
         self._subscribers.discard(q)
 
-    def _emit(self, cid: str, kind: int,
-              status_fn: Callable[[], Any] | None = None) -> None:
+    def _emit(self, cid: str, kind: int) -> None:
         if not self._subscribers:
             return
         from .views import container_status, sandbox_status  # avoid an import cycle
@@ -718,8 +716,6 @@ class Runtime:
         rec.status.state = "exited"
         rec.status.exit_code = code
         rec.status.finished_at = finished
-        if not rec.status.started_at and fallback_code is None:
-            rec.status.started_at = rec.status.started_at or 0
         rec.status.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         if message:
             rec.status.message = message
@@ -994,10 +990,3 @@ async def iterate_events(runtime: Runtime) -> AsyncIterator[ContainerEventRespon
     finally:
         runtime.unsubscribe(q)
 
-
-def sandbox_config_of(rec: SandboxRecord) -> PodSandboxConfig:
-    return PodSandboxConfig().parse(bytes.fromhex(rec.meta.config)) if rec.meta.config \
-        else PodSandboxConfig()
-
-
-_ = betterproto  # used by views through is_set
