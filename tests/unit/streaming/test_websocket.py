@@ -39,3 +39,23 @@ def test_status_formats() -> None:
     assert status_bytes(exit_status(0), 3) == b""
     assert b'"message":"3"' in status_bytes(exit_status(3), 5)
     assert status_bytes(exit_status(3), 2).startswith(b"command terminated")
+
+
+async def test_byte_queue_bounds_and_discard() -> None:
+    import asyncio
+
+    from runtimed.streaming.websocket import ByteQueue
+
+    q = ByteQueue(limit=10)
+    await q.put(b"x" * 11)  # over the limit: the next put waits
+    blocked = asyncio.create_task(q.put(b"y"))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    assert await q.get() == b"x" * 11
+    await asyncio.wait_for(blocked, 1)
+    assert await q.get() == b"y"
+    q.discard()
+    await asyncio.wait_for(q.put(b"z" * 100), 1)  # dropped, never blocks
+    q.end()
+    assert await q.get() == b""
+    assert await q.get() == b""

@@ -30,7 +30,7 @@ import structlog
 
 from .spdy import ByteWriter, SpdyConnection, SpdyError, SpdyStream
 from .targets import SandboxTarget
-from .websocket import MAX_SEND, OP_BINARY, WebSocket, WebSocketClosed
+from .websocket import MAX_SEND, OP_BINARY, ByteQueue, WebSocket, WebSocketClosed
 
 __all__ = ["connect_in_netns", "serve_spdy_portforward", "serve_ws_portforward"]
 
@@ -228,7 +228,7 @@ async def _copy_both(sock: socket.socket, read: _Read, write: _Write, close: _Cl
 
 async def serve_ws_portforward(ws: WebSocket, ports: list[int], sandbox: SandboxTarget) -> None:
     """Serve one WebSocket port-forward session: one connection per requested port."""
-    inboxes: list[asyncio.Queue[bytes]] = [asyncio.Queue() for _ in ports]
+    inboxes = [ByteQueue() for _ in ports]
     try:
         for i, port in enumerate(ports):
             prefix = struct.pack("<H", port)
@@ -245,12 +245,12 @@ async def serve_ws_portforward(ws: WebSocket, ports: list[int], sandbox: Sandbox
                     continue
                 channel = msg[0]
                 if channel % 2 == 0 and channel // 2 < len(ports) and len(msg) > 1:
-                    inboxes[channel // 2].put_nowait(msg[1:])
+                    await inboxes[channel // 2].put(msg[1:])
         except WebSocketClosed:
             pass
         finally:
             for inbox in inboxes:
-                inbox.put_nowait(b"")
+                inbox.end()
 
     reader = asyncio.create_task(read_loop())
     try:
@@ -262,12 +262,13 @@ async def serve_ws_portforward(ws: WebSocket, ports: list[int], sandbox: Sandbox
         await ws.close()
 
 
-async def _ws_forward(ws: WebSocket, index: int, port: int, inbox: asyncio.Queue[bytes],
+async def _ws_forward(ws: WebSocket, index: int, port: int, inbox: ByteQueue,
                       sandbox: SandboxTarget) -> None:
     data_ch, err_ch = bytes([2 * index]), bytes([2 * index + 1])
     try:
         sock = await connect_in_netns(sandbox.netns_path, port)
     except OSError as e:
+        inbox.discard()
         with contextlib.suppress(WebSocketClosed):
             await ws.send(err_ch + _error_text(port, sandbox, e))
         return
@@ -288,3 +289,4 @@ async def _ws_forward(ws: WebSocket, index: int, port: int, inbox: asyncio.Queue
         pass
     finally:
         sock.close()
+        inbox.discard()

@@ -22,7 +22,7 @@ import structlog
 
 from .spdy import SpdyConnection, SpdyError, SpdyStream
 from .status import status_bytes
-from .websocket import MAX_SEND, OP_BINARY, OP_TEXT, WebSocket, WebSocketClosed
+from .websocket import MAX_SEND, OP_BINARY, OP_TEXT, ByteQueue, WebSocket, WebSocketClosed
 
 __all__ = ["SpdyStdioSession", "StdioOptions", "StdioSession", "WsStdioSession"]
 
@@ -93,6 +93,8 @@ class StdioSession(ABC):
                 except (TypeError, ValueError):
                     continue
                 if 0 < w <= 0xFFFF and 0 < h <= 0xFFFF:
+                    if self.resizes.qsize() >= 16:  # only the latest sizes matter
+                        self.resizes.get_nowait()
                     self.resizes.put_nowait((w, h))
 
 
@@ -215,7 +217,7 @@ class WsStdioSession(StdioSession):
         # `*base64.channel.k8s.io`: text messages, the channel as an ASCII digit and the data
         # base64-encoded (for clients that cannot send binary frames, e.g. browsers).
         self.base64 = base64_frames
-        self._stdin: asyncio.Queue[bytes] = asyncio.Queue()
+        self._stdin = ByteQueue()
         self._stdin_done = not opts.stdin
         self._reader = asyncio.create_task(self._read_loop())
 
@@ -240,15 +242,15 @@ class WsStdioSession(StdioSession):
                         continue
                 if channel == STDIN and self.opts.stdin:
                     if data:
-                        self._stdin.put_nowait(data)
+                        await self._stdin.put(data)
                 elif channel == RESIZE:
                     pending = self._push_resize(pending + data)
                 elif channel == CLOSE_SIGNAL and self.version >= 5 and data[:1] == b"\x00":
-                    self._stdin.put_nowait(b"")
+                    self._stdin.end()
         except WebSocketClosed:
             pass
         finally:
-            self._stdin.put_nowait(b"")
+            self._stdin.end()
             self.closed.set()
 
     async def read_stdin(self) -> bytes:

@@ -14,7 +14,7 @@ import hashlib
 import os
 import struct
 
-__all__ = ["WebSocket", "WebSocketClosed", "WsTunnel", "accept_key"]
+__all__ = ["ByteQueue", "WebSocket", "WebSocketClosed", "WsTunnel", "accept_key"]
 
 # RFC 6455 section 1.3.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -23,6 +23,54 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 MAX_MESSAGE = 16 * 1024 * 1024
 # Our outgoing messages are at most this large so one channel cannot starve the others.
 MAX_SEND = 64 * 1024
+
+
+# Received bytes a channel may hold unread before we stop reading messages (backpressure
+# through TCP: a client cannot grow our memory by writing faster than a process reads).
+MAX_BUFFERED = 4 * 1024 * 1024
+
+
+class ByteQueue:
+    """Chunks from the reader loop to a consumer, bounded in bytes; b"" marks the end."""
+
+    def __init__(self, limit: int = MAX_BUFFERED) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._size = 0
+        self._limit = limit
+        self._room = asyncio.Event()
+        self._room.set()
+        self._discarding = False
+
+    async def put(self, data: bytes) -> None:
+        """Queue data, first waiting while the consumer is more than `limit` behind."""
+        await self._room.wait()
+        if self._discarding:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._room.clear()
+        self._queue.put_nowait(data)
+
+    def end(self) -> None:
+        self._room.set()
+        self._queue.put_nowait(b"")
+
+    def discard(self) -> None:
+        """The consumer is gone: drop what comes from now on instead of holding it."""
+        self._discarding = True
+        self._room.set()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def get(self) -> bytes:
+        data = await self._queue.get()
+        if not data:
+            self._queue.put_nowait(b"")  # stay at the end
+            return b""
+        self._size -= len(data)
+        if self._size <= self._limit // 2:
+            self._room.set()
+        return data
 
 
 class WebSocketClosed(Exception):
