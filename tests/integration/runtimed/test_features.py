@@ -260,7 +260,8 @@ def test_mounts_devices_and_seccomp(cri: Cri, image: str, tmp_path: Path,
     cid = cri.create(sid, config, image, "mounter", command=["sh", "-c"], args=[
         "cat /data/in.txt; echo x > /data/new && echo rw-wrong || echo ro-ok; "
         "echo y > /out/made && echo rw-ok; ls -l /dev/xnull; "
-        "echo 1 > /proc/sys/kernel/x 2>/dev/null || echo procsys-ro"],
+        "echo 1 > /proc/sys/kernel/x 2>/dev/null || echo procsys-ro; "
+        "grep Seccomp: /proc/self/status"],
         mounts=[api_pb2.Mount(container_path="/data", host_path=str(tmp_path), readonly=True),
                 api_pb2.Mount(container_path="/out", host_path=str(tmp_path / "out"))],
         devices=[api_pb2.Device(container_path="/dev/xnull", host_path="/dev/null",
@@ -271,6 +272,27 @@ def test_mounts_devices_and_seccomp(cri: Cri, image: str, tmp_path: Path,
     assert "from-host" in text and "ro-ok" in text and "rw-ok" in text
     assert "rw-wrong" not in text and "procsys-ro" in text
     assert "/dev/xnull" in text
+    assert "Seccomp:\t2" in text  # RuntimeDefault is a filter
     assert (tmp_path / "out" / "made").read_text() == "y\n"
     assert [m.container_path for m in st.mounts] == ["/data", "/out"]
     assert st.mounts[0].readonly
+
+
+def test_privileged(cri: Cri, image: str, pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    sid, config = pod
+    cid = cri.create(sid, config, image, "priv", command=["sh", "-c"], args=[
+        "grep -E 'CapEff|Seccomp:' /proc/self/status; "
+        "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && echo mounted"],
+        linux=_linux(privileged=True))
+    cri.start(cid)
+    st = cri.wait_exit(cid)
+    text = Path(st.log_path).read_text()
+    assert "mounted" in text and "Seccomp:\t0" in text
+    # Privileged means every capability runtimed holds itself.
+    host_bnd = next(line.split()[1] for line in Path("/proc/self/status").read_text()
+                    .splitlines() if line.startswith("CapBnd:"))
+    assert f"CapEff:\t{host_bnd}" in text
+    plain = cri.create(sid, config, image, "plain", command=["sh", "-c"], args=[
+        "mount -t tmpfs none /tmp && echo mounted || echo refused"])
+    cri.start(plain)
+    assert "refused" in Path(cri.wait_exit(plain).log_path).read_text()

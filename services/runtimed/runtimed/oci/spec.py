@@ -128,14 +128,31 @@ def _cap_name(name: str) -> str:
     return name if name.startswith("CAP_") or name == "ALL" else "CAP_" + name
 
 
+def host_capabilities() -> list[str]:
+    """The capabilities runtimed itself may hand out: its bounding set (ALL_CAPS is in
+    capability-number order). A container cannot get more than the runtime holds, and
+    this machine lacks some (CAP_SYS_RESOURCE), as containerd's GetAllCapabilities."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                mask = int(line.split()[1], 16)
+                return [c for i, c in enumerate(ALL_CAPS) if mask >> i & 1]
+    except (OSError, ValueError):
+        pass
+    return list(ALL_CAPS)
+
+
+_HOST_CAPS: list[str] = host_capabilities()
+
+
 def _capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]:
     if privileged:
-        return list(ALL_CAPS)
+        return list(_HOST_CAPS)
     caps = list(DEFAULT_CAPS)
     add_n = [_cap_name(c) for c in add]
     drop_n = [_cap_name(c) for c in drop]
     if "ALL" in add_n:
-        caps = list(ALL_CAPS)
+        caps = list(_HOST_CAPS)
     for c in add_n:
         if c != "ALL" and c not in caps:
             if c not in ALL_CAPS:
@@ -144,8 +161,7 @@ def _capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str
     if "ALL" in drop_n:
         # Drop ALL then add: only the explicitly added ones remain (containerd's order).
         caps = [c for c in add_n if c != "ALL"]
-    caps = [c for c in caps if c not in drop_n]
-    return caps
+    return [c for c in caps if c not in drop_n and c in _HOST_CAPS]
 
 
 def resources_to_dict(res: LinuxContainerResources | None) -> dict[str, Any]:
