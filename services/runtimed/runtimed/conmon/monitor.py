@@ -115,6 +115,8 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
         proc = await asyncio.create_subprocess_exec(
             *argv, env=env, pass_fds=[w], stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=errfile, start_new_session=True,
+            # conmon writes its "oom" marker relative to its working directory.
+            cwd=str(spec.bundle),
         )
     finally:
         os.close(w)
