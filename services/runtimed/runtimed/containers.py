@@ -88,23 +88,3 @@ class RuntimeTargets:
                 return None
             await asyncio.sleep(0.05)
 
-
-def wire_streaming(app: object, cri: object, rt: Runtime) -> None:
-    """Register Exec/Attach/PortForward and the streaming server on runtimed's app.
-
-    Not called by `create_app`: the streaming side owns that registration. Calling this from
-    `create_app` (after the other CRI modules) is all it takes:
-    `containers.wire_streaming(app, cri, rt)`.
-    """
-    from aiohttp import web
-
-    from crib_common.server import CriTable
-
-    from .cri import container_attach, container_exec, sandbox_portforward
-    from .streaming import StreamServer
-
-    assert isinstance(app, web.Application) and isinstance(cri, CriTable)
-    server = StreamServer(rt.cfg, RuntimeTargets(rt))
-    for module in (container_exec, container_attach, sandbox_portforward):
-        module.register(cri, server)
-    app.cleanup_ctx.append(server.context)
