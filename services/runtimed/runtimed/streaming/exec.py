@@ -44,9 +44,23 @@ _Writer = Callable[[bytes], Awaitable[None]]
 
 SETSID = "/usr/bin/setsid"
 READ_SIZE = 64 * 1024
-# After the process exits, how long its output may still be draining before we give up on
-# a descendant that keeps the pipe open.
+# After the process exits, how long its output may stay idle before we stop waiting for a
+# descendant that keeps the pipe open (output still flowing to a slow client is waited for).
 OUTPUT_GRACE = 10.0
+
+
+class _Progress:
+    """When output last moved; shared by the pumps and the supervisor."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        self.writing = 0  # pumps blocked on a slow client count as moving
+
+    def mark(self) -> None:
+        self.at = time.monotonic()
+
+    def idle(self) -> float:
+        return 0.0 if self.writing else time.monotonic() - self.at
 
 
 async def run_exec(target: ContainerTarget, cmd: list[str], session: StdioSession) -> None:
@@ -133,6 +147,7 @@ async def _exec_pipes(argv: list[str], pid_file: Path, session: StdioSession) ->
     try:
         tasks: list[asyncio.Task[None]] = []
         outputs: list[asyncio.Task[None]] = []
+        progress = _Progress()
         if popen.stdin is not None:
             fd = popen.stdin.fileno()
             os.set_blocking(fd, False)
@@ -142,15 +157,16 @@ async def _exec_pipes(argv: list[str], pid_file: Path, session: StdioSession) ->
                               (popen.stderr, session.write_stderr)):
             if stream is not None:
                 os.set_blocking(stream.fileno(), False)
-                outputs.append(asyncio.create_task(_pump_fd(stream.fileno(), write)))
-        return await _supervise(child, pid_file, session, tasks, outputs)
+                outputs.append(asyncio.create_task(
+                    _pump_fd(stream.fileno(), write, progress)))
+        return await _supervise(child, pid_file, session, tasks, outputs, progress)
     finally:
         child.close_pipes()
 
 
 async def _supervise(child: _Child, pid_file: Path, session: StdioSession,
-                     tasks: list[asyncio.Task[None]],
-                     outputs: list[asyncio.Task[None]]) -> int | None:
+                     tasks: list[asyncio.Task[None]], outputs: list[asyncio.Task[None]],
+                     progress: _Progress) -> int | None:
     """Wait for the process and its output, or for the client to leave (then kill)."""
     waiter = asyncio.create_task(child.wait())
     gone: asyncio.Task[Any] = asyncio.create_task(session.closed.wait())
@@ -160,10 +176,10 @@ async def _supervise(child: _Child, pid_file: Path, session: StdioSession,
             return None
         pending: set[asyncio.Task[Any]] = set(outputs)
         while pending and not gone.done():
-            done, pending = await asyncio.wait(pending | {gone}, timeout=OUTPUT_GRACE,
-                                               return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait(pending | {gone}, timeout=1.0,
+                                            return_when=asyncio.FIRST_COMPLETED)
             pending.discard(gone)
-            if not done:
+            if pending and progress.idle() > OUTPUT_GRACE:
                 log.warning("exec output still open after exit; closing")
                 break
         if gone.done() and pending:
@@ -188,7 +204,7 @@ def _kill_exec(pid_file: Path, child: _Child) -> None:
     child.kill()
 
 
-async def _pump_fd(fd: int, write: _Writer) -> None:
+async def _pump_fd(fd: int, write: _Writer, progress: _Progress) -> None:
     """Copy a non-blocking fd to `write` until EOF (a pty master reports EOF as EIO)."""
     while True:
         try:
@@ -202,7 +218,12 @@ async def _pump_fd(fd: int, write: _Writer) -> None:
             raise
         if not chunk:
             return
-        await write(chunk)
+        progress.writing += 1
+        try:
+            await write(chunk)
+        finally:
+            progress.writing -= 1
+            progress.mark()
 
 
 async def _pump_stdin_fd(session: StdioSession, fd: int,
@@ -240,8 +261,9 @@ async def _exec_tty(argv: list[str], pid_file: Path, session: StdioSession) -> i
     try:
         tasks = [asyncio.create_task(_pump_stdin_fd(session, master)),
                  asyncio.create_task(_apply_resizes(session, master))]
-        outputs = [asyncio.create_task(_pump_fd(master, session.write_stdout))]
-        return await _supervise(child, pid_file, session, tasks, outputs)
+        progress = _Progress()
+        outputs = [asyncio.create_task(_pump_fd(master, session.write_stdout, progress))]
+        return await _supervise(child, pid_file, session, tasks, outputs, progress)
     finally:
         os.close(master)
 
