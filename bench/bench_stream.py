@@ -296,12 +296,12 @@ async def cri_download(pod: CriPod) -> float:
 
 async def measure_endpoint(socket: Path, image: str, args: argparse.Namespace,
                            ) -> tuple[Stats, float]:
-    pod = await asyncio.to_thread(
-        lambda: CriPod(socket, image, args.megabytes * 1000 * 1000).start())
+    pod = CriPod(socket, image, args.megabytes * 1000 * 1000)
     try:
+        await asyncio.to_thread(pod.start)
         return await cri_exec_ttfb(pod, args.execs), await cri_download(pod)
     finally:
-        await asyncio.to_thread(pod.stop)
+        await asyncio.to_thread(pod.stop)  # also after a failed start: log dir, sandbox
 
 
 class Peer(PeerContainerd):
