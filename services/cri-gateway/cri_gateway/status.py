@@ -15,7 +15,7 @@ from crib_common.client import DaemonClient
 from crib_common.cri.runtime.v1 import RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse
 from crib_common.errors import CribError
 from crib_common.errors import InvalidArgument
-from crib_common.server import check_wire, decode_message, encode_message
+from crib_common.wire import check_wire, decode_message, encode_message
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
