@@ -157,6 +157,8 @@ class Runtime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._subscribers: set[asyncio.Queue[ContainerEventResponse]] = set()
+        # ExecSync runs the container's own process spec with other args (config.json's).
+        self._process_templates: dict[str, dict[str, Any]] = {}
         self.swap_controller = cgroups.swap_controller()
         self.ready = False
 
@@ -269,6 +271,7 @@ class Runtime:
             self._release(_container_name(rec.meta), cid)
         self._exited.pop(cid, None)
         self._locks.pop(cid, None)
+        self._process_templates.pop(cid, None)
         forget_item(cid)
 
     def _reserve(self, name: str, oid: str) -> None:
@@ -454,15 +457,16 @@ class Runtime:
                 and rec.status.infra_pid:
             await asyncio.sleep(0.05)
 
-    async def _teardown_sandbox(self, rec: SandboxRecord) -> None:
-        """Undo every step of `_setup_sandbox`; each one tolerates not having happened."""
+    async def _teardown_sandbox(self, rec: SandboxRecord, network: bool = True) -> None:
+        """Undo every step of `_setup_sandbox`; each one tolerates not having happened.
+        `network=False` when StopPodSandbox has just released it."""
         meta = rec.meta
         await self._stop_infra(rec)
         rt = self.runtimes.get(meta.handler)
         if rt is not None and meta.shared_pid:
             await rt.delete(meta.id)
             _kill_conmon(rec.status.infra_conmon_pid)
-        if not meta.host_network:
+        if network and not meta.host_network:
             await self.netd.remove_pod_network(meta.id)
         unpin_namespaces(Path(self.cfg.pinns_dir) / meta.id)
         for target in mounts_under(meta.pod_dir):
@@ -505,7 +509,7 @@ class Runtime:
             for c in self.pod_containers(rec.meta.id):
                 await self.remove_container(c.meta.id)
             failpoint("remove_sandbox_after_containers")
-            await self._teardown_sandbox(rec)
+            await self._teardown_sandbox(rec, network=False)
             self._drop_sandbox(rec.meta.id)
         self._locks.pop(rec.meta.id, None)
         log.info("sandbox removed", pod=rec.meta.id)
@@ -819,7 +823,11 @@ class Runtime:
             raise FailedPrecondition(f"container {rec.meta.id} is not running")
         rt = self.runtime_for(rec.meta.handler)
         bundle = Path(rec.meta.bundle)
-        process = json.loads((bundle / "config.json").read_text())["process"]
+        template = self._process_templates.get(rec.meta.id)
+        if template is None:
+            template = json.loads((bundle / "config.json").read_text())["process"]
+            self._process_templates[rec.meta.id] = template
+        process = dict(template)
         process["args"] = list(cmd)
         process["terminal"] = False
         token = secrets.token_hex(6)

@@ -48,6 +48,7 @@ from crib_common.cri.runtime.v1 import (
 )
 
 from crib_common import server as _crib_server
+from crib_common import wire as _crib_wire
 
 from . import cgroups
 from .store.records import ContainerRecord, SandboxRecord
@@ -140,11 +141,13 @@ class RawMessage:
         return self.data
 
 
-# crib_common.server.encode_message plans betterproto classes; a pre-encoded reply has no
-# plan and falls back to bytes(), which is what we want.
-_server_plans: Any = getattr(_crib_server, "_PLANS", None)
-if isinstance(_server_plans, dict):
-    _server_plans[RawMessage] = None
+# crib_common's encode_message (wire.py) plans betterproto classes; registering "no plan"
+# for a pre-encoded reply makes it fall back to bytes(), which is what we want. Covered by
+# the ListContainers/ListPodSandbox integration tests.
+for _module in (_crib_wire, _crib_server):
+    _plans: Any = getattr(_module, "_PLANS", None)
+    if isinstance(_plans, dict):
+        _plans[RawMessage] = None
 
 
 def _varint(n: int) -> bytes:
