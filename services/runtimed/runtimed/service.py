@@ -367,6 +367,7 @@ class Runtime:
             async with AsyncExitStack() as undo:
                 undo.push_async_callback(self._undo, self._teardown_sandbox, rec)
                 await self._setup_sandbox(rec, config, rt)
+                failpoint("sandbox_before_ready")
                 rec.status.state = "ready"
                 self._put_sandbox(rec)
                 undo.pop_all()

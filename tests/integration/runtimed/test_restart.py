@@ -102,8 +102,11 @@ def test_kill9_during_create_start_stop(crib: Stack, cri: Cri, image: str) -> No
     with pytest.raises(grpc.RpcError):
         cri.status(trapper)
 
-    # 6. Killed in RunPodSandbox after the network: rolled back, netns released.
+    # 6. Killed in RunPodSandbox after the network, and after catatonit started: both
+    # rolled back (netns, pins, shm, infra container and its conmon).
     _restart(crib, "sandbox_after_network")
+    _crash(crib, lambda: cri.run_pod())
+    _restart(crib, "sandbox_before_ready")
     _crash(crib, lambda: cri.run_pod())
     _restart(crib)
     pods = cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
