@@ -104,6 +104,14 @@ def cri(crib: Stack) -> Iterator[Cri]:
     try:
         yield client
     finally:
+        # A failed test may leave pods: runtimed keeps containers running when it stops,
+        # so remove them before the stack goes.
+        try:
+            for pod in client.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(),
+                                                timeout=30).items:
+                client.remove_pod(pod.id)
+        except grpc.RpcError:
+            pass
         client.close()
         shutil.rmtree(client.logs, ignore_errors=True)
 
