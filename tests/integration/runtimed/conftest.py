@@ -105,7 +105,13 @@ def cri(crib: Stack) -> Iterator[Cri]:
         yield client
     finally:
         # A failed test may leave pods: runtimed keeps containers running when it stops,
-        # so remove them before the stack goes.
+        # so remove them before the stack goes (with no failpoint armed).
+        if crib.extra_env.pop("CRIB_RUNTIMED_CRASH_AT", None) is not None:
+            proc = crib.procs.pop("runtimed", None)
+            if proc is not None:
+                proc.kill()
+                proc.wait(timeout=30)
+            crib.start_one("runtimed")
         try:
             for pod in client.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(),
                                                 timeout=30).items:
