@@ -320,6 +320,9 @@ class Runtime:
         if not is_set(md) or not md.name or not md.namespace or not md.uid:
             raise InvalidArgument("sandbox metadata needs name, namespace and uid")
         rt = self.runtime_for(handler)
+        _check_hostname(config.hostname)
+        if config.log_directory and not config.log_directory.startswith("/"):
+            raise InvalidArgument(f"log_directory {config.log_directory!r} must be absolute")
         linux = config.linux
         sc = linux.security_context if is_set(linux) else None
         # Unset options mean POD for every namespace (api.proto: POD = 0 is the default);
@@ -531,10 +534,7 @@ class Runtime:
         image = await self.imaged.resolve_image(config.image.image)
         cid = _new_id()
         bundle = self.bundles / cid
-        log_path = ""
-        if config.log_path:
-            log_path = os.path.join(pod.meta.log_directory or "/", config.log_path) \
-                if not config.log_path.startswith("/") else config.log_path
+        log_path = _log_path(pod.meta.log_directory, config.log_path)
         img_cfg = image.config.get("config") or {}
         stop_signal = img_cfg.get("StopSignal") or "SIGTERM"
         if config.stop_signal:
@@ -970,6 +970,30 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int = MAX_EXEC_OUTPUT)
             chunks.append(chunk[: cap - size])
         size += len(chunk)
     return b"".join(chunks)
+
+
+def _check_hostname(name: str) -> None:
+    """A pod hostname is what sethostname(2) takes (at most 64 bytes) and a DNS label set
+    (RFC 1123); it is also an argument of hostname(1), so no leading dash."""
+    if not name:
+        return
+    if len(name) > 64 or name.startswith(("-", ".")) or any(
+            not (c.isascii() and (c.isalnum() or c in "-.")) for c in name):
+        raise InvalidArgument(f"invalid pod hostname {name!r}")
+
+
+def _log_path(log_directory: str, log_path: str) -> str:
+    """The kubelet's log_path is relative to the pod's log_directory (api.proto); it may
+    not climb out of it."""
+    if not log_path:
+        return ""
+    if log_path.startswith("/"):
+        return os.path.normpath(log_path)
+    base = log_directory or "/"
+    full = os.path.normpath(os.path.join(base, log_path))
+    if not (full + "/").startswith(base.rstrip("/") + "/"):
+        raise InvalidArgument(f"log_path {log_path!r} leaves the pod's log directory")
+    return full
 
 
 def _kill_conmon(pid: int) -> None:

@@ -63,3 +63,17 @@ async def test_runtime_errors_map(tmp_path: Path) -> None:
     await rt.kill("x", 15)  # not running is success
     with pytest.raises(FailedPrecondition, match="no such binary"):
         await rt.start("x")
+
+
+def test_hostname_and_log_path_checks() -> None:
+    from crib_common.errors import InvalidArgument
+    from runtimed.service import _check_hostname, _log_path
+
+    _check_hostname("web-0.default")
+    for bad in ("-F/etc/shadow", "a" * 65, "has space", "bad/slash"):
+        with pytest.raises(InvalidArgument):
+            _check_hostname(bad)
+    assert _log_path("/var/log/pods/x", "c/0.log") == "/var/log/pods/x/c/0.log"
+    assert _log_path("", "") == ""
+    with pytest.raises(InvalidArgument):
+        _log_path("/var/log/pods/x", "../../../etc/cron.d/evil")
