@@ -96,6 +96,8 @@ MAX_EXEC_OUTPUT = 16 * 1024 * 1024
 EXEC_REPLY_ROOM = MAX_EXEC_OUTPUT - 1024
 # Undo steps run under their own bound, never the caller's (maybe expired) deadline.
 UNDO_TIMEOUT = 60.0
+# How long a create finished after its caller's deadline waits for the kubelet's retry.
+PARK_TTL = 300.0
 # How long StopContainer waits for conmon's exit file after SIGKILL.
 KILL_WAIT = 10.0
 
@@ -159,6 +161,7 @@ class Runtime:
         self._subscribers: set[asyncio.Queue[ContainerEventResponse]] = set()
         # ExecSync runs the container's own process spec with other args (config.json's).
         self._process_templates: dict[str, dict[str, Any]] = {}
+        self._parked: dict[str, asyncio.Future[str]] = {}
         self.swap_controller = cgroups.swap_controller()
         self.ready = False
 
@@ -315,7 +318,41 @@ class Runtime:
 
     # ============================================================ sandboxes
 
+    async def _parkable(self, name: str, make: Callable[[], Awaitable[str]]) -> str:
+        """Run a create so that the caller's deadline does not undo it: if the kubelet gives
+        up, the work goes on and its retry (same name) gets the result instead of a twin
+        or an AlreadyExists (CRI-O's resourcestore). A failed create is forgotten at once;
+        a finished one is kept for the retry for PARK_TTL seconds."""
+        task = self._parked.get(name)
+        if task is None:
+            task = asyncio.ensure_future(make())
+            self._parked[name] = task
+
+            def finished(t: asyncio.Future[str]) -> None:
+                if t.cancelled() or t.exception() is not None:
+                    if self._parked.get(name) is t:
+                        del self._parked[name]
+                else:
+                    asyncio.get_running_loop().call_later(
+                        PARK_TTL, lambda: self._parked.get(name) is t
+                        and self._parked.pop(name))
+
+            task.add_done_callback(finished)
+        else:
+            log.info("collecting parked create", name=name)
+        result = await asyncio.shield(task)
+        if self._parked.get(name) is task:
+            del self._parked[name]
+        return result
+
     async def run_sandbox(self, config: PodSandboxConfig, handler: str) -> str:
+        md = config.metadata
+        if is_set(md) and md.name and md.namespace and md.uid:
+            name = f"pod/{md.name}_{md.namespace}_{md.uid}_{md.attempt}"
+            return await self._parkable(name, lambda: self._run_sandbox(config, handler))
+        return await self._run_sandbox(config, handler)
+
+    async def _run_sandbox(self, config: PodSandboxConfig, handler: str) -> str:
         md = config.metadata
         if not is_set(md) or not md.name or not md.namespace or not md.uid:
             raise InvalidArgument("sandbox metadata needs name, namespace and uid")
@@ -522,6 +559,16 @@ class Runtime:
 
     async def create_container(self, sid: str, config: ContainerConfig,
                                sandbox_config: PodSandboxConfig | None) -> str:
+        pod = self.find_sandbox(sid)
+        md = config.metadata
+        if is_set(md) and md.name:
+            name = f"ctr/{pod.meta.id}/{md.name}_{md.attempt}"
+            return await self._parkable(
+                name, lambda: self._create_container(pod.meta.id, config, sandbox_config))
+        return await self._create_container(sid, config, sandbox_config)
+
+    async def _create_container(self, sid: str, config: ContainerConfig,
+                                sandbox_config: PodSandboxConfig | None) -> str:
         pod = self.find_sandbox(sid)
         if pod.status.state != "ready":
             raise FailedPrecondition(f"pod sandbox {pod.meta.id} is not ready")

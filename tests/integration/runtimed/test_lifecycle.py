@@ -112,3 +112,36 @@ def test_status_and_exec_output_cap(cri: Cri, image: str) -> None:
         assert r.stderr == b"done\n" and r.exit_code == 0
     finally:
         cri.remove_pod(sid)
+
+
+def test_create_past_the_deadline_is_parked_for_the_retry(cri: Cri, image: str) -> None:
+    config = cri.pod_config()
+    with pytest.raises(grpc.RpcError) as err:
+        cri.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config), timeout=0.02)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The kubelet's retry gets the sandbox the first call went on to make, not a twin.
+    sid = cri.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config),
+                               timeout=60).pod_sandbox_id
+    mine = [p.id for p in cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+            if p.metadata.uid == config.metadata.uid]
+    assert mine == [sid]
+    try:
+        cfg = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="slowpoke"),
+                                      image=api_pb2.ImageSpec(image=image),
+                                      command=["sleep", "300"], log_path="s.log")
+        req = api_pb2.CreateContainerRequest(pod_sandbox_id=sid, config=cfg,
+                                             sandbox_config=config)
+        with pytest.raises(grpc.RpcError) as err:
+            cri.rt.CreateContainer(req, timeout=0.02)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        cid = cri.rt.CreateContainer(req, timeout=60).container_id
+        assert cri.stack.log("runtimed").count("collecting parked create") >= 1
+        listed = cri.rt.ListContainers(api_pb2.ListContainersRequest(
+            filter=api_pb2.ContainerFilter(pod_sandbox_id=sid))).containers
+        assert [c.id for c in listed] == [cid]
+        # Collected once: a third create of the same name is a real duplicate.
+        with pytest.raises(grpc.RpcError) as err:
+            cri.rt.CreateContainer(req, timeout=60)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        cri.remove_pod(sid)
