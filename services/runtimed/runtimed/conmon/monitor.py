@@ -345,7 +345,10 @@ class ExitWatcher:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)
-            for cid in self.sweep():
+            present = self.sweep()
+            for gone in set(self._seen) - set(present):
+                del self._seen[gone]
+            for cid in present:
                 try:
                     mtime = os.stat(self.exit_dir / cid).st_mtime_ns
                 except OSError:
