@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="crib", description="Operate a crib node.")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in commands.load():
-        module.register(sub)  # type: ignore[attr-defined]
+        module.register(sub)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()

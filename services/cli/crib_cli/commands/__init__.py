@@ -7,13 +7,14 @@ A command's handler is `async def run(args, settings) -> int`, set with
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 # Modules listed here are loaded; add a row for a new command group.
 MODULES = ["node", "images", "net", "pods"]
 
 
-def load() -> list[object]:
-    loaded = []
+def load() -> list[ModuleType]:
+    loaded: list[ModuleType] = []
     for name in MODULES:
         try:
             loaded.append(importlib.import_module(f"{__name__}.{name}"))
