@@ -44,8 +44,9 @@ from crib_common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
-from crib_common.models.imaged import SnapshotCreate
+from crib_common.models.imaged import ImageInfo, PullEvent, PullRequest, SnapshotCreate
 from crib_common.models.netd import DnsConfig as NetDns
 from crib_common.models.netd import PodNetworkCreate, PortMapping
 from crib_common.settings import CribSettings
@@ -66,6 +67,7 @@ from .oci.runtime import OciRuntime, check_hybrid_cgroups, signal_number
 from .oci.spec import (
     ContainerSpecInput,
     build_container_spec,
+    build_pause_spec,
     build_sandbox_spec,
     is_set,
     resources_to_dict,
@@ -453,7 +455,9 @@ class Runtime:
                         if is_set(config.dns_config) else None, ips, meta.host_network)
         if not meta.host_ipc:
             mount_shm(pod_dir / "shm")
-        if meta.shared_pid:
+        if self.cfg.pause_image:
+            await self._start_pause(rec, rt)
+        elif meta.shared_pid:
             await self._start_infra(rec, rt)
 
     async def _start_infra(self, rec: SandboxRecord, rt: OciRuntime) -> None:
@@ -468,6 +472,51 @@ class Runtime:
         spec = build_sandbox_spec(meta, rootfs, "/catatonit", self.cfg.catatonit,
                                   f"{meta.cgroup_parent}/crib-{meta.id}")
         (bundle / "config.json").write_text(json.dumps(spec))
+        await self._run_infra(rec, rt, bundle)
+
+    async def _pause_image(self) -> ImageInfo:
+        """The configured pause image, pulled through imaged when it is not stored yet."""
+        ref = self.cfg.pause_image
+        try:
+            return await self.imaged.resolve_image(ref)
+        except NotFound:
+            pass
+        log.info("pulling pause image", image=ref)
+        last: PullEvent | None = None
+        async for event in self.imaged.pull(PullRequest(reference=ref)):
+            last = event
+        if last is None or last.status != "done":
+            raise Unavailable(f"pulling pause image {ref!r} failed: "
+                              f"{last.error if last else 'no answer from imaged'}")
+        return await self.imaged.resolve_image(last.image_id or ref)
+
+    async def _start_pause(self, rec: SandboxRecord, rt: OciRuntime) -> None:
+        """The configured pause image as the pod's infra container: a writable snapshot
+        of it, config.json from its Entrypoint/Cmd, run under conmon like catatonit."""
+        meta = rec.meta
+        image = await self._pause_image()
+        bundle = Path(meta.pod_dir) / "infra"
+        rootfs = bundle / "rootfs"
+        rootfs.mkdir(parents=True, exist_ok=True)
+        meta.pause_image = image.id
+        meta.infra_snapshot = f"infra-{meta.id}"
+        self._put_sandbox(rec)  # before the snapshot exists, so undo and recovery see it
+        snap = await self.imaged.create_snapshot(SnapshotCreate(
+            key=meta.infra_snapshot, image=image.id,
+            labels={"io.crib.pod": meta.id, "io.crib.infra": "true"}))
+        await asyncio.to_thread(mount_all, snap.mounts, rootfs)
+        img = image.config.get("config") or {}
+        user = await asyncio.to_thread(resolve_user, rootfs,
+                                       image_user=str(img.get("User") or ""),
+                                       run_as_user=None, run_as_username="",
+                                       run_as_group=None, supplemental=[])
+        spec = build_pause_spec(meta, rootfs, image.config, user.uid, user.gid,
+                                f"{meta.cgroup_parent}/crib-{meta.id}")
+        (bundle / "config.json").write_text(json.dumps(spec))
+        await self._run_infra(rec, rt, bundle)
+
+    async def _run_infra(self, rec: SandboxRecord, rt: OciRuntime, bundle: Path) -> None:
+        meta = rec.meta
         cm = ConmonSpec(conmon=self.cfg.conmon, cid=meta.id, name=f"infra-{meta.name}",
                         runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
                         log_path=str(bundle / "infra.log"), exit_dir=self.exit_dir,
@@ -490,7 +539,7 @@ class Runtime:
 
     async def _stop_infra(self, rec: SandboxRecord) -> None:
         rt = self.runtimes.get(rec.meta.handler)
-        if rt is None or not rec.meta.shared_pid:
+        if rt is None or not rec.meta.has_infra:
             return
         await rt.kill(rec.meta.id, signal.SIGKILL)
         deadline = time.monotonic() + KILL_WAIT
@@ -504,7 +553,7 @@ class Runtime:
         meta = rec.meta
         await self._stop_infra(rec)
         rt = self.runtimes.get(meta.handler)
-        if rt is not None and meta.shared_pid:
+        if rt is not None and meta.has_infra:
             await rt.delete(meta.id)
             _kill_conmon(rec.status.infra_conmon_pid)
         if network and not meta.host_network:
@@ -512,6 +561,10 @@ class Runtime:
         unpin_namespaces(Path(self.cfg.pinns_dir) / meta.id)
         for target in mounts_under(meta.pod_dir):
             umount(target)
+        if meta.infra_snapshot:
+            # After the umount above: imaged refuses nothing, but a mounted overlay's
+            # upper directory would be removed under the kernel's feet.
+            await self.imaged.remove_snapshot(meta.infra_snapshot)
         shutil.rmtree(meta.pod_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.exit_dir / meta.id).unlink()
@@ -1000,7 +1053,7 @@ class Runtime:
             await self._teardown_sandbox(s)
             self._drop_sandbox(s.meta.id)
             return
-        if s.status.state == "ready" and s.meta.shared_pid and \
+        if s.status.state == "ready" and s.meta.has_infra and \
                 not process_alive(s.status.infra_pid):
             s.status.state = "notready"
             self._put_sandbox(s)

@@ -37,6 +37,7 @@ from runtimed.oci.spec import (
     DEFAULT_CAPS,
     ContainerSpecInput,
     build_container_spec,
+    build_pause_spec,
     build_sandbox_spec,
     combine_command,
     merge_env,
@@ -150,6 +151,26 @@ def test_sandbox_spec_is_schema_valid(tmp_path: Path) -> None:
     _assert_valid(spec)
     assert spec["process"]["args"] == ["/catatonit", "-P"]
     assert {"type": "pid"} in spec["linux"]["namespaces"]
+
+
+def test_pause_spec_from_image_config(tmp_path: Path) -> None:
+    image = {"config": {"Entrypoint": ["/pause"], "Cmd": ["-v"], "Env": ["A=1"],
+                        "WorkingDir": "/w"}}
+    spec = build_pause_spec(_sandbox(tmp_path), tmp_path / "rootfs", image, 65535, 65535,
+                            "/crib/pod/crib-a")
+    _assert_valid(spec)
+    proc = spec["process"]
+    assert proc["args"] == ["/pause", "-v"]
+    assert "A=1" in proc["env"] and any(e.startswith("PATH=") for e in proc["env"])
+    assert (proc["cwd"], proc["user"]) == ("/w", {"uid": 65535, "gid": 65535})
+    ns = spec["linux"]["namespaces"]
+    assert {"type": "pid"} in ns and {"type": "network", "path": "/run/netns/x"} in ns
+    assert spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox"
+    host_pid = build_pause_spec(_sandbox(tmp_path, host_pid=True, shared_pid=False),
+                                tmp_path / "rootfs", image, 0, 0, "/c")
+    assert not any(n["type"] == "pid" for n in host_pid["linux"]["namespaces"])
+    with pytest.raises(InvalidArgument):
+        build_pause_spec(_sandbox(tmp_path), tmp_path / "rootfs", {"config": {}}, 0, 0, "/c")
 
 
 def test_minimal_and_privileged_are_schema_valid(tmp_path: Path) -> None:

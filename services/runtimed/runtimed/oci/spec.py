@@ -34,6 +34,7 @@ __all__ = [
     "OCI_VERSION",
     "ContainerSpecInput",
     "build_container_spec",
+    "build_pause_spec",
     "build_sandbox_spec",
     "combine_command",
     "merge_env",
@@ -459,28 +460,53 @@ def build_sandbox_spec(sb: SandboxMeta, rootfs: Path, catatonit_in_rootfs: str,
                        catatonit_host: str, cgroup_path: str) -> dict[str, Any]:
     """config.json of the pod's PID-namespace holder: catatonit in pause mode (`-P`) as
     PID 1 of a new PID namespace, joining the pod's pinned namespaces."""
-    ns = _namespaces(sb, NamespaceMode.CONTAINER, 0, "", {})
+    spec = _infra_spec(sb, rootfs, [catatonit_in_rootfs, "-P"], [f"PATH={DEFAULT_PATH}"],
+                       "/", 65535, 65535, cgroup_path, readonly=True)
+    spec["mounts"].append({"destination": catatonit_in_rootfs, "type": "bind",
+                           "source": catatonit_host,
+                           "options": ["bind", "ro", "nosuid", "nodev"]})
+    return spec
+
+
+def build_pause_spec(sb: SandboxMeta, rootfs: Path, image_config: dict[str, Any],
+                     uid: int, gid: int, cgroup_path: str) -> dict[str, Any]:
+    """config.json of a configured pause image run as the pod's infra container: its
+    process from the image config's Entrypoint/Cmd/Env/WorkingDir (image-spec config.md),
+    PID 1 of its own PID namespace (the host's for a host-PID pod), joining the pod's
+    network, IPC and UTS namespaces."""
+    img = image_config.get("config") or {}
+    argv = combine_command([], [], img.get("Entrypoint"), img.get("Cmd"))
+    env = merge_env(list(img.get("Env") or []), [])
+    if not any(e.startswith("PATH=") for e in env):
+        env.append(f"PATH={DEFAULT_PATH}")
+    cwd = img.get("WorkingDir") or "/"
+    return _infra_spec(sb, rootfs, argv, env, cwd if cwd.startswith("/") else "/", uid, gid,
+                       cgroup_path, readonly=False)
+
+
+def _infra_spec(sb: SandboxMeta, rootfs: Path, argv: list[str], env: list[str], cwd: str,
+                uid: int, gid: int, cgroup_path: str, *, readonly: bool) -> dict[str, Any]:
+    ns = _namespaces(sb, NamespaceMode.NODE if sb.host_pid else NamespaceMode.CONTAINER,
+                     0, "", {})
     caps: list[str] = []
     return {
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": False,
-            "user": {"uid": 65535, "gid": 65535},
-            "args": [catatonit_in_rootfs, "-P"],
-            "env": [f"PATH={DEFAULT_PATH}"],
-            "cwd": "/",
+            "user": {"uid": uid, "gid": gid},
+            "args": argv,
+            "env": env,
+            "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
             "oomScoreAdj": 0,
         },
-        "root": {"path": str(rootfs), "readonly": True},
+        "root": {"path": str(rootfs), "readonly": readonly},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc",
              "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": catatonit_in_rootfs, "type": "bind", "source": catatonit_host,
-             "options": ["bind", "ro", "nosuid", "nodev"]},
         ],
         "annotations": {"io.kubernetes.cri.container-type": "sandbox",
                         "io.kubernetes.cri.sandbox-id": sb.id},

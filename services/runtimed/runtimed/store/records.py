@@ -75,13 +75,23 @@ class SandboxMeta(BaseModel):
     sysctls: dict[str, str] = Field(default_factory=dict)
     port_mappings: list[dict[str, Any]] = Field(default_factory=list)
     config: str = ""  # PodSandboxConfig protobuf, hex: the verbose status and containers use it
+    # settings.runtimed.pause_image was set: the infra container runs this image (its ID)
+    # from the writable snapshot `infra_snapshot`, holding the pod's namespaces.
+    pause_image: str = ""
+    infra_snapshot: str = ""
+
+    @property
+    def has_infra(self) -> bool:
+        """An infra container runs: catatonit for a shared PID namespace, or the pause
+        image whenever one is configured."""
+        return self.shared_pid or bool(self.pause_image)
 
 
 class SandboxStatusRec(BaseModel):
     model_config = _Inner
     state: Literal["creating", "ready", "notready"] = "creating"
     ips: list[str] = Field(default_factory=list)
-    infra_pid: int = 0  # catatonit, when the pod shares a PID namespace
+    infra_pid: int = 0  # catatonit (shared PID namespace) or the pause container
     infra_conmon_pid: int = 0
 
 
