@@ -299,21 +299,27 @@ class Runtime:
     def unsubscribe(self, q: asyncio.Queue[ContainerEventResponse]) -> None:
         self._subscribers.discard(q)
 
-    def _emit(self, cid: str, kind: int) -> None:
+    def _emit(self, oid: str, kind: int, pod: SandboxRecord | str | None = None) -> None:
+        """One event to every GetContainerEvents stream. `oid` is a container, or a pod
+        for the pod's own events (containerd sends those with container_id = sandbox id).
+        api.proto's ContainerEventResponse: each carries the pod's status and the statuses
+        of all its containers; `pod` is its id, or its record once dropped (DELETED)."""
         if not self._subscribers:
             return
         from .views import container_status, sandbox_status  # avoid an import cycle
 
-        rec = self.containers.get(cid)
-        ev = ContainerEventResponse(container_id=cid,
+        if pod is None:
+            rec = self.containers.get(oid)
+            pod = rec.meta.pod_id if rec is not None else None
+        if isinstance(pod, str):
+            pod = self.sandboxes.get(pod)
+        ev = ContainerEventResponse(container_id=oid,
                                     container_event_type=ContainerEventType(kind),
                                     created_at=_now())
-        if rec is not None:
-            pod = self.sandboxes.get(rec.meta.pod_id)
-            if pod is not None:
-                ev.pod_sandbox_status = sandbox_status(self, pod)
-                ev.containers_statuses = [container_status(c)
-                                          for c in self.pod_containers(pod.meta.id)]
+        if pod is not None:
+            ev.pod_sandbox_status = sandbox_status(self, pod)
+            ev.containers_statuses = [container_status(c)
+                                      for c in self.pod_containers(pod.meta.id)]
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(ev)
@@ -418,6 +424,9 @@ class Runtime:
                 self._drop_sandbox(sid)
             raise
         log.info("sandbox ready", pod=sid, ips=rec.status.ips)
+        # containerd's RunPodSandbox sends both, for the sandbox id.
+        self._emit(sid, ContainerEventType.CONTAINER_CREATED_EVENT, sid)
+        self._emit(sid, ContainerEventType.CONTAINER_STARTED_EVENT, sid)
         return sid
 
     async def _setup_sandbox(self, rec: SandboxRecord, config: PodSandboxConfig,
@@ -592,6 +601,8 @@ class Runtime:
                 rec.status.state = "notready"
                 self._put_sandbox(rec)
                 log.info("sandbox stopped", pod=rec.meta.id)
+                self._emit(rec.meta.id, ContainerEventType.CONTAINER_STOPPED_EVENT,
+                           rec.meta.id)
 
     async def remove_sandbox(self, sid: str) -> None:
         try:
@@ -607,6 +618,7 @@ class Runtime:
             self._drop_sandbox(rec.meta.id)
         self._locks.pop(rec.meta.id, None)
         log.info("sandbox removed", pod=rec.meta.id)
+        self._emit(rec.meta.id, ContainerEventType.CONTAINER_DELETED_EVENT, rec)
 
     # ============================================================ containers
 
@@ -799,6 +811,7 @@ class Runtime:
                 log.warning("sandbox infra exited", pod=oid)
                 pod.status.state = "notready"
                 self._put_sandbox(pod)
+                self._emit(oid, ContainerEventType.CONTAINER_STOPPED_EVENT, oid)
             return
         await self._settle_exit(rec)
 
@@ -888,7 +901,7 @@ class Runtime:
             failpoint("remove_after_teardown")
             self._drop_container(rec.meta.id)
         log.info("container removed", container=rec.meta.id)
-        self._emit(rec.meta.id, ContainerEventType.CONTAINER_DELETED_EVENT)
+        self._emit(rec.meta.id, ContainerEventType.CONTAINER_DELETED_EVENT, rec.meta.pod_id)
 
     async def update_resources(self, cid: str, resources: dict[str, Any]) -> None:
         rec = self.find_container(cid)

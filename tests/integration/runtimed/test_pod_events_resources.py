@@ -1,0 +1,71 @@
+"""Pod-level events (GetContainerEvents for sandboxes, as containerd) with the pod's and its
+containers' statuses on every event; pod-level resources on the pod cgroup, and
+UpdatePodSandboxResources."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2
+
+from tests.support.images import wait_until
+
+from .conftest import Cri
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+
+
+def test_pod_events_carry_statuses(cri: Cri, image: str) -> None:
+    events: list[api_pb2.ContainerEventResponse] = []
+    stream = cri.rt.GetContainerEvents(api_pb2.GetEventsRequest())
+
+    def collect() -> None:
+        try:
+            for ev in stream:
+                events.append(ev)
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    time.sleep(0.3)
+    sid, pod = cri.run_pod()
+    cid = cri.create(sid, pod, image, "app", command=["sleep", "300"])
+    cri.start(cid)
+    cri.remove_pod(sid)
+    assert wait_until(lambda: any(
+        e.container_id == sid and e.container_event_type == api_pb2.CONTAINER_DELETED_EVENT
+        for e in events), timeout=5)
+    stream.cancel()
+    reader.join(5)
+
+    pod_events = [e for e in events if e.container_id == sid]
+    assert [e.container_event_type for e in pod_events] == [
+        api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
+        api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_DELETED_EVENT]
+    assert all(e.pod_sandbox_status.id == sid for e in pod_events)
+    assert pod_events[1].pod_sandbox_status.state == api_pb2.SANDBOX_READY
+    assert pod_events[2].pod_sandbox_status.state == api_pb2.SANDBOX_NOTREADY
+    assert pod_events[0].created_at <= pod_events[-1].created_at
+    # The pod's STOPPED event lists its (by then exited) container.
+    stopped = {s.id: s.state for s in pod_events[2].containers_statuses}
+    assert stopped == {cid: api_pb2.CONTAINER_EXITED}
+
+    mine = [e for e in events if e.container_id == cid]
+    assert [e.container_event_type for e in mine] == [
+        api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
+        api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_DELETED_EVENT]
+    assert all(e.pod_sandbox_status.id == sid for e in mine)
+    # Each carries the statuses of the pod's containers at that moment.
+    assert [s.state for s in mine[0].containers_statuses] == [api_pb2.CONTAINER_CREATED]
+    assert [s.state for s in mine[1].containers_statuses] == [api_pb2.CONTAINER_RUNNING]
+    assert [s.state for s in mine[2].containers_statuses] == [api_pb2.CONTAINER_EXITED]
+    assert mine[1].containers_statuses[0].id == cid
+    assert list(mine[3].containers_statuses) == []  # it is gone
