@@ -46,6 +46,7 @@ ROUTES: dict[str, str] = {
     RUNTIME + "ListPodSandboxMetrics": RUNTIMED,
     RUNTIME + "RuntimeConfig": RUNTIMED,
     RUNTIME + "CheckpointContainer": RUNTIMED,
+    RUNTIME + "UpdatePodSandboxResources": RUNTIMED,
     IMAGE + "ListImages": IMAGED,
     IMAGE + "ImageStatus": IMAGED,
     IMAGE + "PullImage": IMAGED,

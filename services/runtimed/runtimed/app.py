@@ -32,6 +32,7 @@ from .cri import (
     sandbox_stats,
     sandbox_status,
     sandbox_stop,
+    sandbox_update_resources,
 )
 from .containers import RuntimeTargets
 from .api import records
@@ -46,6 +47,7 @@ STREAM_KEY = web.AppKey("crib_stream_server", StreamServer)
 # through `containers.RuntimeTargets`.
 _MODULES = (
     sandbox_run, sandbox_stop, sandbox_remove, sandbox_status, sandbox_list, sandbox_stats,
+    sandbox_update_resources,
     container_create, container_start, container_stop, container_remove, container_status,
     container_list, container_update, container_reopen_log, container_exec_sync,
     container_stats, container_events, runtime_config,

@@ -404,6 +404,10 @@ class Runtime:
         name = _sandbox_name(meta)
         self._reserve(name, sid)
         rec = SandboxRecord(meta=meta)
+        if is_set(linux):
+            rec.status.resources = cgroups.pod_resources(
+                resources_to_dict(linux.resources if is_set(linux.resources) else None),
+                resources_to_dict(linux.overhead if is_set(linux.overhead) else None))
         try:
             self._put_sandbox(rec)
         except BaseException:
@@ -434,6 +438,8 @@ class Runtime:
         meta = rec.meta
         pod_dir = Path(meta.pod_dir)
         pod_dir.mkdir(parents=True, exist_ok=True)
+        if rec.status.resources:
+            await self._apply_pod_resources(meta.cgroup_parent, rec.status.resources)
         ips: list[str] = []
         if not meta.host_network:
             dns = config.dns_config if is_set(config.dns_config) else None
@@ -619,6 +625,28 @@ class Runtime:
         self._locks.pop(rec.meta.id, None)
         log.info("sandbox removed", pod=rec.meta.id)
         self._emit(rec.meta.id, ContainerEventType.CONTAINER_DELETED_EVENT, rec)
+
+    async def _apply_pod_resources(self, cgroup_parent: str, res: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(cgroups.apply_pod_resources, cgroup_parent, res,
+                                    swap=self.swap_controller)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"pod cgroup {cgroup_parent}: cannot apply {res}: {exc.strerror}") from None
+
+    async def update_sandbox_resources(self, sid: str, resources: dict[str, Any],
+                                       overhead: dict[str, Any]) -> None:
+        """UpdatePodSandboxResources: the kubelet's new pod-level resources (after it
+        resized the pod cgroup itself, api.proto) applied to our pod cgroup too."""
+        rec = self.find_sandbox(sid)
+        async with self._lock(rec.meta.id):
+            if rec.status.state != "ready":
+                raise FailedPrecondition(f"pod sandbox {rec.meta.id} is not ready")
+            res = cgroups.pod_resources(resources, overhead)
+            await self._apply_pod_resources(rec.meta.cgroup_parent, res)
+            rec.status.resources = res
+            self._put_sandbox(rec)
+        log.info("sandbox resources updated", pod=rec.meta.id, resources=res)
 
     # ============================================================ containers
 

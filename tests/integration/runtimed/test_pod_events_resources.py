@@ -22,6 +22,16 @@ pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 
 
+def _pod_cgroup(cri: Cri, sid: str) -> str:
+    info = json.loads(cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+        pod_sandbox_id=sid, verbose=True), timeout=10).info["info"])
+    return str(info["cgroupParent"]).strip("/")
+
+
+def _read(controller: str, cgroup: str, name: str) -> str:
+    return Path(f"/sys/fs/cgroup/{controller}/{cgroup}/{name}").read_text().strip()
+
+
 def test_pod_events_carry_statuses(cri: Cri, image: str) -> None:
     events: list[api_pb2.ContainerEventResponse] = []
     stream = cri.rt.GetContainerEvents(api_pb2.GetEventsRequest())
@@ -69,3 +79,47 @@ def test_pod_events_carry_statuses(cri: Cri, image: str) -> None:
     assert [s.state for s in mine[2].containers_statuses] == [api_pb2.CONTAINER_EXITED]
     assert mine[1].containers_statuses[0].id == cid
     assert list(mine[3].containers_statuses) == []  # it is gone
+
+
+def test_pod_resources_on_the_pod_cgroup(cri: Cri, image: str) -> None:
+    linux = api_pb2.LinuxPodSandboxConfig(
+        resources=api_pb2.LinuxContainerResources(
+            memory_limit_in_bytes=96 * MiB, cpu_shares=512, cpu_quota=50000,
+            cpu_period=100000),
+        overhead=api_pb2.LinuxContainerResources(memory_limit_in_bytes=32 * MiB,
+                                                 cpu_shares=10, cpu_quota=10000,
+                                                 cpu_period=100000))
+    sid, pod = cri.run_pod(cri.pod_config(linux=linux))
+    try:
+        cg = _pod_cgroup(cri, sid)
+        assert _read("memory", cg, "memory.limit_in_bytes") == str(128 * MiB)
+        assert _read("cpu", cg, "cpu.shares") == "522"
+        assert _read("cpu", cg, "cpu.cfs_quota_us") == "60000"
+        assert _read("cpu", cg, "cpu.cfs_period_us") == "100000"
+        # The pod's containers live below it, so they are bounded by it.
+        cid = cri.create(sid, pod, image, "app", command=["sleep", "300"])
+        cri.start(cid)
+        info = json.loads(cri.rt.ContainerStatus(api_pb2.ContainerStatusRequest(
+            container_id=cid, verbose=True), timeout=10).info["info"])
+        assert info["cgroupPath"].strip("/").startswith(cg + "/")
+
+        # Resize: a higher memory limit and no CPU quota any more.
+        cri.rt.UpdatePodSandboxResources(api_pb2.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=sid, resources=api_pb2.LinuxContainerResources(
+                memory_limit_in_bytes=256 * MiB, cpu_shares=2048)), timeout=10)
+        assert _read("memory", cg, "memory.limit_in_bytes") == str(256 * MiB)
+        assert _read("cpu", cg, "cpu.shares") == "2048"
+        assert _read("cpu", cg, "cpu.cfs_quota_us") == "-1"
+        # Lower again, below the old one.
+        cri.rt.UpdatePodSandboxResources(api_pb2.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=sid, resources=api_pb2.LinuxContainerResources(
+                memory_limit_in_bytes=64 * MiB)), timeout=10)
+        assert _read("memory", cg, "memory.limit_in_bytes") == str(64 * MiB)
+
+        with pytest.raises(grpc.RpcError) as err:
+            cri.rt.UpdatePodSandboxResources(api_pb2.UpdatePodSandboxResourcesRequest(
+                pod_sandbox_id="f" * 64), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        cri.remove_pod(sid)
+    assert not Path(f"/sys/fs/cgroup/memory/{cg}").exists()

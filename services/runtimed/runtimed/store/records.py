@@ -93,6 +93,9 @@ class SandboxStatusRec(BaseModel):
     ips: list[str] = Field(default_factory=list)
     infra_pid: int = 0  # catatonit (shared PID namespace) or the pause container
     infra_conmon_pid: int = 0
+    # CRI pod-level resources (LinuxPodSandboxConfig.resources plus overhead, as stored by
+    # resources_to_dict) applied to the pod cgroup; UpdatePodSandboxResources rewrites them.
+    resources: dict[str, Any] = Field(default_factory=dict)
 
 
 class SandboxRecord(Record):
