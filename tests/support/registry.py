@@ -26,7 +26,13 @@ Basic and Bearer challenges itself:
 loopback answering exact paths from a dict `path -> (status, headers, body)`; `/v2/` answers
 200. Use it for content a real registry refuses to store (unknown manifest media types,
 10 MiB manifests, blobs that do not match their digest, redirects). `.host`, `.stop()`,
-`.requests` (paths seen).
+`.requests` (paths seen), `.headers` ((path, request headers) seen).
+Failure scripting (transient-failure tests): `.script[path]` is a list of one-shot answers
+`(status, headers, body)` served, in order, before the route; `.cut[path]` a list of byte
+counts: each request to `path` consumes one and gets the route's full headers but only
+that many body bytes, then the connection is dropped. A `Range: bytes=N-` request for a
+200 route is answered 206 with `Content-Range` (as docker-registry does), unless
+`.honor_range` is False (then 200 and the whole body).
 """
 
 from __future__ import annotations
@@ -527,6 +533,10 @@ class StaticRegistry:
         self.requests: list[str] = []
         # path -> bytes per second: serve that body slowly (kill-during-pull tests).
         self.throttle: dict[str, int] = {}
+        self.script: dict[str, list[Route]] = {}
+        self.cut: dict[str, list[int]] = {}
+        self.honor_range = True
+        self.headers: list[tuple[str, dict[str, str]]] = []
         self.port = free_port()
         self._server: http.server.ThreadingHTTPServer | None = None
 
@@ -568,12 +578,38 @@ class StaticRegistry:
             def _serve(self, with_body: bool) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 owner.requests.append(path)
+                owner.headers.append((path, {k.lower(): v for k, v in self.headers.items()}))
+                scripted = owner.script.get(path)
+                cut = owner.cut[path].pop(0) if owner.cut.get(path) else None
                 if path == "/v2/":
                     status, headers, body = 200, {}, b"{}"
+                elif scripted:
+                    status, headers, body = scripted.pop(0)
                 else:
                     status, headers, body = owner.routes.get(
                         path, (404, {"Content-Type": "application/json"},
                                b'{"errors":[{"code":"NOT_FOUND"}]}'))
+                wanted = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
+                if status == 200 and wanted and owner.honor_range:
+                    start, total = int(wanted.group(1)), len(body)
+                    headers = {**headers, "Content-Range": f"bytes {start}-{total - 1}/{total}",
+                               "Content-Length": str(total - start)}
+                    status, body = 206, body[start:]
+                if cut is not None:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    if "Content-Length" not in headers:
+                        self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if with_body:
+                        self.wfile.write(body[:cut])
+                        self.wfile.flush()
+                    # Drop the connection mid-body: a reset, as a flaky network does.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)

@@ -84,6 +84,12 @@ class ImagedSection(BaseModel):
     # The option string must fit one page (4096 bytes): each layer costs len(link_dir)+7
     # bytes, so a short directory (e.g. /run/crib/l) fits more layers.
     link_dir: Path | None = None
+    # Registry requests answered 429/5xx, refused, reset or timed out are tried this many
+    # times in all, waiting retry_base_delay * 2**n between tries (or the registry's
+    # Retry-After), never more than retry_max_delay.
+    retry_attempts: int = Field(default=4, ge=1)
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    retry_max_delay: float = Field(default=10.0, ge=0)
 
 
 class RuntimeHandler(BaseModel):

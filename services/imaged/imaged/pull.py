@@ -279,18 +279,38 @@ class Puller:
         async with self.downloads:
             lp.status = "downloading"
             progress.update()
-            writer = self.store.content.writer(desc.digest, desc.size)
 
             def advance(n: int) -> None:
                 lp.downloaded += n
                 progress.update()
 
-            try:
-                await session.fetch_blob(desc, writer, advance)
-            except BaseException:
-                writer.abort()
-                raise
-            await asyncio.to_thread(writer.commit)
+            # A kept partial download (imaged killed mid-pull) is taken over; if the
+            # spliced whole fails its digest, the blob is fetched once more from zero:
+            # the kept bytes are trusted for nothing but saving a transfer.
+            for fresh in (False, True):
+                writer = await asyncio.to_thread(self.store.content.writer, desc.digest,
+                                                 desc.size, True)
+                if fresh:
+                    writer.reset()
+                if writer.resumed:
+                    log.info("download resumed", digest=desc.digest, bytes=writer.resumed,
+                             size=desc.size)
+                lp.downloaded = writer.written
+                progress.update()
+                try:
+                    await session.fetch_blob(desc, writer, advance)
+                except BaseException:
+                    writer.abort()
+                    raise
+                spliced = writer.spliced
+                try:
+                    await asyncio.to_thread(writer.commit)
+                    return
+                except DigestMismatch:
+                    if not spliced or fresh:
+                        raise
+                    log.warning("resumed download failed its digest; fetching it again",
+                                digest=desc.digest)
 
 
 async def _shared(tasks: dict[str, list[Any]], key: str,

@@ -10,18 +10,33 @@ Plain HTTP is used for loopback registries (unless a CA file or skip_verify is s
 them), for hosts in `insecure_registries` and for registries marked `insecure`, as
 containerd does; HTTPS verifies against the system CAs or the registry's `ca_file`.
 
-Errors: unreachable -> Unavailable; 404 -> NotFound; refused credentials -> FailedPrecondition;
-bad content -> InvalidArgument (via the content store and manifest parser).
+Transient failures are retried (`settings.retry_attempts` tries in all, with exponential
+backoff from `retry_base_delay` capped at `retry_max_delay`, or the registry's
+Retry-After, capped too): answers 429 and 5xx (distribution spec: TOOMANYREQUESTS, and
+RFC 9110 section 10.2.3 for Retry-After), refused, reset or timed-out connections, and
+bodies cut off before their end. A blob cut off mid-way resumes with `Range: bytes=N-`
+(RFC 9110 section 14.2; the distribution spec allows Range on blob GETs) from the bytes
+already written; only a 206 whose Content-Range starts at N and ends at the blob's end
+is appended, a 200 (Range ignored) or any other range starts the blob again from zero.
+The content store's digest check still covers the whole blob.
+
+Errors: unreachable -> Unavailable (after the retries); 404 -> NotFound; refused
+credentials -> FailedPrecondition; bad content -> InvalidArgument (via the content store
+and manifest parser).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
+import random
+import re
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -37,10 +52,10 @@ from crib_common.settings import ImagedSection
 
 from ..oci.manifest import ACCEPT, Descriptor, media_type_of
 from ..oci.reference import Reference
-from ..store.content import IngestWriter
 from .auth import Challenge, Credentials, parse_challenges
 
-__all__ = ["Endpoint", "RegistrySession", "endpoints_for", "MAX_MANIFEST_BYTES"]
+__all__ = ["BlobSink", "Endpoint", "RegistrySession", "Transient", "endpoints_for",
+           "MAX_MANIFEST_BYTES"]
 
 log = structlog.get_logger("imaged.registry")
 
@@ -49,6 +64,65 @@ log = structlog.get_logger("imaged.registry")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 CHUNK = 1 << 20
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class Transient(Unavailable):
+    """A failure worth trying again: 429/5xx, a lost connection, a cut-off body."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BlobSink(Protocol):
+    """Where `fetch_blob` writes: the ingest writer, or memory for small blobs."""
+
+    written: int
+    # Set once the content is more than one straight transfer (a Range resume).
+    spliced: bool
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class _MemorySink:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.written = 0
+        self.spliced = False
+
+    def write(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.written += len(chunk)
+
+    def reset(self) -> None:
+        self.chunks.clear()
+        self.written = 0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _range_matches(header: str, offset: int, size: int) -> bool:
+    """Content-Range "bytes offset-(size-1)/size" (the total may be "*")."""
+    m = _CONTENT_RANGE.match(header.strip())
+    if m is None:
+        return False
+    first, last, total = int(m.group(1)), int(m.group(2)), m.group(3)
+    return first == offset and last == size - 1 and total in ("*", str(size))
 
 
 @dataclass(frozen=True)
@@ -111,6 +185,7 @@ class RegistrySession:
     def __init__(self, http: aiohttp.ClientSession, settings: ImagedSection, ref: Reference,
                  creds: Credentials) -> None:
         self.http = http
+        self.settings = settings
         self.ref = ref
         self.creds = creds
         self.endpoints = endpoints_for(settings, ref)
@@ -206,36 +281,63 @@ class RegistrySession:
             return FailedPrecondition(f"registry {ep.host} denied access to {what} "
                                       f"({resp.status}): check credentials")
         if resp.status >= 500 or resp.status == 429:
-            return Unavailable(f"registry {ep.host} answered {resp.status} for {what}")
+            return Transient(f"registry {ep.host} answered {resp.status} for {what}",
+                             _retry_after(resp.headers.get("Retry-After")))
         return FailedPrecondition(f"registry {ep.host} answered {resp.status} for {what}")
 
-    async def _each_endpoint(self, fn: Callable[[Endpoint], Any], what: str,
-                             can_retry: Callable[[], bool] = lambda: True) -> Any:
+    async def _each_endpoint(self, fn: Callable[[Endpoint], Any], what: str) -> Any:
         """Try endpoints in order (the last good one first); errors of the last one win.
+        When that error is transient, wait and go round again, `retry_attempts` times in
+        all (see module docstring)."""
+        attempts = self.settings.retry_attempts
+        for attempt in range(1, attempts + 1):
+            order = list(self.endpoints)
+            if self._good is not None and self._good in order:
+                order.remove(self._good)
+                order.insert(0, self._good)
+            last: CribError | None = None
+            for ep in order:
+                try:
+                    result = await fn(ep)
+                    self._good = ep
+                    return result
+                except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as exc:
+                    # A certificate will not fix itself between tries.
+                    last = Unavailable(f"registry {ep.host} failed TLS for {what}: {exc}")
+                except aiohttp.ClientPayloadError as exc:
+                    last = Transient(f"{what} from {ep.host} was cut off: {exc}")
+                except (aiohttp.ClientConnectionError, OSError) as exc:
+                    # Refused, reset, timed out (asyncio's TimeoutError is an OSError).
+                    last = Transient(f"registry {ep.host} unreachable for {what}: "
+                                     f"{type(exc).__name__}: {exc}")
+                except aiohttp.ClientError as exc:
+                    last = Unavailable(f"registry {ep.host} failed for {what}: "
+                                       f"{type(exc).__name__}: {exc}")
+                except (NotFound, Unavailable, FailedPrecondition) as exc:
+                    # A mirror may lack content or refuse us: fall back to the next endpoint.
+                    last = exc
+                if not ep.mirror:
+                    break
+            assert last is not None
+            if not isinstance(last, Transient):
+                raise last
+            if attempt == attempts:
+                raise Unavailable(f"{last.message} (gave up after {attempts} attempts)")
+            delay = self._backoff(attempt, last.retry_after)
+            log.warning("registry request retried", what=what, attempt=attempt,
+                        delay=round(delay, 3), error=last.message)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
-        `can_retry` false (a blob half written) stops the fallback to the next endpoint."""
-        order = list(self.endpoints)
-        if self._good is not None and self._good in order:
-            order.remove(self._good)
-            order.insert(0, self._good)
-        last: Exception | None = None
-        for ep in order:
-            try:
-                result = await fn(ep)
-                self._good = ep
-                return result
-            except aiohttp.ClientPayloadError as exc:
-                raise InvalidArgument(f"{what} from {ep.host} is truncated: {exc}") from None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                last = Unavailable(f"registry {ep.host} unreachable for {what}: "
-                                   f"{type(exc).__name__}: {exc}")
-            except (NotFound, Unavailable, FailedPrecondition) as exc:
-                # A mirror may lack content or refuse us: fall back to the next endpoint.
-                last = exc
-            if not ep.mirror or not can_retry():
-                break
-        assert last is not None
-        raise last
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds before try `attempt + 1`: the registry's Retry-After if it sent one,
+        else base * 2**(attempt-1) with jitter (so many nodes do not retry in step);
+        never above retry_max_delay, so a registry cannot park a pull."""
+        cap = self.settings.retry_max_delay
+        if retry_after is not None:
+            return min(retry_after, cap)
+        delay = self.settings.retry_base_delay * (2 ** (attempt - 1))
+        return min(delay * random.uniform(0.75, 1.0), cap)
 
     # ---------------------------------------------------------------- manifests
     async def fetch_manifest(self, reference: str) -> tuple[bytes, str, str]:
@@ -268,43 +370,71 @@ class RegistrySession:
 
     # ---------------------------------------------------------------- blobs
     async def fetch_small_blob(self, desc: Descriptor, limit: int = MAX_CONFIG_BYTES) -> bytes:
+        """A small blob (an image config) into memory; the caller checks its digest."""
         if desc.size > limit:
             raise InvalidArgument(f"blob {desc.digest} is {desc.size} bytes, over the "
                                   f"{limit}-byte limit")
-        chunks: list[bytes] = []
+        sink = _MemorySink()
+        await self.fetch_blob(desc, sink)
+        return b"".join(sink.chunks)
 
-        class _Mem:
-            def write(self, chunk: bytes) -> None:
-                chunks.append(chunk)
-
-        await self.fetch_blob(desc, _Mem())  # type: ignore[arg-type]
-        return b"".join(chunks)
-
-    async def fetch_blob(self, desc: Descriptor, writer: IngestWriter,
+    async def fetch_blob(self, desc: Descriptor, writer: BlobSink,
                          progress: Callable[[int], None] | None = None) -> None:
-        """Stream blob `desc` into `writer` (which checks size and digest on commit)."""
+        """Stream blob `desc` into `writer` (which checks size and digest on commit),
+        from `writer.written` on: bytes already there (a kept partial download, or an
+        earlier try cut off) are resumed with a Range request (see module docstring).
+        `progress` gets byte counts, negative when a restart drops bytes."""
         what = f"blob {desc.digest} of {self.ref.repository}"
+        path = f"/v2/{self.ref.path}/blobs/{desc.digest}"
+
+        def restart(reason: str, offset: int, ep: Endpoint) -> None:
+            log.warning("blob download restarted", digest=desc.digest, registry=ep.host,
+                        reason=reason, dropped=offset)
+            writer.reset()
+            if progress is not None and offset:
+                progress(-offset)
 
         async def attempt(ep: Endpoint) -> None:
-            resp = await self._request(ep, f"/v2/{self.ref.path}/blobs/{desc.digest}", {})
+            offset = writer.written
+            if offset >= desc.size:
+                return  # all there already; commit checks the digest
+            resp = await self._request(ep, path, {"Range": f"bytes={offset}-"} if offset
+                                       else {})
+            if offset and resp.status in (206, 416) and not _range_matches(
+                    resp.headers.get("Content-Range", ""), offset, desc.size):
+                resp.release()
+                restart(f"answered {resp.status} with Content-Range "
+                        f"{resp.headers.get('Content-Range', '')!r}", offset, ep)
+                offset = 0
+                resp = await self._request(ep, path, {})
             async with resp:
-                if resp.status != 200:
+                if offset and resp.status == 200:
+                    restart("registry ignored the Range request", offset, ep)
+                    offset = 0
+                elif resp.status != (206 if offset else 200):
                     raise self._status_error(ep, resp, what)
-                if resp.content_length is not None and resp.content_length != desc.size:
+                elif offset:
+                    log.info("blob download resumed", digest=desc.digest, registry=ep.host,
+                             offset=offset)
+                    writer.spliced = True
+                if resp.content_length is not None and \
+                        resp.content_length != desc.size - offset:
+                    if offset:
+                        raise InvalidArgument(f"{what}: {ep.host} answered bytes {offset}- "
+                                              f"with {resp.content_length} bytes, the "
+                                              f"manifest says {desc.size} in all")
                     raise InvalidArgument(f"{what} is {resp.content_length} bytes, the "
                                           f"manifest says {desc.size}")
-                got = 0
                 async for chunk in resp.content.iter_chunked(CHUNK):
-                    got += len(chunk)
-                    if got > desc.size:
+                    if writer.written + len(chunk) > desc.size:
                         raise InvalidArgument(f"{what} is longer than the manifest's "
                                               f"{desc.size} bytes")
                     writer.write(chunk)
                     if progress is not None:
                         progress(len(chunk))
-                if got != desc.size:
-                    raise InvalidArgument(f"{what} is truncated: got {got} of {desc.size} "
-                                          "bytes")
+                if writer.written != desc.size:
+                    # The connection ended early without aiohttp noticing (no length).
+                    raise Transient(f"{what} from {ep.host} ended after {writer.written} "
+                                    f"of {desc.size} bytes")
 
-        await self._each_endpoint(attempt, what,
-                                  lambda: getattr(writer, "written", 0) == 0)
+        await self._each_endpoint(attempt, what)

@@ -12,8 +12,9 @@ collection run under one asyncio lock; downloads and unpacks run outside it, hol
 leases so a concurrent collection cannot take what they are about to reference.
 
 Recovery (`recover`, before the daemon is ready) assumes only imaged writes under its
-root, and that imaged may have been killed at any instant: partial downloads, half
-unpacked or half removed layer dirs are dropped, records without their files are dropped,
+root, and that imaged may have been killed at any instant: partial downloads (except
+resumable ones with a matching record, see `content.py`), half unpacked or half removed
+layer dirs are dropped, records without their files are dropped,
 files without records are removed, tags are made unique, then garbage is collected.
 """
 
@@ -103,7 +104,7 @@ class ImageStore:
     def recover(self) -> dict[str, int]:
         """Reconcile records with the disk (see module docstring); blocking."""
         report = collections.Counter[str]()
-        report["ingest_swept"] = self.content.sweep_ingest()
+        report["ingest_swept"], report["ingest_kept"] = self.content.sweep_ingest()
         report["layer_dirs_swept"] = len(self.layers.sweep())
         for entry in self.snapshot_dir.iterdir():
             if entry.name.startswith(".rm-"):
