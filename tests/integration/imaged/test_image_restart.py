@@ -58,15 +58,32 @@ async def _list(client: ImagedClient) -> ListImagesResponse:
     return ListImagesResponse().parse(raw)
 
 
-def _assert_consistent(root: Path) -> None:
-    """Nothing partial survives a restart; every stored blob matches its name."""
-    assert list((root / "ingest").iterdir()) == []
+def _assert_consistent(root: Path, kept: dict[str, int] | None = None) -> None:
+    """Nothing partial survives a restart but the resumable downloads in `kept` (digest
+    hex -> bytes), each with its record; every stored blob matches its name."""
+    expected = {f"{h}.part" for h in kept or {}} | {f"{h}.ref" for h in kept or {}}
+    assert {p.name for p in (root / "ingest").iterdir()} == expected
+    for hexd, size in (kept or {}).items():
+        assert (root / "ingest" / f"{hexd}.part").stat().st_size == size
     assert not [p for p in (root / "layers").iterdir() if p.name.startswith(".")]
     for blob in (root / "blobs/sha256").iterdir():
         assert digest_of_file(blob) == f"sha256:{blob.name}"
     for link in (root / "l").iterdir():
         if link.is_symlink():
             assert link.resolve().is_dir(), f"dangling layer link {link}"
+
+
+def _part_sizes(root: Path) -> dict[str, int]:
+    """Digest hex -> bytes of each resumable download (`<hex>.part`; manifests and
+    configs use private names and are not resumed) in the ingest area (committed ones
+    vanish while we look)."""
+    sizes: dict[str, int] = {}
+    for part in (root / "ingest").glob("[0-9a-f]*[0-9a-f].part"):
+        if len(part.name) != 64 + len(".part"):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            sizes[part.name.removesuffix(".part")] = part.stat().st_size
+    return sizes
 
 
 def _big_image(n_layers: int, size: int) -> Image:
@@ -92,8 +109,7 @@ async def test_kill_during_pull_then_pull_completes(node: Stack) -> None:
         pull = asyncio.ensure_future(_pull(client, ref))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            parts = list((root / "ingest").glob("*.part"))
-            if parts and any(p.stat().st_size > 0 for p in parts):
+            if any(_part_sizes(root).values()):
                 break
             await asyncio.sleep(0.02)
         else:
@@ -102,14 +118,30 @@ async def test_kill_during_pull_then_pull_completes(node: Stack) -> None:
         with contextlib.suppress(Exception):
             await pull
         await client.close()
-        assert list((root / "ingest").glob("*.part")), "the kill should leave a partial file"
+        parts = _part_sizes(root)
+        assert any(parts.values()), "the kill should leave a partial file"
         node.start_one("imaged")
-        _assert_consistent(root)
+        # The partial downloads are kept (each has its record) for the next pull.
+        _assert_consistent(root, parts)
         client = ImagedClient(node.socket("imaged"))
         try:
+            assert (await client.health())["details"]["recovery"]["ingest_kept"] == len(parts)
             assert (await _list(client)).images == []
             static.throttle.clear()
+            static.headers.clear()
             assert await _pull(client, ref) == image.config_digest
+            # Each kept download resumed from its last byte, and only the rest was sent
+            # (none of it when the kill came between the last byte and the rename).
+            sizes = {lay.digest.removeprefix("sha256:"): len(lay.blob)
+                     for lay in image.layers}
+            # The throttled layer was cut mid-way: at least one real Range resume.
+            assert any(0 < size < sizes[h] for h, size in parts.items()), parts
+            for hexd, size in parts.items():
+                seen = [h.get("range", "") for p, h in static.headers
+                        if p == f"/v2/crib/slow/blobs/sha256:{hexd}"]
+                want = [] if size == sizes[hexd] else [f"bytes={size}-"] if size else [""]
+                assert seen == want, (hexd, size, sizes[hexd], seen)
+            _assert_consistent(root)
             assert [i.id for i in (await _list(client)).images] == [image.config_digest]
             snap = await client.create_snapshot(SnapshotCreate(key="after-kill", image=ref))
             assert len(snap.mounts[0].options[0].split(":")) == 3
