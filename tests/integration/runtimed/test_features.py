@@ -281,18 +281,22 @@ def test_mounts_devices_and_seccomp(cri: Cri, image: str, tmp_path: Path,
 def test_privileged(cri: Cri, image: str, pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
     sid, config = pod
     cid = cri.create(sid, config, image, "priv", command=["sh", "-c"], args=[
-        "grep -E 'CapEff|Seccomp:' /proc/self/status; "
-        "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && echo mounted"],
+        "grep -E 'CapEff|Seccomp:' /proc/self/status; [ -c /dev/loop-control ] && "
+        "echo hostdev; mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && echo mounted"],
         linux=_linux(privileged=True))
     cri.start(cid)
     st = cri.wait_exit(cid)
     text = Path(st.log_path).read_text()
     assert "mounted" in text and "Seccomp:\t0" in text
+    # The host's device nodes (containerd's WithDevices for privileged).
+    assert "hostdev" in text
     # Privileged means every capability runtimed holds itself.
     host_bnd = next(line.split()[1] for line in Path("/proc/self/status").read_text()
                     .splitlines() if line.startswith("CapBnd:"))
     assert f"CapEff:\t{host_bnd}" in text
     plain = cri.create(sid, config, image, "plain", command=["sh", "-c"], args=[
+        "[ -e /dev/loop-control ] && echo hostdev; "
         "mount -t tmpfs none /tmp && echo mounted || echo refused"])
     cri.start(plain)
-    assert "refused" in Path(cri.wait_exit(plain).log_path).read_text()
+    text = Path(cri.wait_exit(plain).log_path).read_text()
+    assert "refused" in text and "hostdev" not in text

@@ -40,6 +40,7 @@ from runtimed.oci.spec import (
     build_pause_spec,
     build_sandbox_spec,
     combine_command,
+    host_devices,
     merge_env,
     resources_to_dict,
     resources_to_oci,
@@ -189,6 +190,56 @@ def test_minimal_and_privileged_are_schema_valid(tmp_path: Path) -> None:
     assert "maskedPaths" not in pspec["linux"]
     assert pspec["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
     assert "CAP_SYS_ADMIN" in pspec["process"]["capabilities"]["bounding"]
+
+
+def test_privileged_gets_host_devices_schema_valid(tmp_path: Path) -> None:
+    priv = ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"), command=["/x"],
+        devices=[Device(container_path="/dev/null", host_path="/dev/zero", permissions="r")],
+        linux=LinuxContainerConfig(security_context=LinuxContainerSecurityContext(
+            privileged=True)))
+    spec = build_container_spec(priv, _input(tmp_path))
+    _assert_valid(spec)
+    devices = {d["path"]: d for d in spec["linux"]["devices"]}
+    st = os.stat("/dev/full")
+    assert devices["/dev/full"] == {
+        "path": "/dev/full", "type": "c", "major": os.major(st.st_rdev),
+        "minor": os.minor(st.st_rdev), "fileMode": st.st_mode & 0o7777, "uid": st.st_uid,
+        "gid": st.st_gid}
+    # The explicit device at /dev/null (host /dev/zero, 1:5) wins over the host's null.
+    assert (devices["/dev/null"]["major"], devices["/dev/null"]["minor"]) == (1, 5)
+    assert len(spec["linux"]["devices"]) == len(devices)  # no path twice
+    for path in devices:
+        assert not path.startswith(("/dev/pts/", "/dev/shm/", "/dev/mqueue/", "/dev/fd/"))
+        assert path != "/dev/console"
+    assert all(d["type"] in ("c", "b") for d in devices.values())
+    # Not privileged: only what was asked for.
+    plain = build_container_spec(ContainerConfig(
+        metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"), command=["/x"]),
+        _input(tmp_path))
+    assert "devices" not in plain["linux"]
+
+
+def test_host_devices_walk(tmp_path: Path) -> None:
+    """Nested directories are walked; skipped directories, symlinks, files and sockets
+    are not devices."""
+    dev = tmp_path / "dev"
+    for d in ("pts", "shm", "mqueue", "net", "fd"):
+        (dev / d).mkdir(parents=True)
+    for name, mode, kind, rdev in (("null", 0o666, 0o020000, (1, 3)),
+                                   ("net/tun", 0o600, 0o020000, (10, 200)),
+                                   ("loop0", 0o660, 0o060000, (7, 0))):
+        os.mknod(dev / name, mode | kind, os.makedev(*rdev))
+        os.chmod(dev / name, mode)  # mknod's mode is cut by the umask
+    os.mknod(dev / "pts/0", 0o620 | 0o020000, os.makedev(136, 0))
+    os.mknod(dev / "shm/x", 0o620 | 0o020000, os.makedev(1, 3))
+    os.mknod(dev / "console", 0o600 | 0o020000, os.makedev(5, 1))
+    (dev / "stdin").symlink_to("/proc/self/fd/0")
+    (dev / "file").write_text("x")
+    got = {d["path"].removeprefix(str(dev)): (d["type"], d["major"], d["minor"],
+                                             d["fileMode"]) for d in host_devices(str(dev))}
+    assert got == {"/loop0": ("b", 7, 0, 0o660), "/net/tun": ("c", 10, 200, 0o600),
+                   "/null": ("c", 1, 3, 0o666)}
 
 
 @pytest.mark.parametrize("command,args,ep,cmd,want", [

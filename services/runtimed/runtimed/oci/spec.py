@@ -37,6 +37,7 @@ __all__ = [
     "build_pause_spec",
     "build_sandbox_spec",
     "combine_command",
+    "host_devices",
     "merge_env",
     "resources_to_oci",
     "resources_to_dict",
@@ -296,6 +297,51 @@ def _device(path: str, dest: str, perms: str) -> tuple[dict[str, Any], dict[str,
     return dev, rule
 
 
+# Directories of /dev whose nodes a privileged container does not get from the host: they
+# are mounted fresh (pts, shm, mqueue) or are the host's own per-process or tool state (the
+# same list as runc's libcontainer/devices GetDevices, which containerd's HostDevices uses).
+_HOST_DEV_SKIP_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts",
+                                 ".udev"})
+
+
+def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
+    """Every character and block device node under the host's /dev, as OCI
+    `linux.devices` entries (config-linux.md "Devices"): what a privileged container gets,
+    as containerd's WithDevices(HostDevices()) for privileged. /dev/console is skipped
+    (the runtime sets up the console), symlinks are not followed, and a node that
+    vanishes while walking is ignored."""
+    out: list[dict[str, Any]] = []
+
+    def walk(directory: str) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in _HOST_DEV_SKIP_DIRS:
+                        walk(entry.path)
+                    continue
+                if entry.is_symlink() or entry.path == os.path.join(root, "console"):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode):
+                kind = "c"
+            elif stat.S_ISBLK(st.st_mode):
+                kind = "b"
+            else:
+                continue
+            out.append({"path": entry.path, "type": kind, "major": os.major(st.st_rdev),
+                        "minor": os.minor(st.st_rdev), "fileMode": stat.S_IMODE(st.st_mode),
+                        "uid": st.st_uid, "gid": st.st_gid})
+
+    walk(root)
+    return out
+
+
 # Devices every container gets (runc adds them too; listing them keeps crun equal).
 _DEFAULT_ALLOW = [
     {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},   # null
@@ -395,6 +441,9 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
                                swap_controller=inp.swap_controller)
     if privileged:
         oci_res["devices"] = [{"allow": True, "access": "rwm"}]
+        # Explicitly requested devices win over the host node at the same path.
+        taken = {d["path"] for d in devices}
+        devices += [d for d in host_devices() if d["path"] not in taken]
     else:
         oci_res["devices"] = oci_res["devices"] + rules
     ns_opts = sc.namespace_options if sc and is_set(sc.namespace_options) else None
