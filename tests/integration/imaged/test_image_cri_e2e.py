@@ -1,15 +1,20 @@
 """End to end: the independent grpcio CRI client -> crib-gateway -> crib-imaged -> a real
-registry. PullImage, ListImages, ImageStatus, ImageFsInfo, RemoveImage."""
+registry. PullImage, ListImages, ImageStatus, ImageFsInfo (image and container
+filesystems), RemoveImage."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
+from crib_common.clients.imaged import ImagedClient
+from crib_common.models.imaged import SnapshotCreate
 from tests.support.images import Pushed
 from tests.support.stack import Stack
 
@@ -62,3 +67,45 @@ def test_image_service_through_gateway(node: Stack, busybox_image: str,
             images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(
                 image=busybox_image.rsplit(":", 1)[0] + ":missing")), timeout=30)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_container_filesystems_through_gateway(node: Stack, busybox_image: str) -> None:
+    """ImageFsInfo reports the writable layers apart from the image store: the snapshots'
+    real directory as mountpoint, and what their upper dirs hold."""
+    client = ImagedClient(node.socket("imaged"))
+    with grpc.insecure_channel(f"unix://{node.cri_socket}") as channel:
+        images = api_pb2_grpc.ImageServiceStub(channel)
+        spec = api_pb2.ImageSpec(image=busybox_image)
+        images.PullImage(api_pb2.PullImageRequest(image=spec), timeout=120)
+        try:
+            empty = images.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=10)
+            [image_fs] = empty.image_filesystems
+            [container_fs] = empty.container_filesystems
+            snapshots = Path(container_fs.fs_id.mountpoint)
+            assert snapshots == (node.root / "lib/imaged/snapshots").resolve()
+            assert snapshots.is_dir() and not snapshots.is_symlink()
+            assert snapshots != Path(image_fs.fs_id.mountpoint)
+            assert container_fs.used_bytes.value == 0 and container_fs.inodes_used.value == 0
+            assert container_fs.timestamp > 0
+            for key in ("fs-a", "fs-b"):
+                snap = await client.create_snapshot(SnapshotCreate(key=key, image=busybox_image))
+                upper = Path(snap.upperdir)
+                assert upper.parent.parent == snapshots
+                # What a container writes through the overlay lands in its upper dir.
+                (upper / "data").mkdir()
+                (upper / "data/blob").write_bytes(os.urandom(300_000))
+                (upper / "data/note").write_text(key)
+            used = images.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=10)
+            [container_fs] = used.container_filesystems
+            # Two snapshots: 2 x (dir + 2 files) inodes, 2 x 300 kB at least (blocks).
+            assert container_fs.inodes_used.value == 6
+            assert 600_000 <= container_fs.used_bytes.value < 700_000
+            # Writable layers are not image data.
+            assert used.image_filesystems[0].used_bytes.value == image_fs.used_bytes.value
+            await client.remove_snapshot("fs-a")
+            after = images.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=10)
+            assert after.container_filesystems[0].inodes_used.value == 3
+            assert 300_000 <= after.container_filesystems[0].used_bytes.value < 350_000
+            await client.remove_snapshot("fs-b")
+        finally:
+            await client.close()
