@@ -24,9 +24,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import betterproto
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -36,7 +35,13 @@ from pydantic import BaseModel, ValidationError
 from .version import __version__
 from .errors import CribError, DeadlineExceeded, Internal, InvalidArgument, Unimplemented
 from .logging import RequestContext
-from .wire import check_wire, decode_message, encode_message
+
+if TYPE_CHECKING:
+    # betterproto (and the CRI wire helpers over it) are loaded by the first `CriTable`:
+    # netd serves no CRI and so never pays for them (about 2 MB of RSS, issue #5).
+    import betterproto
+
+    from .wire import check_wire, decode_message, encode_message
 
 __all__ = [
     "CriTable",
@@ -49,6 +54,8 @@ __all__ = [
     "serve",
     "serve_unix",
     "run_daemon",
+    "limit_malloc_arenas",
+    "settle_memory",
     "METRICS_KEY",
     "REQUEST_ID_HEADER",
     "TIMEOUT_HEADER",
@@ -64,7 +71,7 @@ STREAM_CONTENT_TYPE = "application/x-crib-stream"
 log = structlog.get_logger("crib.server")
 
 M = TypeVar("M", bound=BaseModel)
-P = TypeVar("P", bound=betterproto.Message)
+P = TypeVar("P", bound="betterproto.Message")
 
 
 class Health(BaseModel):
@@ -230,8 +237,8 @@ def json_response(model: BaseModel | list[Any], status: int = 200) -> web.Respon
 
 # ---------------------------------------------------------------- CRI dispatch
 
-UnaryHandler = Callable[[Any], Awaitable[betterproto.Message]]
-StreamHandler = Callable[[Any], AsyncIterator[betterproto.Message]]
+UnaryHandler = Callable[[Any], Awaitable["betterproto.Message"]]
+StreamHandler = Callable[[Any], AsyncIterator["betterproto.Message"]]
 
 
 @dataclass
@@ -266,6 +273,9 @@ class CriTable:
         return register
 
     def add_to(self, app: web.Application) -> None:
+        global check_wire, decode_message, encode_message
+        from .wire import check_wire, decode_message, encode_message  # see TYPE_CHECKING
+
         app.router.add_post("/v1/cri/{service}/{method}", self._dispatch)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -445,9 +455,13 @@ def create_daemon_app(
         _RouteInfo("GET", "/metrics", "Prometheus metrics", None, None, False, {}, False),
         _RouteInfo("GET", "/openapi.json", "This document", None, None, False, {}, False),
     ]
-    document = table.openapi(f"crib {service}", extra)
+    # Built on the first request, not at start: the JSON schemas of every model (and
+    # pydantic's schema generator) would otherwise sit in each daemon's idle RSS (issue #5).
+    document: dict[str, Any] = {}
 
     async def openapi(_request: web.Request) -> web.Response:
+        if not document:
+            document.update(table.openapi(f"crib {service}", extra))
         return web.json_response(document)
 
     app.router.add_get("/healthz", _healthz)
@@ -472,6 +486,43 @@ async def serve_unix(app: web.Application, socket_path: Path, mode: int = 0o660,
     return runner
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before any thread starts (issue #5).
+
+    glibc gives each thread that allocates (the default executor's workers: SQLite,
+    `to_thread`, DNS) an arena of its own, up to 8 per core; each keeps the pages it once
+    used, so a burst of thread work leaves megabytes of idle RSS per arena. Our threads
+    run short blocking calls, so two arenas cost nothing measurable in contention. Same
+    as `MALLOC_ARENA_MAX=2`, but set by the daemon so every way of starting it gets it;
+    an operator's `MALLOC_ARENA_MAX` in the environment wins.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        m_arena_max = -8  # <malloc.h> M_ARENA_MAX
+        ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas)
+
+
+def settle_memory() -> None:
+    """Once started: return start-up garbage to the OS and freeze what is left (issue #5).
+
+    Start-up (settings, imports, recovery) frees much of what it allocated, but glibc keeps
+    freed heap pages; `malloc_trim` gives them back. `gc.freeze` moves the surviving
+    start-up objects out of the collector's generations, so later collections neither
+    scan nor touch (and so dirty) them.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
                 shutdown_timeout: float = 10.0) -> None:
     """Serve `app` on a UNIX socket until SIGTERM or SIGINT, then drain and return."""
@@ -480,6 +531,8 @@ async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # After the handlers: a SIGTERM during the (blocking) settling is still a clean stop.
+    settle_memory()
     try:
         await stop.wait()
         log.info("shutting down")
@@ -510,6 +563,7 @@ def run_daemon(
         print(f"crib-{service}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log, service)
+    limit_malloc_arenas()
 
     async def main() -> None:
         app = build(settings)

@@ -15,7 +15,9 @@ import uvloop
 
 from crib_common.client import DaemonClient
 from crib_common.logging import configure_logging
-from crib_common.server import METRICS_KEY, create_daemon_app, serve_unix
+from crib_common.server import (
+    METRICS_KEY, create_daemon_app, limit_malloc_arenas, serve_unix, settle_memory,
+)
 from crib_common.settings import CribSettings, SettingsError, load_settings
 
 from .forward import Gateway, PassthroughCodec, RpcMetrics
@@ -58,6 +60,9 @@ async def run(settings: CribSettings) -> None:
     await server.start(path=str(socket))
     os.chmod(socket, settings.gateway.socket_mode)
     log.info("listening", socket=str(socket))
+    # Runs once `_wait_for_signal` has installed its handlers, so a SIGTERM during the
+    # (blocking) settling still stops the gateway cleanly.
+    asyncio.get_running_loop().call_soon(settle_memory)
     await _wait_for_signal()
     # Graceful: stop accepting, let the calls in flight finish (bounded), then close.
     # grpclib's own `Server.close()` cancels in-flight calls, so it comes last.
@@ -120,6 +125,7 @@ def main() -> None:
         print(f"crib-gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log, "gateway")
+    limit_malloc_arenas()
     uvloop.install()
     asyncio.run(run(settings))
 
