@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import time
 from functools import partial
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -128,7 +128,8 @@ class Gateway:
 
     async def _serve(self, path: str, cardinality: Cardinality, stream: Stream[Any, Any]) -> None:
         rpc = path.rsplit("/", 1)[-1]
-        request_id = _metadata_value(stream, "x-request-id") or uuid.uuid4().hex[:16]
+        # 16 hex digits, as before from uuid4, at a fraction of its cost (issue #2).
+        request_id = _metadata_value(stream, "x-request-id") or os.urandom(8).hex()
         start = time.perf_counter()
         code = Status.OK
         self.inflight += 1

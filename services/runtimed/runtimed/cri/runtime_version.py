@@ -12,11 +12,15 @@ KUBE_API_VERSION = "0.1.0"
 
 
 def register(table: CriTable) -> None:
+    # The answer never changes: built once, not per call (the kubelet asks often, and a
+    # betterproto message costs more to build than to encode; issue #2). Never mutated.
+    reply = VersionResponse(
+        version=KUBE_API_VERSION,
+        runtime_name=RUNTIME_NAME,
+        runtime_version=__version__,
+        runtime_api_version=CRI_API_VERSION,
+    )
+
     @table.unary("/runtime.v1.RuntimeService/Version", VersionRequest)
     async def version(_request: VersionRequest) -> VersionResponse:
-        return VersionResponse(
-            version=KUBE_API_VERSION,
-            runtime_name=RUNTIME_NAME,
-            runtime_version=__version__,
-            runtime_api_version=CRI_API_VERSION,
-        )
+        return reply
