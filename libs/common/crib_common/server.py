@@ -300,10 +300,13 @@ class CriTable:
             except TimeoutError:
                 raise DeadlineExceeded(f"{path} did not finish within {timeout:.3f}s") from None
             return web.Response(body=encode_message(reply), content_type=PROTO_CONTENT_TYPE)
+        # Called before the answer starts: a handler that checks its request eagerly (a
+        # plain function returning an iterator) fails with its own status, not mid-stream.
+        items = method.handler(message)
         response = web.StreamResponse(headers={"Content-Type": STREAM_CONTENT_TYPE})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        async for item in method.handler(message):
+        async for item in items:
             data = encode_message(item)
             await response.write(struct.pack(">I", len(data)) + data)
         await response.write_eof()

@@ -48,6 +48,7 @@ ROUTES: dict[str, str] = {
     RUNTIME + "CheckpointContainer": RUNTIMED,
     RUNTIME + "UpdatePodSandboxResources": RUNTIMED,
     IMAGE + "ListImages": IMAGED,
+    IMAGE + "StreamImages": IMAGED,
     IMAGE + "ImageStatus": IMAGED,
     IMAGE + "PullImage": IMAGED,
     IMAGE + "RemoveImage": IMAGED,

@@ -9,6 +9,7 @@ from crib_common.cri.runtime.v1 import Image, ImageSpec, Int64Value, ListImagesR
 from crib_common.server import CriTable
 
 from ..service import ImageService, user_of
+from ..store.images import ImageStore
 from ..store.records import ImageRecord
 
 log = structlog.get_logger("imaged.cri")
@@ -17,15 +18,18 @@ log = structlog.get_logger("imaged.cri")
 def register(table: CriTable, svc: ImageService) -> None:
     @table.unary("/runtime.v1.ImageService/ListImages", ListImagesRequest)
     async def list_images(request: ListImagesRequest) -> ListImagesResponse:
-        store = svc.store
         wanted = request.filter.image.image if request.filter and request.filter.image else ""
-        if wanted:
-            found = store.find(wanted)
-            images = [found] if found is not None else []
-        else:
-            images = sorted(store.images.values(), key=lambda i: i.created_at)
+        images = select_images(svc.store, wanted)
         log.debug("images listed", count=len(images), filter=wanted)
         return ListImagesResponse(images=[cri_image(img) for img in images])
+
+
+def select_images(store: ImageStore, wanted: str) -> list[ImageRecord]:
+    """The image `wanted` names (ImageFilter.image), or every image, oldest first."""
+    if wanted:
+        found = store.find(wanted)
+        return [found] if found is not None else []
+    return sorted(store.images.values(), key=lambda i: i.created_at)
 
 
 def cri_image(img: ImageRecord) -> Image:
