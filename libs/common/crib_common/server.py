@@ -20,7 +20,6 @@ import os
 import signal
 import struct
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,7 +298,9 @@ class CriTable:
                     reply = await method.handler(message)
             except TimeoutError:
                 raise DeadlineExceeded(f"{path} did not finish within {timeout:.3f}s") from None
-            return web.Response(body=encode_message(reply), content_type=PROTO_CONTENT_TYPE)
+            # A handler whose answer never changes may return it pre-encoded (Version).
+            body = reply if isinstance(reply, bytes) else encode_message(reply)
+            return web.Response(body=body, content_type=PROTO_CONTENT_TYPE)
         # Called before the answer starts: a handler that checks its request eagerly (a
         # plain function returning an iterator) fails with its own status, not mid-stream.
         items = method.handler(message)
@@ -377,7 +378,8 @@ async def _edge_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Request id, one canonical log line, metrics, and errors mapped to the JSON body."""
-    request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+    # 16 hex digits, as uuid4().hex[:16] gave, at a seventh of its cost (issue #2).
+    request_id = request.headers.get(REQUEST_ID_HEADER) or os.urandom(8).hex()
     route = _route_name(request)
     metrics: _Metrics = request.app[METRICS_KEY]  # type: ignore[assignment]
     start = time.perf_counter()
@@ -418,9 +420,13 @@ async def _edge_middleware(
         return response
 
 
+_SERVER_LOGGER = logging.getLogger("crib.server")
+
+
 def _debug_enabled() -> bool:
-    # stdlib caches this per logger; checking first skips building the event dict.
-    return logging.getLogger("crib.server").isEnabledFor(logging.DEBUG)
+    # stdlib caches this per logger; checking first skips building the event dict. The
+    # logger is looked up once: `getLogger` takes the logging module's lock on every call.
+    return _SERVER_LOGGER.isEnabledFor(logging.DEBUG)
 
 
 async def _healthz(request: web.Request) -> web.Response:

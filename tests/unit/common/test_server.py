@@ -32,6 +32,8 @@ def _app() -> web.Application:
     async def version(request: VersionRequest) -> VersionResponse:
         if request.version == "bug":
             raise KeyError("secret internals")
+        if request.version == "pre-encoded":
+            return b"\n\x05as-is"  # sent verbatim, not re-encoded
         return VersionResponse(version=request.version or "0.1.0")
 
     @cri.stream("/runtime.v1.RuntimeService/GetContainerEvents", VersionRequest)
@@ -63,6 +65,20 @@ async def test_dispatch_unary_stream_and_unimplemented(client: DaemonClient) -> 
     assert [i.version for i in items] == ["0", "1", "2"]
     with pytest.raises(Unimplemented, match="/runtime.v1.RuntimeService/ListContainers"):
         await client.call_cri("/runtime.v1.RuntimeService/ListContainers", b"", timeout=5)
+
+
+async def test_pre_encoded_answer_is_sent_as_is(client: DaemonClient) -> None:
+    raw = await client.call_cri(VERSION, bytes(VersionRequest(version="pre-encoded")), timeout=5)
+    assert raw == b"\n\x05as-is"
+    assert VersionResponse().parse(raw).version == "as-is"
+
+
+async def test_openapi_is_built_on_first_request(client: DaemonClient) -> None:
+    for _ in range(2):  # the second answer comes from the cached document
+        _, body = await client.request_bytes("GET", "/openapi.json")
+        doc = json.loads(body)
+        assert doc["info"]["title"] == "crib fake"
+        assert "/healthz" in doc["paths"]
 
 
 async def test_bug_is_internal_without_traceback(client: DaemonClient) -> None:
@@ -103,3 +119,21 @@ async def _raw(client: DaemonClient, path: str, body: bytes) -> tuple[int, bytes
     session = client._get_session()
     async with session.post("/v1/cri" + path, data=body) as resp:
         return resp.status, await resp.read()
+
+
+def test_server_defers_betterproto_and_settles_memory() -> None:
+    """netd serves no CRI: importing the server skeleton must not load betterproto (#5)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gc\n"
+        "import crib_common.server as s\n"
+        "assert 'betterproto' not in sys.modules, 'betterproto loaded eagerly'\n"
+        "s.limit_malloc_arenas()\n"
+        "s.settle_memory()\n"
+        "assert gc.get_freeze_count() > 0\n"
+        "s.CriTable().add_to(__import__('aiohttp').web.Application())\n"
+        "assert 'betterproto' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
