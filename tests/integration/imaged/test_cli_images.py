@@ -1,10 +1,15 @@
 """`crib pull`, `crib images`, `crib rmi` against a real imaged and registry; the REST
-pull stream reports per-layer progress."""
+pull stream reports per-layer progress, which `crib pull` redraws in place on a TTY."""
 
 from __future__ import annotations
 
+import os
+import pty
+import re
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +18,8 @@ import pytest
 from crib_common.clients.imaged import ImagedClient
 from crib_common.models.imaged import PullRequest
 from crib_common.errors import CribError
-from tests.support.images import MT_OCI_MANIFEST, Pushed
-from tests.support.registry import Registry
+from tests.support.images import MT_OCI_MANIFEST, Entry, Image, Layer, Pushed
+from tests.support.registry import Registry, StaticRegistry
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -91,3 +96,62 @@ async def test_rest_pull_stream_and_untag(node: Stack, registry: Registry,
             await client.post_model("/v1/images/pull", None, None)
         events = [e async for e in client.pull(PullRequest(reference="Bad Ref"))]
         assert events[-1].status == "error" and events[-1].error_kind == "invalid_argument"
+
+
+def _crib_on_pty(node: Stack, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run `crib` with its stdout on a pseudo-terminal (so it draws progress); returns
+    (exit code, what the terminal received, CRLFs made LFs)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([CRIB, *args], env=node.env(), stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=subprocess.PIPE, close_fds=True)
+    os.close(slave)
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            received += data
+        code = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+    assert code == 0, err
+    return code, received.decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_cli_pull_progress_on_tty(node: Stack) -> None:
+    fast = Layer.from_entries([Entry.file("fast", "quick")])
+    slow = Layer.from_entries([Entry.file("slow", os.urandom(200_000))], "gzip")
+    image = Image([fast, slow])
+    with StaticRegistry() as static:
+        static.add_image("crib/tty", "v1", image.manifest, image.manifest_media_type,
+                         [image.config_blob, fast.blob, slow.blob])
+        # About 1.5 s of download: several redraws with the slow layer part-way.
+        static.throttle[f"/v2/crib/tty/blobs/{slow.digest}"] = len(slow.blob) * 2 // 3
+        code, screen = _crib_on_pty(node, "pull", f"{static.host}/crib/tty:v1")
+    assert code == 0
+    # The terminal got cursor movement (redraw in place) and line erasing.
+    assert "\x1b[2K" in screen and re.search(r"\x1b\[\d+F", screen)
+    lines = [re.sub(r"\x1b\[\d*[A-Za-z]", "", line) for line in screen.split("\n")]
+    short = {lay.digest.removeprefix("sha256:")[:12]: lay for lay in (fast, slow)}
+    for prefix in short:
+        mine = [line for line in lines if line.startswith(prefix + ":")]
+        assert mine and re.match(rf"{prefix}: done +\[=+\]", mine[-1]), mine
+    # The slow layer was drawn part-way at least once: "downloading [==>   ] n/m".
+    partial = [line for line in lines if line.startswith(slow.digest[7:19] + ": downloading")
+               and ">" in line]
+    assert partial, lines
+    assert f"pulled {static.host}/crib/tty:v1 ({image.config_digest})" in lines
