@@ -134,3 +134,19 @@ async def test_connection_refused_is_retried_then_unavailable(fast_retry: Imaged
     with pytest.raises(Unavailable, match="unreachable.*gave up after 3 attempts"):
         await fast_retry.pull(f"{static.host}/{REPO}:v1")
     assert time.monotonic() - started < 2
+
+
+async def test_resumed_bytes_failing_the_digest_refetch_from_zero(fast_retry: Imaged) -> None:
+    """Resumed content is trusted for nothing: a range answered with the right headers
+    but wrong bytes fails the whole blob's digest, and the blob is fetched again whole."""
+    with StaticRegistry() as static:
+        image, layer, ref = _serve(static)
+        path = _blob_path(layer)
+        bad = layer.blob[:-1] + bytes([layer.blob[-1] ^ 0xFF])  # the last byte: resumed
+        static.cut[path] = [len(layer.blob) // 2]
+        static.script[path] = [(200, {}, layer.blob), (200, {}, bad)]  # 2nd: 206 of `bad`
+        assert await fast_retry.pull(ref) == image.config_digest
+        ranges = _ranges(static, path)
+        assert len(ranges) == 3 and ranges[0] == "" and ranges[1].startswith("bytes=")
+        assert ranges[2] == ""
+        _stored(fast_retry, layer)
