@@ -336,7 +336,7 @@ class RegistrySession:
         cap = self.settings.retry_max_delay
         if retry_after is not None:
             return min(retry_after, cap)
-        delay = self.settings.retry_base_delay * (2 ** (attempt - 1))
+        delay = self.settings.retry_base_delay * 2.0 ** (attempt - 1)
         return min(delay * random.uniform(0.75, 1.0), cap)
 
     # ---------------------------------------------------------------- manifests
