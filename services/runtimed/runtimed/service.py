@@ -166,6 +166,8 @@ class Runtime:
         self._parked: dict[str, asyncio.Future[str]] = {}
         self.swap_controller = cgroups.swap_controller()
         self.ready = False
+        # Bumped by every record write or drop: list replies are cached per generation.
+        self.generation = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -257,14 +259,17 @@ class Runtime:
     def _put_sandbox(self, rec: SandboxRecord) -> None:
         self.store.put(SANDBOX_KIND, rec.meta.id, rec)
         self.sandboxes[rec.meta.id] = rec
+        self.generation += 1
 
     def _put_container(self, rec: ContainerRecord) -> None:
         self.store.put(CONTAINER_KIND, rec.meta.id, rec)
         self.containers[rec.meta.id] = rec
+        self.generation += 1
 
     def _drop_sandbox(self, sid: str) -> None:
         self.store.delete(SANDBOX_KIND, sid)
         rec = self.sandboxes.pop(sid, None)
+        self.generation += 1
         if rec is not None:
             self._release(_sandbox_name(rec.meta), sid)
         forget_item(sid)
@@ -272,6 +277,7 @@ class Runtime:
     def _drop_container(self, cid: str) -> None:
         self.store.delete(CONTAINER_KIND, cid)
         rec = self.containers.pop(cid, None)
+        self.generation += 1
         if rec is not None:
             self._release(_container_name(rec.meta), cid)
         self._exited.pop(cid, None)

@@ -168,7 +168,16 @@ def repeated_field(number: int, items: list[bytes]) -> RawMessage:
     return RawMessage(b"".join(tag + _varint(len(i)) + i for i in items))
 
 
-_ITEM_CACHE: dict[str, tuple[str, bytes]] = {}
+# Per object id: (state key, the item's encoding, the same framed as field 1 of a list
+# reply). Both list replies keep their items in field 1, so the framed form is reused.
+_ITEM_CACHE: dict[str, tuple[str, bytes, bytes]] = {}
+_FIELD1 = _varint((1 << 3) | 2)
+
+
+def _cache(oid: str, key: str, data: bytes) -> tuple[str, bytes, bytes]:
+    entry = (key, data, _FIELD1 + _varint(len(data)) + data)
+    _ITEM_CACHE[oid] = entry
+    return entry
 
 
 def container_item_bytes(rec: ContainerRecord) -> bytes:
@@ -176,9 +185,16 @@ def container_item_bytes(rec: ContainerRecord) -> bytes:
     hit = _ITEM_CACHE.get(rec.meta.id)
     if hit is not None and hit[0] == key:
         return hit[1]
-    data = bytes(container_item(rec))
-    _ITEM_CACHE[rec.meta.id] = (key, data)
-    return data
+    return _cache(rec.meta.id, key, bytes(container_item(rec)))[1]
+
+
+def container_entry(rec: ContainerRecord) -> bytes:
+    """`container_item_bytes` framed as field 1 (ListContainersResponse.containers)."""
+    key = rec.status.state
+    hit = _ITEM_CACHE.get(rec.meta.id)
+    if hit is not None and hit[0] == key:
+        return hit[2]
+    return _cache(rec.meta.id, key, bytes(container_item(rec)))[2]
 
 
 def sandbox_item_bytes(rec: SandboxRecord) -> bytes:
@@ -186,9 +202,50 @@ def sandbox_item_bytes(rec: SandboxRecord) -> bytes:
     hit = _ITEM_CACHE.get(rec.meta.id)
     if hit is not None and hit[0] == key:
         return hit[1]
-    data = bytes(sandbox_item(rec))
-    _ITEM_CACHE[rec.meta.id] = (key, data)
-    return data
+    return _cache(rec.meta.id, key, bytes(sandbox_item(rec)))[1]
+
+
+def sandbox_entry(rec: SandboxRecord) -> bytes:
+    """`sandbox_item_bytes` framed as field 1 (ListPodSandboxResponse.items)."""
+    key = "pod:" + rec.status.state
+    hit = _ITEM_CACHE.get(rec.meta.id)
+    if hit is not None and hit[0] == key:
+        return hit[2]
+    return _cache(rec.meta.id, key, bytes(sandbox_item(rec)))[2]
+
+
+class ListCache:
+    """List replies by filter, valid for one `Runtime.generation` (every record write or
+    drop bumps it): a kubelet polling an unchanged node gets the bytes already built."""
+
+    # Distinct filters kept per generation; the kubelet uses a handful.
+    MAX_KEYS = 32
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.replies: dict[Any, RawMessage] = {}
+
+    def get(self, generation: int, key: Any) -> RawMessage | None:
+        if generation != self.generation:
+            self.generation = generation
+            self.replies.clear()
+            return None
+        return self.replies.get(key)
+
+    def put(self, key: Any, reply: RawMessage) -> RawMessage:
+        if len(self.replies) < self.MAX_KEYS:
+            self.replies[key] = reply
+        return reply
+
+
+def wire_field(msg: Any, name: str) -> Any:
+    """`msg.<name>` if that sub-message was on the wire, else None. Reading an unset
+    message field through betterproto builds its default (about 100 us for a list
+    filter); the raw slot holds betterproto's PLACEHOLDER until then."""
+    value = object.__getattribute__(msg, name)
+    if value is betterproto.PLACEHOLDER or not betterproto.serialized_on_wire(value):
+        return None
+    return value
 
 
 def forget_item(oid: str) -> None:

@@ -3,31 +3,49 @@ state, pod_sandbox_id (or prefix), label selector."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from crib_common.cri.runtime.v1 import ListContainersRequest
 from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import RawMessage, container_item_bytes, container_state, labels_match, repeated_field
+from ..views import (
+    ListCache,
+    RawMessage,
+    container_entry,
+    container_state,
+    labels_match,
+    wire_field,
+)
 
 
 def register(table: CriTable, rt: Runtime) -> None:
+    cache = ListCache()
+
     @table.unary("/runtime.v1.RuntimeService/ListContainers", ListContainersRequest)
     async def list_containers(request: ListContainersRequest) -> RawMessage:
-        f = request.filter if is_set(request.filter) else None
-        items = []
-        for rec in list(rt.containers.values()):
-            if rec.status.state == "creating":
-                continue
-            if f is not None:
-                if f.id and not rec.meta.id.startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not rec.meta.pod_id.startswith(f.pod_sandbox_id):
-                    continue
-                if is_set(f.state) and container_state(rec) != f.state.state:
-                    continue
-                if f.label_selector and not labels_match(rec.meta.labels, f.label_selector):
-                    continue
-            items.append(container_item_bytes(rec))
-        # ListContainersResponse: `repeated Container containers = 1`.
-        return repeated_field(1, items)
+        f = wire_field(request, "filter")
+        key: Any = None
+        if f is not None:
+            # betterproto's attribute access costs microseconds: read the filter once,
+            # not once per container (a pod filter over 100 containers took 3 ms).
+            cid, pod_id, selector = f.id, f.pod_sandbox_id, dict(f.label_selector)
+            state = f.state.state if is_set(f.state) else None
+            key = (cid, pod_id, state, tuple(sorted(selector.items())))
+        hit = cache.get(rt.generation, key)
+        if hit is not None:
+            return hit
+        records = [r for r in rt.containers.values() if r.status.state != "creating"]
+        if f is not None:
+            if cid:
+                records = [r for r in records if r.meta.id.startswith(cid)]
+            if pod_id:
+                records = [r for r in records if r.meta.pod_id.startswith(pod_id)]
+            if state is not None:
+                records = [r for r in records if container_state(r) == state]
+            if selector:
+                records = [r for r in records if labels_match(r.meta.labels, selector)]
+        # ListContainersResponse: `repeated Container containers = 1`, from cached framed
+        # per-item encodings.
+        return cache.put(key, RawMessage(b"".join([container_entry(r) for r in records])))

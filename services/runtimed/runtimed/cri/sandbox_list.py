@@ -3,29 +3,38 @@ state, label selector."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from crib_common.cri.runtime.v1 import ListPodSandboxRequest
 from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import RawMessage, labels_match, repeated_field, sandbox_item_bytes, sandbox_state
+from ..views import ListCache, RawMessage, labels_match, sandbox_entry, sandbox_state, wire_field
 
 
 def register(table: CriTable, rt: Runtime) -> None:
+    cache = ListCache()
+
     @table.unary("/runtime.v1.RuntimeService/ListPodSandbox", ListPodSandboxRequest)
     async def list_pod_sandbox(request: ListPodSandboxRequest) -> RawMessage:
-        f = request.filter if is_set(request.filter) else None
-        items = []
-        for rec in list(rt.sandboxes.values()):
-            if rec.status.state == "creating":
-                continue
-            if f is not None:
-                if f.id and not rec.meta.id.startswith(f.id):
-                    continue
-                if is_set(f.state) and sandbox_state(rec) != f.state.state:
-                    continue
-                if f.label_selector and not labels_match(rec.meta.labels, f.label_selector):
-                    continue
-            items.append(sandbox_item_bytes(rec))
+        f = wire_field(request, "filter")
+        key: Any = None
+        if f is not None:
+            # The filter is read once (betterproto attribute access is slow).
+            sid, selector = f.id, dict(f.label_selector)
+            state = f.state.state if is_set(f.state) else None
+            key = (sid, state, tuple(sorted(selector.items())))
+        hit = cache.get(rt.generation, key)
+        if hit is not None:
+            return hit
+        records = [r for r in rt.sandboxes.values() if r.status.state != "creating"]
+        if f is not None:
+            if sid:
+                records = [r for r in records if r.meta.id.startswith(sid)]
+            if state is not None:
+                records = [r for r in records if sandbox_state(r) == state]
+            if selector:
+                records = [r for r in records if labels_match(r.meta.labels, selector)]
         # ListPodSandboxResponse: `repeated PodSandbox items = 1`.
-        return repeated_field(1, items)
+        return cache.put(key, RawMessage(b"".join([sandbox_entry(r) for r in records])))
