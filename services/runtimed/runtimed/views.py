@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -318,12 +321,51 @@ async def container_stats(rt: Runtime, rec: ContainerRecord) -> ContainerStats:
 
 
 def _net_dev(pid: int) -> list[NetworkInterfaceUsage]:
-    out = []
     try:
-        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+        return _parse_net_dev(Path(f"/proc/{pid}/net/dev").read_text())
     except OSError:
         return []
-    for line in lines:
+
+
+_CLONE_NEWNET = 0x40000000  # <linux/sched.h>
+
+
+def _read_net_dev_in(netns_path: str) -> str:
+    """/proc/net/dev as seen from a network namespace file (a pod with no process to look
+    through, e.g. no infra and no running container). Runs in a thread made for it:
+    setns(2) moves only the calling thread, and a thread that failed to move back must
+    never serve anything else, so it ends right after."""
+    result: list[str] = []
+
+    def work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(target, _CLONE_NEWNET) != 0:
+                    return
+                try:
+                    result.append(Path("/proc/thread-self/net/dev").read_text())
+                finally:
+                    libc.setns(own, _CLONE_NEWNET)
+            finally:
+                os.close(target)
+        except OSError:
+            pass
+        finally:
+            os.close(own)
+
+    t = threading.Thread(target=work, name="crib-netns-stats", daemon=True)
+    t.start()
+    t.join(5)
+    return result[0] if result else ""
+
+
+def _parse_net_dev(text: str) -> list[NetworkInterfaceUsage]:
+    """Interfaces of a /proc/net/dev text except loopback (the kubelet reports eth0)."""
+    out = []
+    for line in text.splitlines()[2:]:
         name, _, rest = line.partition(":")
         f = rest.split()
         name = name.strip()
@@ -339,7 +381,7 @@ async def sandbox_stats(rt: Runtime, rec: SandboxRecord) -> PodSandboxStats:
     st = await asyncio.to_thread(cgroups.read_stats, rec.meta.cgroup_parent)
     containers = [c for c in rt.pod_containers(rec.meta.id)
                   if c.status.state in ("created", "running", "exited")]
-    cstats = [await container_stats(rt, c) for c in containers]
+    cstats = list(await asyncio.gather(*(container_stats(rt, c) for c in containers)))
     linux = LinuxPodSandboxStats(
         cpu=CpuUsage(timestamp=st.timestamp, usage_core_nano_seconds=_u(st.cpu_usage_ns)),
         memory=MemoryUsage(timestamp=st.timestamp, working_set_bytes=_u(st.working_set),
@@ -352,13 +394,18 @@ async def sandbox_stats(rt: Runtime, rec: SandboxRecord) -> PodSandboxStats:
     pids = [c.status.pid for c in containers if c.status.state == "running"]
     pids.append(rec.status.infra_pid)
     if not rec.meta.host_network:
+        ifaces = []
         for pid in pids:
             ifaces = _net_dev(pid) if pid else []
             if ifaces:
-                default = next((i for i in ifaces if i.name == "eth0"), ifaces[0])
-                linux.network = NetworkUsage(timestamp=st.timestamp,
-                                             default_interface=default, interfaces=ifaces)
                 break
+        if not ifaces and rec.meta.netns_path:
+            ifaces = _parse_net_dev(await asyncio.to_thread(_read_net_dev_in,
+                                                            rec.meta.netns_path))
+        if ifaces:
+            default = next((i for i in ifaces if i.name == "eth0"), ifaces[0])
+            linux.network = NetworkUsage(timestamp=st.timestamp,
+                                         default_interface=default, interfaces=ifaces)
     return PodSandboxStats(
         attributes=PodSandboxAttributes(id=rec.meta.id, metadata=_meta(rec),
                                         labels=dict(rec.meta.labels),

@@ -123,3 +123,32 @@ def test_pod_resources_on_the_pod_cgroup(cri: Cri, image: str) -> None:
     finally:
         cri.remove_pod(sid)
     assert not Path(f"/sys/fs/cgroup/memory/{cg}").exists()
+
+
+def test_pod_stats_network_without_a_process(cri: Cri, image: str) -> None:
+    """A pod with no infra process (own PID namespaces, no pause image) and no running
+    container still reports its network, read through its network namespace; its
+    containers' stats are in ListPodSandboxStats."""
+    sec = api_pb2.LinuxSandboxSecurityContext(
+        namespace_options=api_pb2.NamespaceOption(pid=api_pb2.CONTAINER))
+    sid, pod = cri.run_pod(cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
+        security_context=sec)))
+    try:
+        info = json.loads(cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+            pod_sandbox_id=sid, verbose=True), timeout=10).info["info"])
+        assert info["pid"] == 0
+        st = cri.rt.PodSandboxStats(api_pb2.PodSandboxStatsRequest(pod_sandbox_id=sid),
+                                    timeout=10).stats
+        assert st.linux.network.default_interface.name == "eth0"
+        assert [i.name for i in st.linux.network.interfaces] == ["eth0"]
+        assert list(st.linux.containers) == []
+        cid = cri.create(sid, pod, image, "app", command=["sleep", "300"])
+        cri.start(cid)
+        listed = cri.rt.ListPodSandboxStats(api_pb2.ListPodSandboxStatsRequest(
+            filter=api_pb2.PodSandboxStatsFilter(id=sid)), timeout=10).stats
+        assert [s.attributes.id for s in listed] == [sid]
+        assert [c.attributes.id for c in listed[0].linux.containers] == [cid]
+        assert listed[0].linux.containers[0].memory.working_set_bytes.value > 0
+        assert listed[0].linux.network.default_interface.name == "eth0"
+    finally:
+        cri.remove_pod(sid)
