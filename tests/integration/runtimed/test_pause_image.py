@@ -126,3 +126,22 @@ def test_pause_image_without_shared_pid(crib: Stack, cri: Cri, image: str) -> No
         pod_sandbox_id=sid), timeout=10).status.state == api_pb2.SANDBOX_NOTREADY, timeout=10)
     cri.remove_pod(sid)
     assert leftovers(crib) == {}
+
+
+def test_pause_pod_survives_runtimed_restart(crib: Stack, cri: Cri) -> None:
+    """kill -9 of runtimed leaves the pause container running (conmon holds it); after
+    recovery the pod is Ready and its removal still cleans up snapshot and all."""
+    sid, _pod = cri.run_pod()
+    pid = int(_info(cri, sid)["pid"])  # type: ignore[arg-type]
+    proc = crib.procs.pop("runtimed")
+    proc.kill()
+    proc.wait(timeout=30)
+    crib.start_one("runtimed")
+    assert Path(f"/proc/{pid}").exists()
+    st = cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid),
+                                 timeout=10).status
+    assert st.state == api_pb2.SANDBOX_READY
+    assert int(_info(cri, sid)["pid"]) == pid  # type: ignore[arg-type]
+    cri.remove_pod(sid)
+    assert not Path(f"/proc/{pid}").exists()
+    assert leftovers(crib) == {}
