@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from crib_common.cri.runtime.v1 import (
     ListPodSandboxStatsRequest,
     ListPodSandboxStatsResponse,
@@ -26,7 +28,7 @@ def register(table: CriTable, rt: Runtime) -> None:
         request: ListPodSandboxStatsRequest,
     ) -> ListPodSandboxStatsResponse:
         f = request.filter if is_set(request.filter) else None
-        out = []
+        picked = []
         for rec in list(rt.sandboxes.values()):
             if rec.status.state != "ready":
                 continue
@@ -35,5 +37,8 @@ def register(table: CriTable, rt: Runtime) -> None:
                     continue
                 if f.label_selector and not labels_match(rec.meta.labels, f.label_selector):
                     continue
-            out.append(await sandbox_stats(rt, rec))
-        return ListPodSandboxStatsResponse(stats=out)
+            picked.append(rec)
+        # Each pod asks imaged for its containers' usage: ask for every pod at once, as
+        # ListContainerStats does.
+        out = await asyncio.gather(*(sandbox_stats(rt, rec) for rec in picked))
+        return ListPodSandboxStatsResponse(stats=list(out))
