@@ -8,6 +8,7 @@ import ctypes
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +51,6 @@ from crib_common.cri.runtime.v1 import (
     UInt64Value,
 )
 
-from crib_common import server as _crib_server
-from crib_common import wire as _crib_wire
 
 from . import cgroups
 from .store.records import ContainerRecord, SandboxRecord
@@ -132,27 +131,6 @@ def container_item(rec: ContainerRecord) -> Container:
                      annotations=dict(m.annotations), image_id=m.image_id)
 
 
-class RawMessage:
-    """An already-encoded protobuf message: the dispatcher only calls `bytes()` on replies.
-    betterproto costs ~1 ms to build and encode one Container; list replies are assembled
-    from per-item encodings cached until the item's state changes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __bytes__(self) -> bytes:
-        return self.data
-
-
-# crib_common's encode_message (wire.py) plans betterproto classes; registering "no plan"
-# for a pre-encoded reply makes it fall back to bytes(), which is what we want. Covered by
-# the ListContainers/ListPodSandbox integration tests.
-for _module in (_crib_wire, _crib_server):
-    _plans: Any = getattr(_module, "_PLANS", None)
-    if isinstance(_plans, dict):
-        _plans[RawMessage] = None
-
-
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -165,56 +143,40 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def repeated_field(number: int, items: list[bytes]) -> RawMessage:
-    """A message whose only field `number` is a repeated message (wire type 2)."""
-    tag = _varint((number << 3) | 2)
-    return RawMessage(b"".join(tag + _varint(len(i)) + i for i in items))
-
-
-# Per object id: (state key, the item's encoding, the same framed as field 1 of a list
-# reply). Both list replies keep their items in field 1, so the framed form is reused.
+# List replies are assembled from per-item encodings (betterproto costs ~1 ms to build and
+# encode one Container) and handed to the CRI dispatcher as bytes, which it sends as they
+# are. Per object id: (state key, the item's encoding, the same framed as field 1 of a list
+# reply). Both ListContainersResponse.containers and ListPodSandboxResponse.items are
+# `repeated ... = 1`, so the framed form is reused.
 _ITEM_CACHE: dict[str, tuple[str, bytes, bytes]] = {}
 _FIELD1 = _varint((1 << 3) | 2)
 
 
-def _cache(oid: str, key: str, data: bytes) -> tuple[str, bytes, bytes]:
+def _cached(
+    oid: str, key: str, build: Callable[[], betterproto.Message]
+) -> tuple[str, bytes, bytes]:
+    hit = _ITEM_CACHE.get(oid)
+    if hit is not None and hit[0] == key:
+        return hit
+    data = bytes(build())
     entry = (key, data, _FIELD1 + _varint(len(data)) + data)
     _ITEM_CACHE[oid] = entry
     return entry
 
 
 def container_item_bytes(rec: ContainerRecord) -> bytes:
-    key = rec.status.state
-    hit = _ITEM_CACHE.get(rec.meta.id)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    return _cache(rec.meta.id, key, bytes(container_item(rec)))[1]
+    """The encoded `Container` of a record, re-encoded only when its state changed."""
+    return _cached(rec.meta.id, rec.status.state, lambda: container_item(rec))[1]
 
 
 def container_entry(rec: ContainerRecord) -> bytes:
     """`container_item_bytes` framed as field 1 (ListContainersResponse.containers)."""
-    key = rec.status.state
-    hit = _ITEM_CACHE.get(rec.meta.id)
-    if hit is not None and hit[0] == key:
-        return hit[2]
-    return _cache(rec.meta.id, key, bytes(container_item(rec)))[2]
-
-
-def sandbox_item_bytes(rec: SandboxRecord) -> bytes:
-    key = "pod:" + rec.status.state
-    hit = _ITEM_CACHE.get(rec.meta.id)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    return _cache(rec.meta.id, key, bytes(sandbox_item(rec)))[1]
+    return _cached(rec.meta.id, rec.status.state, lambda: container_item(rec))[2]
 
 
 def sandbox_entry(rec: SandboxRecord) -> bytes:
-    """`sandbox_item_bytes` framed as field 1 (ListPodSandboxResponse.items)."""
-    key = "pod:" + rec.status.state
-    hit = _ITEM_CACHE.get(rec.meta.id)
-    if hit is not None and hit[0] == key:
-        return hit[2]
-    return _cache(rec.meta.id, key, bytes(sandbox_item(rec)))[2]
+    """The encoded `PodSandbox` framed as field 1 (ListPodSandboxResponse.items)."""
+    return _cached(rec.meta.id, "pod:" + rec.status.state, lambda: sandbox_item(rec))[2]
 
 
 class ListCache:
@@ -226,16 +188,16 @@ class ListCache:
 
     def __init__(self) -> None:
         self.generation = -1
-        self.replies: dict[Any, RawMessage] = {}
+        self.replies: dict[Any, bytes] = {}
 
-    def get(self, generation: int, key: Any) -> RawMessage | None:
+    def get(self, generation: int, key: Any) -> bytes | None:
         if generation != self.generation:
             self.generation = generation
             self.replies.clear()
             return None
         return self.replies.get(key)
 
-    def put(self, key: Any, reply: RawMessage) -> RawMessage:
+    def put(self, key: Any, reply: bytes) -> bytes:
         if len(self.replies) < self.MAX_KEYS:
             self.replies[key] = reply
         return reply

@@ -12,7 +12,6 @@ from ..oci.spec import is_set
 from ..service import Runtime
 from ..views import (
     ListCache,
-    RawMessage,
     container_entry,
     container_state,
     labels_match,
@@ -24,7 +23,7 @@ def register(table: CriTable, rt: Runtime) -> None:
     cache = ListCache()
 
     @table.unary("/runtime.v1.RuntimeService/ListContainers", ListContainersRequest)
-    async def list_containers(request: ListContainersRequest) -> RawMessage:
+    async def list_containers(request: ListContainersRequest) -> bytes:
         f = wire_field(request, "filter")
         key: Any = None
         if f is not None:
@@ -48,4 +47,4 @@ def register(table: CriTable, rt: Runtime) -> None:
                 records = [r for r in records if labels_match(r.meta.labels, selector)]
         # ListContainersResponse: `repeated Container containers = 1`, from cached framed
         # per-item encodings.
-        return cache.put(key, RawMessage(b"".join([container_entry(r) for r in records])))
+        return cache.put(key, b"".join([container_entry(r) for r in records]))

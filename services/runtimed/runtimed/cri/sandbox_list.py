@@ -10,14 +10,14 @@ from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import ListCache, RawMessage, labels_match, sandbox_entry, sandbox_state, wire_field
+from ..views import ListCache, labels_match, sandbox_entry, sandbox_state, wire_field
 
 
 def register(table: CriTable, rt: Runtime) -> None:
     cache = ListCache()
 
     @table.unary("/runtime.v1.RuntimeService/ListPodSandbox", ListPodSandboxRequest)
-    async def list_pod_sandbox(request: ListPodSandboxRequest) -> RawMessage:
+    async def list_pod_sandbox(request: ListPodSandboxRequest) -> bytes:
         f = wire_field(request, "filter")
         key: Any = None
         if f is not None:
@@ -37,4 +37,4 @@ def register(table: CriTable, rt: Runtime) -> None:
             if selector:
                 records = [r for r in records if labels_match(r.meta.labels, selector)]
         # ListPodSandboxResponse: `repeated PodSandbox items = 1`.
-        return cache.put(key, RawMessage(b"".join([sandbox_entry(r) for r in records])))
+        return cache.put(key, b"".join([sandbox_entry(r) for r in records]))
