@@ -3,8 +3,14 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-python=${PYTHON:-python3}
-[ -x .venv/bin/python ] && python=.venv/bin/python
+# The benches drive crib and containerd with the grpcio CRI client of the test extras.
+bash scripts/deps.sh test
+apt_missing=()
+dpkg-query -W -f='${Status}' containerd 2>/dev/null | grep -q "ok installed" || apt_missing+=(containerd)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${apt_missing[@]}"
+fi
+python=.venv/bin/python
 status=0
 for script in bench/bench_*.py; do
     [ -e "$script" ] || continue
