@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     # netd serves no CRI and so never pays for them (about 2 MB of RSS, issue #5).
     import betterproto
 
-    from .wire import check_wire, decode_message, encode_message
-
 __all__ = [
     "CriTable",
     "HEALTH_KEY",
@@ -252,6 +250,10 @@ class CriTable:
     """The CRI methods one daemon implements, keyed by gRPC path."""
 
     methods: dict[str, _CriMethod] = field(default_factory=dict)
+    # crib_common.wire's check_wire, decode_message and encode_message, bound by `add_to`.
+    _check_wire: Callable[[bytes, type[Any]], None] = field(init=False, repr=False)
+    _decode: Callable[[type[Any], bytes], Any] = field(init=False, repr=False)
+    _encode: Callable[[Any], bytes] = field(init=False, repr=False)
 
     def unary(
         self, path: str, request_type: type[P]
@@ -272,9 +274,11 @@ class CriTable:
         return register
 
     def add_to(self, app: web.Application) -> None:
-        global check_wire, decode_message, encode_message
-        from .wire import check_wire, decode_message, encode_message  # see TYPE_CHECKING
+        from . import wire  # loaded here, not at import: see TYPE_CHECKING above
 
+        self._check_wire = wire.check_wire
+        self._decode = wire.decode_message
+        self._encode = wire.encode_message
         app.router.add_post("/v1/cri/{service}/{method}", self._dispatch)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -285,9 +289,9 @@ class CriTable:
         raw = await request.read()
         # betterproto's parser is lenient (b"\xff\xff" parses as an empty message), so the
         # wire format is checked first: bad input is InvalidArgument naming the field.
-        check_wire(raw, method.request_type)
+        self._check_wire(raw, method.request_type)
         try:
-            message = decode_message(method.request_type, raw)
+            message = self._decode(method.request_type, raw)
         except Exception as exc:  # betterproto raises assorted errors on bad wire data
             raise InvalidArgument(f"malformed {method.request_type.__name__}: {exc}") from None
         structlog.contextvars.bind_contextvars(rpc=path.rsplit("/", 1)[-1])
@@ -299,7 +303,7 @@ class CriTable:
             except TimeoutError:
                 raise DeadlineExceeded(f"{path} did not finish within {timeout:.3f}s") from None
             # A handler whose answer never changes may return it pre-encoded (Version).
-            body = reply if isinstance(reply, bytes) else encode_message(reply)
+            body = reply if isinstance(reply, bytes) else self._encode(reply)
             return web.Response(body=body, content_type=PROTO_CONTENT_TYPE)
         # Called before the answer starts: a handler that checks its request eagerly (a
         # plain function returning an iterator) fails with its own status, not mid-stream.
@@ -308,7 +312,7 @@ class CriTable:
         response.enable_chunked_encoding()
         await response.prepare(request)
         async for item in items:
-            data = encode_message(item)
+            data = self._encode(item)
             await response.write(struct.pack(">I", len(data)) + data)
         await response.write_eof()
         return response
