@@ -120,7 +120,7 @@ async def run(pods: int, width: int) -> str:
 
 
 def _remove_hostport_chains_if_unused() -> None:
-    from tests.integration.netd import iptables
+    from tests.support import iptables
 
     # Per-pod chains are gone after DEL; portmap's shared chains stay unless nothing is left.
     iptables.restore_new_shared({"nat": set(), "filter": set()})
