@@ -377,7 +377,7 @@ def decode_message(cls: type[P], data: bytes) -> P:
     """`cls().parse(data)`, faster; the wire format is expected checked (`check_wire`)."""
     try:
         return _decode(cls, memoryview(data))
-    except (_Fallback, IndexError, struct.error, ValueError):
+    except (_Fallback, _WireError, IndexError, struct.error, ValueError):
         return cls().parse(data)
 
 
@@ -390,20 +390,6 @@ def _new(cls: type[P]) -> P:
     d.update(template)
     d["_group_current"] = dict(template["_group_current"])
     return msg
-
-
-def _next_varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise _Fallback()
 
 
 def _scalar_value(kind: str, wire: int, raw: Any, enum_cls: Any) -> Any:
@@ -440,14 +426,14 @@ def _decode(cls: type[P], buf: memoryview) -> P:
     while pos < end:
         start = pos
         raw: Any
-        key, pos = _next_varint(buf, pos)
+        key, pos = _read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == _VARINT:
-            raw, pos = _next_varint(buf, pos)
+            raw, pos = _read_varint(buf, pos)
         elif wire == _I64:
             raw, pos = bytes(buf[pos:pos + 8]), pos + 8
         elif wire == _LEN:
-            size, pos = _next_varint(buf, pos)
+            size, pos = _read_varint(buf, pos)
             raw, pos = buf[pos:pos + size], pos + size
         elif wire == _I32:
             raw, pos = bytes(buf[pos:pos + 4]), pos + 4
@@ -479,7 +465,7 @@ def _decode(cls: type[P], buf: memoryview) -> P:
                     value.append(_scalar_value(kind, _I32 if width == 4 else _I64, item,
                                                sub_cls))
                 else:
-                    item, p = _next_varint(chunk, p)
+                    item, p = _read_varint(chunk, p)
                     value.append(_scalar_value(kind, _VARINT, item, sub_cls))
         elif kind == "message":
             if not (isinstance(sub_cls, type) and issubclass(sub_cls, betterproto.Message)):
