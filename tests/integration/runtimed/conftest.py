@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,28 @@ def _channel(stack: Stack) -> grpc.Channel:
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
 
 
+class EventWatch:
+    """A GetContainerEvents stream read in a thread into `events`."""
+
+    def __init__(self, rt: api_pb2_grpc.RuntimeServiceStub) -> None:
+        self.events: list[api_pb2.ContainerEventResponse] = []
+        self._stream = rt.GetContainerEvents(api_pb2.GetEventsRequest())
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+        time.sleep(0.3)  # the stream is open before the caller acts
+
+    def _collect(self) -> None:
+        try:
+            for ev in self._stream:
+                self.events.append(ev)
+        except grpc.RpcError:
+            pass  # cancelled by stop()
+
+    def stop(self) -> None:
+        self._stream.cancel()
+        self._reader.join(5)
+
+
 class Cri:
     """The independent grpcio client against the gateway's socket."""
 
@@ -45,6 +68,10 @@ class Cri:
 
     def close(self) -> None:
         self.channel.close()
+
+    def watch_events(self) -> EventWatch:
+        """Start GetContainerEvents in a thread; `stop()` it before reading `events`."""
+        return EventWatch(self.rt)
 
     def reconnect(self) -> None:
         self.channel.close()

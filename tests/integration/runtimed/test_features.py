@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -149,19 +148,8 @@ def test_filters_prefixes_and_bad_ids(cri: Cri, image: str,
 def test_stats_update_reopen_and_events(cri: Cri, image: str,
                                         pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
     sid, config = pod
-    events: list[api_pb2.ContainerEventResponse] = []
-    stream = cri.rt.GetContainerEvents(api_pb2.GetEventsRequest())
-
-    def collect() -> None:
-        try:
-            for ev in stream:
-                events.append(ev)
-        except grpc.RpcError:
-            pass
-
-    reader = threading.Thread(target=collect, daemon=True)
-    reader.start()
-    time.sleep(0.3)
+    watch = cri.watch_events()
+    events = watch.events
     cid = cri.create(sid, config, image, "ticker", command=["sh", "-c"],
                      args=["i=0; while true; do echo tick $i; i=$((i+1)); "
                            "echo data > /tmp/f$((i % 5)); sleep 0.1; done"])
@@ -202,8 +190,7 @@ def test_stats_update_reopen_and_events(cri: Cri, image: str,
     cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
     cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     time.sleep(0.3)
-    stream.cancel()
-    reader.join(5)
+    watch.stop()
     mine = [e.container_event_type for e in events if e.container_id == cid]
     assert mine == [api_pb2.CONTAINER_CREATED_EVENT, api_pb2.CONTAINER_STARTED_EVENT,
                     api_pb2.CONTAINER_STOPPED_EVENT, api_pb2.CONTAINER_DELETED_EVENT]

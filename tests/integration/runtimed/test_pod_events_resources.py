@@ -5,8 +5,6 @@ UpdatePodSandboxResources."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -33,19 +31,8 @@ def _read(controller: str, cgroup: str, name: str) -> str:
 
 
 def test_pod_events_carry_statuses(cri: Cri, image: str) -> None:
-    events: list[api_pb2.ContainerEventResponse] = []
-    stream = cri.rt.GetContainerEvents(api_pb2.GetEventsRequest())
-
-    def collect() -> None:
-        try:
-            for ev in stream:
-                events.append(ev)
-        except grpc.RpcError:
-            pass
-
-    reader = threading.Thread(target=collect, daemon=True)
-    reader.start()
-    time.sleep(0.3)
+    watch = cri.watch_events()
+    events = watch.events
     sid, pod = cri.run_pod()
     cid = cri.create(sid, pod, image, "app", command=["sleep", "300"])
     cri.start(cid)
@@ -53,8 +40,7 @@ def test_pod_events_carry_statuses(cri: Cri, image: str) -> None:
     assert wait_until(lambda: any(
         e.container_id == sid and e.container_event_type == api_pb2.CONTAINER_DELETED_EVENT
         for e in events), timeout=5)
-    stream.cancel()
-    reader.join(5)
+    watch.stop()
 
     pod_events = [e for e in events if e.container_id == sid]
     assert [e.container_event_type for e in pod_events] == [
