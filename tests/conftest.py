@@ -24,8 +24,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """One crib node for the session; tests that kill daemons restart them."""
-    s = Stack.create().start()
-    try:
+    with Stack.running() as s:
         yield s
-    finally:
-        s.cleanup()

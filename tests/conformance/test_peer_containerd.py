@@ -33,11 +33,8 @@ def peer() -> Iterator[PeerContainerd]:
 
 @pytest.fixture(scope="module")
 def crib() -> Iterator[Stack]:
-    s = Stack.create().start(("runtimed", "gateway"))
-    try:
+    with Stack.running(("runtimed", "gateway")) as s:
         yield s
-    finally:
-        s.cleanup()
 
 
 def test_version_contract_matches_containerd(peer: PeerContainerd, crib: Stack) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,17 @@ class Stack:
     def create(cls, **extra_env: str) -> Stack:
         root = Path(tempfile.mkdtemp(prefix="crib-", dir="/tmp"))
         return cls(root=root, extra_env=extra_env)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, services: tuple[str, ...] = SERVICES, **extra_env: str) -> Iterator[Stack]:
+        """A started stack, cleaned up afterwards, also when a daemon fails to start."""
+        stack = cls.create(**extra_env)
+        try:
+            stack.start(services)
+            yield stack
+        finally:
+            stack.cleanup()
 
     # ------------------------------------------------------------- paths
     @property

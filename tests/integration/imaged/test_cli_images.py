@@ -28,12 +28,8 @@ CRIB = str(Path(sys.executable).parent / "crib")
 
 @pytest.fixture
 def node() -> Iterator[Stack]:
-    stack = Stack.create()
-    stack.start(("imaged",))
-    try:
+    with Stack.running(("imaged",)) as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 def _crib(node: Stack, *args: str) -> subprocess.CompletedProcess[str]:

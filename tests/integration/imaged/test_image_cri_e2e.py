@@ -23,12 +23,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def node() -> Iterator[Stack]:
-    stack = Stack.create()
-    stack.start(("imaged", "gateway"))
-    try:
+    with Stack.running(("imaged", "gateway")) as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 def test_image_service_through_gateway(node: Stack, busybox_image: str,

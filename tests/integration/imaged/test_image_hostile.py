@@ -9,8 +9,7 @@ import pytest
 
 from crib_common.errors import CribError, InvalidArgument, NotFound
 from tests.integration.imaged.conftest import Imaged
-from tests.support.images import MT_OCI_MANIFEST, Entry, Image, Layer, busybox_image, \
-    push_image
+from tests.support.images import MT_OCI_MANIFEST, Entry, Image, Layer, push_image
 from tests.support.registry import Registry, StaticRegistry, sha256_digest
 
 pytestmark = pytest.mark.integration

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 
 import pytest
 
 from tests.integration.imaged.conftest import Imaged
-from tests.support.images import Entry, Image, ImageConfig, Layer, busybox_image, \
-    push_image, push_index
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

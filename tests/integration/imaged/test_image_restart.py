@@ -34,12 +34,8 @@ SVC = "/runtime.v1.ImageService/"
 
 @pytest.fixture
 def node() -> Iterator[Stack]:
-    stack = Stack.create()
-    stack.start(("imaged",))
-    try:
+    with Stack.running(("imaged",)) as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 def _root(stack: Stack) -> Path:

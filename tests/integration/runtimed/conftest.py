@@ -19,12 +19,8 @@ from tests.support.stack import Stack
 
 @pytest.fixture(scope="module")
 def crib() -> Iterator[Stack]:
-    stack = Stack.create()
-    stack.start()
-    try:
+    with Stack.running() as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 def _channel(stack: Stack) -> grpc.Channel:

@@ -34,12 +34,8 @@ def pause_ref(registry: Registry) -> str:
 @pytest.fixture(scope="module")
 def crib(pause_ref: str) -> Iterator[Stack]:
     """Overrides conftest's stack: this module's runtimed runs the pause image."""
-    stack = Stack.create(CRIB_RUNTIMED__PAUSE_IMAGE=pause_ref)
-    stack.start()
-    try:
+    with Stack.running(CRIB_RUNTIMED__PAUSE_IMAGE=pause_ref) as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 def _info(cri: Cri, sid: str) -> dict[str, object]:

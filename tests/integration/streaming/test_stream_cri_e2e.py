@@ -30,12 +30,8 @@ READER = 'while read l; do [ "$l" = quit ] && exit 4; echo "got $l"; done'
 
 @pytest.fixture(scope="module")
 def crib() -> Iterator[Stack]:
-    stack = Stack.create()
-    stack.start()
-    try:
+    with Stack.running() as stack:
         yield stack
-    finally:
-        stack.cleanup()
 
 
 class Pod:
