@@ -8,9 +8,9 @@ import ctypes
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import betterproto
 
@@ -375,8 +375,19 @@ async def sandbox_stats(rt: Runtime, rec: SandboxRecord) -> PodSandboxStats:
         linux=linux)
 
 
-def labels_match(labels: dict[str, str], selector: dict[str, str]) -> bool:
+def labels_match(labels: dict[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-_ = betterproto
+_R = TypeVar("_R", ContainerRecord, SandboxRecord)
+
+
+def select(records: Iterable[_R], id_prefix: str = "",
+           selector: Mapping[str, str] | None = None) -> list[_R]:
+    """The records a CRI filter keeps: the ID by unique prefix, the labels by selector."""
+    out = list(records)
+    if id_prefix:
+        out = [r for r in out if r.meta.id.startswith(id_prefix)]
+    if selector:
+        out = [r for r in out if labels_match(r.meta.labels, selector)]
+    return out

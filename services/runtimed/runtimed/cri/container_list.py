@@ -14,7 +14,7 @@ from ..views import (
     ListCache,
     container_entry,
     container_state,
-    labels_match,
+    select,
     wire_field,
 )
 
@@ -37,14 +37,11 @@ def register(table: CriTable, rt: Runtime) -> None:
             return hit
         records = [r for r in rt.containers.values() if r.status.state != "creating"]
         if f is not None:
-            if cid:
-                records = [r for r in records if r.meta.id.startswith(cid)]
+            records = select(records, cid, selector)
             if pod_id:
                 records = [r for r in records if r.meta.pod_id.startswith(pod_id)]
             if state is not None:
                 records = [r for r in records if container_state(r) == state]
-            if selector:
-                records = [r for r in records if labels_match(r.meta.labels, selector)]
         # ListContainersResponse: `repeated Container containers = 1`, from cached framed
         # per-item encodings.
         return cache.put(key, b"".join([container_entry(r) for r in records]))

@@ -14,7 +14,7 @@ from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import container_stats, labels_match
+from ..views import container_stats, select
 
 
 def register(table: CriTable, rt: Runtime) -> None:
@@ -28,19 +28,12 @@ def register(table: CriTable, rt: Runtime) -> None:
         request: ListContainerStatsRequest,
     ) -> ListContainerStatsResponse:
         f = request.filter if is_set(request.filter) else None
-        picked = []
-        for rec in list(rt.containers.values()):
-            # Like containerd, stats cover containers that exist in the runtime.
-            if rec.status.state not in ("created", "running"):
-                continue
-            if f is not None:
-                if f.id and not rec.meta.id.startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not rec.meta.pod_id.startswith(f.pod_sandbox_id):
-                    continue
-                if f.label_selector and not labels_match(rec.meta.labels, f.label_selector):
-                    continue
-            picked.append(rec)
+        # Like containerd, stats cover containers that exist in the runtime.
+        picked = [r for r in rt.containers.values() if r.status.state in ("created", "running")]
+        if f is not None:
+            picked = select(picked, f.id, f.label_selector)
+            if f.pod_sandbox_id:
+                picked = [r for r in picked if r.meta.pod_id.startswith(f.pod_sandbox_id)]
         # One imaged usage call per container: ask them all at once.
         out = await asyncio.gather(*(container_stats(rt, rec) for rec in picked))
         return ListContainerStatsResponse(stats=list(out))

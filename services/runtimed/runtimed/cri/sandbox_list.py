@@ -10,7 +10,7 @@ from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import ListCache, labels_match, sandbox_entry, sandbox_state, wire_field
+from ..views import ListCache, sandbox_entry, sandbox_state, select, wire_field
 
 
 def register(table: CriTable, rt: Runtime) -> None:
@@ -30,11 +30,8 @@ def register(table: CriTable, rt: Runtime) -> None:
             return hit
         records = [r for r in rt.sandboxes.values() if r.status.state != "creating"]
         if f is not None:
-            if sid:
-                records = [r for r in records if r.meta.id.startswith(sid)]
+            records = select(records, sid, selector)
             if state is not None:
                 records = [r for r in records if sandbox_state(r) == state]
-            if selector:
-                records = [r for r in records if labels_match(r.meta.labels, selector)]
         # ListPodSandboxResponse: `repeated PodSandbox items = 1`.
         return cache.put(key, b"".join([sandbox_entry(r) for r in records]))

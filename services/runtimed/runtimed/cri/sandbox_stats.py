@@ -14,7 +14,7 @@ from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import labels_match, sandbox_stats
+from ..views import sandbox_stats, select
 
 
 def register(table: CriTable, rt: Runtime) -> None:
@@ -28,16 +28,9 @@ def register(table: CriTable, rt: Runtime) -> None:
         request: ListPodSandboxStatsRequest,
     ) -> ListPodSandboxStatsResponse:
         f = request.filter if is_set(request.filter) else None
-        picked = []
-        for rec in list(rt.sandboxes.values()):
-            if rec.status.state != "ready":
-                continue
-            if f is not None:
-                if f.id and not rec.meta.id.startswith(f.id):
-                    continue
-                if f.label_selector and not labels_match(rec.meta.labels, f.label_selector):
-                    continue
-            picked.append(rec)
+        picked = [r for r in rt.sandboxes.values() if r.status.state == "ready"]
+        if f is not None:
+            picked = select(picked, f.id, f.label_selector)
         # Each pod asks imaged for its containers' usage: ask for every pod at once, as
         # ListContainerStats does.
         out = await asyncio.gather(*(sandbox_stats(rt, rec) for rec in picked))
