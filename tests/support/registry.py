@@ -158,7 +158,26 @@ def _libtrust_key_id(der_spki: bytes) -> str:
     return ":".join(b32[i:i + 4] for i in range(0, len(b32), 4))
 
 
-class TokenIssuer:
+class _LoopbackHTTP:
+    """A `ThreadingHTTPServer` on a free loopback port, served from a daemon thread."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    def _start_server(self, handler: type[http.server.BaseHTTPRequestHandler], name: str) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name=name).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class TokenIssuer(_LoopbackHTTP):
     """A minimal Docker token server (distribution `docs/spec/auth/token.md`)."""
 
     def __init__(self, workdir: Path, service: str, users: dict[str, str],
@@ -168,6 +187,7 @@ class TokenIssuer:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
 
+        super().__init__()
         self.service = service
         self.issuer = "crib-test-issuer"
         self.users = users
@@ -189,8 +209,6 @@ class TokenIssuer:
         spki = self._key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.kid = _libtrust_key_id(spki)
-        self.port = free_port()
-        self._server: http.server.ThreadingHTTPServer | None = None
 
     @property
     def realm(self) -> str:
@@ -280,17 +298,8 @@ class TokenIssuer:
                 self._answer(200, {"access_token": token, "expires_in": 300,
                                    "scope": " ".join(scopes)})
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="crib-token-issuer").start()
+        self._start_server(Handler, "crib-token-issuer")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 # --------------------------------------------------------------------------- registry
@@ -525,10 +534,11 @@ class RegistryClient:
 Route = tuple[int, dict[str, str], bytes]
 
 
-class StaticRegistry:
+class StaticRegistry(_LoopbackHTTP):
     """A scripted registry: exact path -> (status, headers, body); see module docstring."""
 
     def __init__(self, routes: dict[str, Route] | None = None) -> None:
+        super().__init__()
         self.routes: dict[str, Route] = dict(routes or {})
         self.requests: list[str] = []
         # path -> bytes per second: serve that body slowly (kill-during-pull tests).
@@ -537,8 +547,6 @@ class StaticRegistry:
         self.cut: dict[str, list[int]] = {}
         self.honor_range = True
         self.headers: list[tuple[str, dict[str, str]]] = []
-        self.port = free_port()
-        self._server: http.server.ThreadingHTTPServer | None = None
 
     @property
     def host(self) -> str:
@@ -637,17 +645,8 @@ class StaticRegistry:
             def do_HEAD(self) -> None:
                 self._serve(False)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="crib-static-registry").start()
+        self._start_server(Handler, "crib-static-registry")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def __enter__(self) -> StaticRegistry:
         return self.start()
