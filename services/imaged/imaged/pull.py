@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -50,6 +50,7 @@ from .store.records import ImageLayer, ImageRecord, LayerRecord
 __all__ = ["Puller", "PullProgress"]
 
 log = structlog.get_logger("imaged.pull")
+T = TypeVar("T")
 
 # Unpacking spends most of its time in file-creating syscalls (measured on ext4: ~0.5 ms
 # per create, which overlaps across threads: 4 threads create 2.5x faster than one) and
@@ -132,7 +133,7 @@ class Puller:
         top_digest = self._check_manifest_digest(ref, raw, header_digest)
         content = [top_digest]
         self._lease(leased, top_digest)
-        await asyncio.to_thread(self.store.content.put, top_digest, raw)
+        await _settled(self.store.content.put, top_digest, raw)
         manifest_digest = top_digest
         if media_type in INDEX_TYPES:
             entry = select_manifest(parse_index(raw, media_type), host_platform())
@@ -142,7 +143,7 @@ class Puller:
                 raise DigestMismatch(f"manifest {entry.digest} from the index does not "
                                      f"match its content ({manifest_digest}, {len(raw)} bytes)")
             self._lease(leased, manifest_digest)
-            await asyncio.to_thread(self.store.content.put, manifest_digest, raw)
+            await _settled(self.store.content.put, manifest_digest, raw)
             content.append(manifest_digest)
         elif media_type not in MANIFEST_TYPES:
             raise InvalidArgument(f"unsupported manifest media type {media_type!r} for {ref}")
@@ -212,7 +213,7 @@ class Puller:
         if actual != desc.digest or len(raw) != desc.size:
             raise DigestMismatch(f"image config {desc.digest} does not match its content "
                                  f"({actual}, {len(raw)} bytes)")
-        await asyncio.to_thread(self.store.content.put, desc.digest, raw)
+        await _settled(self.store.content.put, desc.digest, raw)
         return raw
 
     # ---------------------------------------------------------------- layers
@@ -288,8 +289,8 @@ class Puller:
             # spliced whole fails its digest, the blob is fetched once more from zero:
             # the kept bytes are trusted for nothing but saving a transfer.
             for fresh in (False, True):
-                writer = await asyncio.to_thread(self.store.content.writer, desc.digest,
-                                                 desc.size, True)
+                writer = await _settled(self.store.content.writer, desc.digest, desc.size,
+                                        True, on_cancel=lambda w: w.abort())
                 if fresh:
                     writer.reset()
                 if writer.resumed:
@@ -304,13 +305,30 @@ class Puller:
                     raise
                 spliced = writer.spliced
                 try:
-                    await asyncio.to_thread(writer.commit)
+                    await _settled(writer.commit)
                     return
                 except DigestMismatch:
                     if not spliced or fresh:
                         raise
                     log.warning("resumed download failed its digest; fetching it again",
                                 digest=desc.digest)
+
+
+async def _settled(fn: Callable[..., T], *args: Any,
+                   on_cancel: Callable[[T], object] | None = None) -> T:
+    """`fn(*args)` in a thread. A thread cannot be interrupted, so a cancel waits for it
+    to finish (then `on_cancel` undoes what it made) before the cancel goes on: nothing it
+    writes lands after the pull that started it has failed and collected its garbage."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({work})
+        if on_cancel is not None and work.exception() is None:
+            on_cancel(work.result())
+        raise
 
 
 async def _shared(tasks: dict[str, list[Any]], key: str,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -104,3 +106,23 @@ async def test_missing_image_and_bad_reference(imaged: Imaged, registry: Registr
     await _pull_fails(imaged, f"{registry.host}/crib-test/absent:v1", "not found", NotFound)
     await _pull_fails(imaged, "UPPER CASE!", "invalid image reference")
     await _pull_fails(imaged, f"{registry.host}/a/b@sha256:123", "bad digest")
+
+
+async def test_failed_pull_waits_for_a_commit_in_flight(
+        imaged: Imaged, registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One layer is rejected while another's commit is still in its thread: the failed
+    pull returns only once that commit is done and collected (it used to land after)."""
+    from imaged.store.content import IngestWriter
+
+    good = Layer.from_entries([Entry.file("slow-commit", "ok" * 1000)])
+    bad = Layer.from_entries([Entry.file("../escape", "x")])
+    pushed = push_image(registry, "crib-test/hostile", "slow-commit", Image([good, bad]))
+    commit = IngestWriter.commit
+
+    def slow_commit(self: IngestWriter) -> Path:
+        if self.digest == good.digest:
+            time.sleep(0.5)
+        return commit(self)
+
+    monkeypatch.setattr(IngestWriter, "commit", slow_commit)
+    await _pull_fails(imaged, pushed.reference, "leaves the layer")
