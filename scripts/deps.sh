@@ -8,7 +8,8 @@ want=(runc crun conmon containernetworking-plugins catatonit iproute2 iptables u
 if [ "${1:-}" = test ]; then
     # busybox-static builds the test images; the dynamic busybox (which conflicts with it as
     # a package) is only downloaded and unpacked by the tests, never installed.
-    want+=(docker-registry busybox-static apache2-utils zstd)
+    # containerd is the peer the conformance tests compare crib with.
+    want+=(docker-registry busybox-static apache2-utils zstd containerd)
 fi
 missing=()
 for pkg in "${want[@]}"; do

@@ -103,9 +103,12 @@ async def test_kill_during_pull_then_pull_completes(node: Stack) -> None:
         root = _root(node)
         client = ImagedClient(node.socket("imaged"))
         pull = asyncio.ensure_future(_pull(client, ref))
+        # Kill once the throttled layer itself is part-way (a fast layer's bytes alone
+        # would not prove a Range resume: under load the slow one may not have started).
+        slow_hex = slow.digest.removeprefix("sha256:")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if any(_part_sizes(root).values()):
+            if _part_sizes(root).get(slow_hex, 0) > 0:
                 break
             await asyncio.sleep(0.02)
         else:
