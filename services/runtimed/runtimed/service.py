@@ -164,6 +164,8 @@ class Runtime:
         # ExecSync runs the container's own process spec with other args (config.json's).
         self._process_templates: dict[str, dict[str, Any]] = {}
         self._parked: dict[str, asyncio.Future[str]] = {}
+        # Runtime deletes started when a container exited (see `_release_runtime`).
+        self._releases: dict[str, asyncio.Future[bool]] = {}
         self.swap_controller = cgroups.swap_controller()
         self.ready = False
         # Bumped by every record write or drop: list replies are cached per generation.
@@ -192,6 +194,10 @@ class Runtime:
 
     async def close(self) -> None:
         await self.watcher.close()
+        if self._releases:
+            # Let runtime deletes under way finish; one cut short is done again by
+            # RemoveContainer after the restart (it always deletes unless this one did).
+            await asyncio.wait(list(self._releases.values()), timeout=10)
         await self.imaged.close()
         await self.netd.close()
         self.store.close()
@@ -282,6 +288,7 @@ class Runtime:
             self._release(_container_name(rec.meta), cid)
         self._exited.pop(cid, None)
         self._locks.pop(cid, None)
+        self._releases.pop(cid, None)
         self._process_templates.pop(cid, None)
         forget_item(cid)
 
@@ -787,7 +794,9 @@ class Runtime:
         """Undo every step of `_setup_container` (each tolerates never having happened)."""
         meta = rec.meta
         rt = self.runtimes.get(meta.handler)
-        if rt is not None:
+        release = self._releases.pop(meta.id, None)
+        released = release is not None and await asyncio.shield(release)
+        if rt is not None and not released:
             await rt.delete(meta.id)
         _kill_conmon(rec.status.conmon_pid)
         bundle = Path(meta.bundle)
@@ -873,10 +882,32 @@ class Runtime:
             rec.status.message = message
         self._put_container(rec)
         self._exit_event(rec.meta.id).set()
+        self._release_runtime(rec)
         log.info("container exited", container=rec.meta.id, exit_code=code,
                  reason=rec.status.reason)
         self._emit(rec.meta.id, ContainerEventType.CONTAINER_STOPPED_EVENT)
         return True
+
+    def _release_runtime(self, rec: ContainerRecord) -> None:
+        """Delete an exited container's runtime state (and with it its cgroup) at once,
+        in the background, as containerd deletes a task on its exit event: the status,
+        exit code and logs are ours and stay; RemoveContainer and RemovePodSandbox then
+        find the runtime's part done. Called after the exit (and OOM) are recorded."""
+        rt = self.runtimes.get(rec.meta.handler)
+        cid = rec.meta.id
+        if rt is None or cid in self._releases:
+            return
+
+        async def release() -> bool:
+            try:
+                await rt.delete(cid)
+            except Exception as exc:  # RemoveContainer deletes again and reports it
+                log.warning("runtime delete after exit failed", container=cid,
+                            error=str(exc))
+                return False
+            return True
+
+        self._releases[cid] = asyncio.ensure_future(release())
 
     async def _wait_exit(self, rec: ContainerRecord, timeout: float) -> bool:
         if await self._settle_exit(rec):

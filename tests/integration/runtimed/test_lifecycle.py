@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def test_full_lifecycle(cri: Cri, image: str, handler: str) -> None:
     assert ("stdout", "P", "no-newline") in streams
     assert ("stdout", "F", pod.metadata.name) in streams
     assert ("stdout", "F", "env=hello there") in streams
+    # The exited container's runtime state (and cgroup) is released without waiting for
+    # RemoveContainer, as containerd does on a task exit; our record keeps the exit.
+    binary = {"runc": "/usr/sbin/runc", "crun": "/usr/bin/crun"}[handler]
+    runtime_root = cri.stack.root / "run/runtimed/rt" / handler
+    deadline = time.monotonic() + 10
+    while subprocess.run([binary, f"--root={runtime_root}", "state", cid],
+                         capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, f"{handler} still holds exited {cid}"
+        time.sleep(0.05)
+    st = cri.status(cid)
+    assert (st.state, st.exit_code, st.reason) == (api_pb2.CONTAINER_EXITED, 7, "Error")
     # Stop and remove are idempotent.
     cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
     cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
