@@ -12,6 +12,11 @@ N iterations, for each runtime handler:
 - ListContainers with `--containers` containers present (created, in one pod);
 - idle RSS of the four crib daemons together vs containerd's.
 
+Both run the same CNI chain unless `--cni default` is given: the peer's one bridge plugin
+(host-local IPAM, no masquerade), each on its own bridge and subnet. crib's default chain
+(bridge with masquerade, portmap, loopback) runs two more plugins and its iptables rules
+on every pod, which is not the same workload.
+
 crib runs as tests/support/stack.py's Stack (private sockets under /tmp); containerd as
 bench/peer_containerd.py's PeerContainerd (private root/state/socket, its own bridge and
 subnet). Everything is removed at the end.
@@ -20,6 +25,7 @@ subnet). Everything is removed at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 import uuid
@@ -65,6 +71,23 @@ def _container_config(image: str, name: str, args: list[str]) -> Any:
     return api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name=name), image=api_pb2.ImageSpec(image=image),
         command=["sh", "-c"], args=args, log_path=f"{name}.log")
+
+
+def same_cni_as_peer(stack: Stack) -> None:
+    """Give the stack the peer's CNI chain (bench/peer_containerd.py) on its own bridge."""
+    conf = {
+        "cniVersion": "0.4.0",
+        "name": "crib-bench",
+        "plugins": [{
+            "type": "bridge", "bridge": stack.bridge, "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local",
+                     "ranges": [[{"subnet": f"10.213.{stack.net_index}.0/24"}]],
+                     "dataDir": str(stack.root / "lib/netd/ipam")},
+        }],
+    }
+    conf_dir = stack.root / "cni"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "10-crib-bench.conflist").write_text(json.dumps(conf, indent=2))
 
 
 def _timed(samples: dict[str, list[float]], key: str, fn: Callable[[], Any]) -> Any:
@@ -139,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--containers", type=int, default=100)
     parser.add_argument("--handlers", default="runc,crun")
+    parser.add_argument("--cni", choices=("same", "default"), default="same",
+                        help="same: crib runs the peer's CNI chain; default: crib's own")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     handlers = [h for h in args.handlers.split(",") if h]
@@ -148,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         pushed = push_image(registry, "crib-bench/busybox", "v1",
                             busybox_image(cmd=["sleep", "3600000"]))
         stack = Stack.create(CRIB_LOG__LEVEL="warning")
+        if args.cni == "same":
+            same_cni_as_peer(stack)
         try:
             stack.start()
             time.sleep(2)
@@ -169,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = [Row(op if op != "ListContainers" else f"ListContainers ({args.containers})",
                     ours[h].get(op), peer[h].get(op)) for op in OPS]
         print()
-        print(report(rows, title=f"handler {h}: {args.iterations} iterations"))
+        print(report(rows, title=f"handler {h}: {args.iterations} iterations, CNI chain: "
+                     + ("the same for both" if args.cni == "same" else "crib's default")))
     total = sum(crib_rss.values())
     print()
     print("idle RSS (KiB): " + ", ".join(f"{k} {v}" for k, v in crib_rss.items())
