@@ -157,6 +157,23 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared between processes (the interpreter's libraries
+    mapped by all four daemons) are divided among them, so a sum over processes counts
+    each page once, which a sum of RSS does not."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_line(crib: dict[str, tuple[int, int]], ctd: tuple[int, int]) -> str:
+    rss, pss = sum(v[0] for v in crib.values()), sum(v[1] for v in crib.values())
+    each = ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in crib.items())
+    return (f"idle memory (KiB, RSS/PSS): {each}; crib total {rss}/{pss}; containerd "
+            f"{ctd[0]}/{ctd[1]}; ratio RSS {rss / ctd[0]:.2f}, PSS {pss / ctd[1]:.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=30)
@@ -178,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             stack.start()
             time.sleep(2)
-            crib_rss = {svc: rss_kib(p.pid) for svc, p in stack.procs.items()}
+            crib_mem = {svc: (rss_kib(p.pid), pss_kib(p.pid))
+                        for svc, p in stack.procs.items()}
             for h in handlers:
                 ours[h] = measure_endpoint(stack.cri_socket, pushed.reference, h,
                                            args.iterations, args.containers)
@@ -188,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with Peer(registries=[registry.host], sandbox_image=pushed.reference) as ctd:
             time.sleep(2)
             assert ctd.proc is not None
-            ctd_rss = rss_kib(ctd.proc.pid)
+            ctd_mem = (rss_kib(ctd.proc.pid), pss_kib(ctd.proc.pid))
             for h in handlers:
                 peer[h] = measure_endpoint(ctd.cri_socket, pushed.reference, h,
                                            args.iterations, args.containers)
@@ -198,10 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print()
         print(report(rows, title=f"handler {h}: {args.iterations} iterations, CNI chain: "
                      + ("the same for both" if args.cni == "same" else "crib's default")))
-    total = sum(crib_rss.values())
     print()
-    print("idle RSS (KiB): " + ", ".join(f"{k} {v}" for k, v in crib_rss.items())
-          + f"; crib total {total}; containerd {ctd_rss}; ratio {total / ctd_rss:.2f}")
+    print(memory_line(crib_mem, ctd_mem))
 
 
 if __name__ == "__main__":

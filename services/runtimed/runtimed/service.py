@@ -49,6 +49,7 @@ from crib_common.errors import (
 from crib_common.models.imaged import ImageInfo, PullEvent, PullRequest, SnapshotCreate
 from crib_common.models.netd import DnsConfig as NetDns
 from crib_common.models.netd import PodNetworkCreate, PortMapping
+from crib_common.proc import Child, read_fd
 from crib_common.settings import CribSettings
 from crib_common.state import StateStore
 
@@ -1017,35 +1018,30 @@ class Runtime:
         argv[-1:-1] = ["--pid-file", str(pidfile)]
         log.debug("exec", argv=argv)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
-            assert proc.stdout is not None and proc.stderr is not None
+            child = Child(argv)
+            assert child.stdout is not None and child.stderr is not None
             try:
                 async with asyncio.timeout(timeout if timeout > 0 else None):
-                    out, err, _ = await asyncio.gather(
-                        _read_capped(proc.stdout), _read_capped(proc.stderr), proc.wait())
-            except TimeoutError:
+                    out, err, code = await asyncio.gather(
+                        read_fd(child.stdout.fileno(), MAX_EXEC_OUTPUT),
+                        read_fd(child.stderr.fileno(), MAX_EXEC_OUTPUT), child.wait())
+            except BaseException as exc:
+                # The runtime's exec waits for the process it started: kill that too.
                 with contextlib.suppress(Exception):
                     os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-                raise DeadlineExceeded(
-                    f"command {cmd[0]!r} in {rec.meta.id} timed out after {timeout}s") from None
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                await child.reap()
+                if isinstance(exc, TimeoutError):
+                    raise DeadlineExceeded(f"command {cmd[0]!r} in {rec.meta.id} timed out "
+                                           f"after {timeout}s") from None
                 raise
+            finally:
+                child.close_pipes()
         finally:
             for p in (pfile, pidfile):
                 with contextlib.suppress(OSError):
                     p.unlink()
         err = err[:EXEC_REPLY_ROOM]
         out = out[:EXEC_REPLY_ROOM - len(err)]
-        code = proc.returncode if proc.returncode is not None else -1
         if code < 0:
             code = 128 - code
         return out, err, code
@@ -1135,19 +1131,6 @@ class Runtime:
                 not process_alive(s.status.infra_pid):
             s.status.state = "notready"
             self._put_sandbox(s)
-
-
-async def _read_capped(stream: asyncio.StreamReader, cap: int = MAX_EXEC_OUTPUT) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            break
-        if size < cap:
-            chunks.append(chunk[: cap - size])
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _check_hostname(name: str) -> None:

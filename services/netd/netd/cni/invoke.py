@@ -2,14 +2,13 @@
 
 The plugin gets its parameters in `CNI_*` environment variables and its configuration on
 stdin; it answers a result (or, on failure, the spec's error object) on stdout and logs
-on stderr. `PluginExec` is the seam: `ExecPlugin` runs real binaries with asyncio
-subprocesses (an argument list, never a shell, under a timeout, argv logged at debug);
+on stderr. `PluginExec` is the seam: `ExecPlugin` runs real binaries as child
+processes (crib_common.proc: an argument list, never a shell, under a timeout, argv logged at debug);
 tests of edge cases plug a small fake in instead.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
+
+from crib_common import proc
 
 __all__ = [
     "CniPluginError",
@@ -96,7 +97,7 @@ Observer = Callable[[str, str, float, bool], None]
 
 
 class ExecPlugin:
-    """The real thing: one asyncio subprocess per call."""
+    """The real thing: one child process per call."""
 
     def __init__(self, observer: Observer | None = None) -> None:
         self.observer = observer
@@ -113,40 +114,24 @@ class ExecPlugin:
                   container_id=invocation.container_id, netns=invocation.netns,
                   ifname=invocation.ifname, cni_args=env.get("CNI_ARGS", ""))
         start = time.perf_counter()
-        # The configuration goes in through a sealed in-memory file rather than a pipe: a
-        # plugin that exits before reading all of it (an early error) must not turn into
-        # a broken-pipe error on our side, and no writer task is needed.
-        stdin_fd = os.memfd_create("crib-cni-stdin", os.MFD_CLOEXEC)
         try:
-            os.write(stdin_fd, json.dumps(stdin).encode())
-            os.lseek(stdin_fd, 0, os.SEEK_SET)
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=stdin_fd, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, close_fds=True,
-            )
-        finally:
-            os.close(stdin_fd)
-        try:
-            async with asyncio.timeout(timeout):
-                out, err = await proc.communicate()
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            # Reap it (shielded) so no zombie is left behind even when we were cancelled.
-            await asyncio.shield(proc.wait())
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            # The configuration goes in through an in-memory file (crib_common.proc): a
+            # plugin that exits before reading all of it is no broken pipe on our side.
+            done = await proc.run(argv, timeout=timeout, input=json.dumps(stdin).encode(),
+                                  env=env)
+        except TimeoutError:
             self._observe(binary.name, invocation.command, time.perf_counter() - start, False)
             raise CniPluginError(binary.name, invocation.command, 0,
                                  f"did not finish within {timeout:g}s") from None
+        out, err = done.stdout, done.stderr
         elapsed = time.perf_counter() - start
-        self._observe(binary.name, invocation.command, elapsed, proc.returncode == 0)
+        self._observe(binary.name, invocation.command, elapsed, done.returncode == 0)
         stderr = err.decode("utf-8", "replace").strip()
-        if proc.returncode != 0:
+        if done.returncode != 0:
             log.debug("cni exec failed", plugin=binary.name, command=invocation.command,
-                      rc=proc.returncode, stdout=out[:4096].decode("utf-8", "replace"),
+                      rc=done.returncode, stdout=out[:4096].decode("utf-8", "replace"),
                       stderr=stderr[-4096:], ms=round(elapsed * 1000, 2))
-            raise _error_of(binary.name, invocation.command, proc.returncode, out, stderr)
+            raise _error_of(binary.name, invocation.command, done.returncode, out, stderr)
         log.debug("cni exec done", plugin=binary.name, command=invocation.command,
                   ms=round(elapsed * 1000, 2))
         text = out.strip()

@@ -24,6 +24,7 @@ from pathlib import Path
 import structlog
 
 from crib_common.errors import DeadlineExceeded, FailedPrecondition
+from crib_common.proc import DEVNULL, Child, wait_fd
 
 __all__ = [
     "ConmonSpec",
@@ -112,12 +113,10 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
            "_OCI_SYNCPIPE": str(w)}
     errfile = open(spec.bundle / "conmon.err", "wb")
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, env=env, pass_fds=[w], stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=errfile, start_new_session=True,
-            # conmon writes its "oom" marker relative to its working directory.
-            cwd=str(spec.bundle),
-        )
+        child = Child(argv, env=env, pass_fds=[w], stdin=DEVNULL, stdout=DEVNULL,
+                      stderr=errfile, start_new_session=True,
+                      # conmon writes its "oom" marker relative to its working directory.
+                      cwd=str(spec.bundle))
     finally:
         os.close(w)
         errfile.close()
@@ -125,14 +124,18 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
         async with asyncio.timeout(timeout):
             # The first conmon process exits as soon as its child has detached. (Its
             # stderr goes to a file: the detached child keeps inherited pipes open.)
-            await proc.wait()
-            if proc.returncode != 0:
+            code = await child.wait()
+            if code != 0:
                 raise FailedPrecondition(
-                    f"conmon for {spec.cid} failed ({proc.returncode}): "
+                    f"conmon for {spec.cid} failed ({code}): "
                     f"{_tail(spec.bundle / 'conmon.err')}")
             line = await _read_line(r)
     except TimeoutError:
+        await child.reap()
         raise DeadlineExceeded(f"conmon did not create {spec.cid} within {timeout}s") from None
+    except asyncio.CancelledError:
+        await child.reap()
+        raise
     finally:
         os.close(r)
     try:
@@ -150,25 +153,14 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
     return conmon_pid, pid
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 async def _read_line(fd: int) -> bytes:
     """Read up to the first newline (or EOF) from a non-blocking pipe."""
-    loop = asyncio.get_running_loop()
     data = b""
     while b"\n" not in data:
-        fut: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_reader(fd)
         try:
             chunk = os.read(fd, 4096)
         except BlockingIOError:
+            await wait_fd(fd)
             continue
         if not chunk:
             break

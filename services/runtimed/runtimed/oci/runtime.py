@@ -7,7 +7,6 @@ is not here: conmon runs `<runtime> create` itself (see `conmon.monitor`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal as _signal
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from crib_common import proc
 from crib_common.errors import DeadlineExceeded, FailedPrecondition, Internal, NotFound
 
 __all__ = [
@@ -41,22 +41,11 @@ async def run_command(argv: list[str], *, timeout: float, stdin: bytes | None = 
                       env: dict[str, str] | None = None) -> CommandResult:
     """Run argv with a deadline; the child is killed when the deadline passes."""
     log.debug("exec", argv=argv)
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    except (TimeoutError, asyncio.TimeoutError):
-        proc.kill()
-        await proc.wait()
+        done = await proc.run(argv, timeout=timeout, input=stdin, env=env)
+    except TimeoutError:
         raise DeadlineExceeded(f"{argv[0]} {argv[1:4]} did not finish within {timeout}s") from None
-    except asyncio.CancelledError:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    return CommandResult(proc.returncode if proc.returncode is not None else -1, out, err)
+    return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
 class RuntimeImpl(Protocol):

@@ -22,7 +22,6 @@ import fcntl
 import os
 import signal
 import struct
-import subprocess
 import tempfile
 import termios
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
+from crib_common.proc import DEVNULL, PIPE, Child, wait_fd
 
 from .session import StdioSession
 from .status import exit_status, failure_status
@@ -97,66 +98,21 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-class _Child:
-    """The runtime process, started with subprocess.Popen and awaited through a pidfd.
-
-    Popen forks with vfork, which costs the same from a large daemon as from a small one;
-    the event loop's own subprocess support forks the whole process first (a few ms more
-    per exec under uvloop, measured by bench/bench_stream.py).
-    """
-
-    def __init__(self, argv: list[str], stdin: int, stdout: int, stderr: int) -> None:
-        self.popen = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                                      close_fds=True)
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.returncode
-
-    async def wait(self) -> int:
-        if self.popen.returncode is not None:
-            return self.popen.returncode
-        try:
-            fd = os.pidfd_open(self.popen.pid)
-        except OSError:  # no pidfd (kernel < 5.3): a thread waits instead
-            return await asyncio.to_thread(self.popen.wait)
-        try:
-            await _wait_fd(fd, writable=False)  # readable once the process has exited
-        finally:
-            os.close(fd)
-        return self.popen.wait()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.kill()
-
-    def close_pipes(self) -> None:
-        for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-
 async def _exec_pipes(argv: list[str], pid_file: Path, session: StdioSession) -> int | None:
     opts = session.opts
-    pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
-    child = _Child(argv, stdin=pipe if opts.stdin else devnull,
-                   stdout=pipe if opts.stdout else devnull,
-                   stderr=pipe if opts.stderr else devnull)
-    popen = child.popen
+    child = Child(argv, stdin=PIPE if opts.stdin else DEVNULL,
+                  stdout=PIPE if opts.stdout else DEVNULL,
+                  stderr=PIPE if opts.stderr else DEVNULL)
     try:
         tasks: list[asyncio.Task[None]] = []
         outputs: list[asyncio.Task[None]] = []
         progress = _Progress()
-        if popen.stdin is not None:
-            fd = popen.stdin.fileno()
-            os.set_blocking(fd, False)
+        if child.stdin is not None:
             tasks.append(asyncio.create_task(
-                _pump_stdin_fd(session, fd, on_eof=popen.stdin.close)))
-        for stream, write in ((popen.stdout, session.write_stdout),
-                              (popen.stderr, session.write_stderr)):
+                _pump_stdin_fd(session, child.stdin.fileno(), on_eof=child.stdin.close)))
+        for stream, write in ((child.stdout, session.write_stdout),
+                              (child.stderr, session.write_stderr)):
             if stream is not None:
-                os.set_blocking(stream.fileno(), False)
                 outputs.append(asyncio.create_task(
                     _pump_fd(stream.fileno(), write, progress)))
         return await _supervise(child, pid_file, session, tasks, outputs, progress)
@@ -164,7 +120,7 @@ async def _exec_pipes(argv: list[str], pid_file: Path, session: StdioSession) ->
         child.close_pipes()
 
 
-async def _supervise(child: _Child, pid_file: Path, session: StdioSession,
+async def _supervise(child: Child, pid_file: Path, session: StdioSession,
                      tasks: list[asyncio.Task[None]], outputs: list[asyncio.Task[None]],
                      progress: _Progress) -> int | None:
     """Wait for the process and its output, or for the client to leave (then kill)."""
@@ -196,7 +152,7 @@ async def _supervise(child: _Child, pid_file: Path, session: StdioSession,
         await asyncio.gather(*tasks, *outputs, gone, waiter, return_exceptions=True)
 
 
-def _kill_exec(pid_file: Path, child: _Child) -> None:
+def _kill_exec(pid_file: Path, child: Child) -> None:
     """Kill the exec'd process (host PID from the pid file), then the runtime."""
     with contextlib.suppress(OSError, ValueError):
         pid = int(pid_file.read_text().strip())
@@ -210,7 +166,7 @@ async def _pump_fd(fd: int, write: _Writer, progress: _Progress) -> None:
         try:
             chunk = os.read(fd, READ_SIZE)
         except BlockingIOError:
-            await _wait_fd(fd, writable=False)
+            await wait_fd(fd)
             continue
         except OSError as e:
             if e.errno == errno.EIO:  # every slave holder is gone: end of output
@@ -236,7 +192,7 @@ async def _pump_stdin_fd(session: StdioSession, fd: int,
                 n = os.write(fd, view)
                 view = view[n:]
             except BlockingIOError:
-                await _wait_fd(fd, writable=True)
+                await wait_fd(fd, writable=True)
             except OSError:  # the process closed its stdin
                 return
     if on_eof is not None:
@@ -251,7 +207,7 @@ async def _exec_tty(argv: list[str], pid_file: Path, session: StdioSession) -> i
     try:
         _set_winsize(master, 80, 24)
         os.set_blocking(master, False)
-        child = _Child([SETSID, "--ctty", *argv], stdin=slave, stdout=slave, stderr=slave)
+        child = Child([SETSID, "--ctty", *argv], stdin=slave, stdout=slave, stderr=slave)
     except BaseException:
         os.close(master)
         raise
@@ -277,18 +233,3 @@ async def _apply_resizes(session: StdioSession, master: int) -> None:
         width, height = await session.resizes.get()
         with contextlib.suppress(OSError):
             _set_winsize(master, width, height)
-
-
-async def _wait_fd(fd: int, writable: bool) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    (loop.add_writer if writable else loop.add_reader)(fd, ready)
-    try:
-        await fut
-    finally:
-        (loop.remove_writer if writable else loop.remove_reader)(fd)
