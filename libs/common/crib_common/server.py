@@ -312,7 +312,8 @@ class CriTable:
         response.enable_chunked_encoding()
         await response.prepare(request)
         async for item in items:
-            data = self._encode(item)
+            # Items may come pre-encoded too (runtimed's list pages).
+            data = item if isinstance(item, bytes) else self._encode(item)
             await response.write(struct.pack(">I", len(data)) + data)
         await response.write_eof()
         return response

@@ -8,7 +8,7 @@ import ctypes
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -177,6 +177,29 @@ def container_entry(rec: ContainerRecord) -> bytes:
 def sandbox_entry(rec: SandboxRecord) -> bytes:
     """The encoded `PodSandbox` framed as field 1 (ListPodSandboxResponse.items)."""
     return _cached(rec.meta.id, "pod:" + rec.status.state, lambda: sandbox_item(rec))[2]
+
+
+# A page of a Stream* reply (CRIListStreaming, KEP 5825): at most this many items and,
+# past the first item, this many bytes, far below the kubelet's 16 MiB receive limit even
+# for items with large annotations.
+PAGE_ITEMS = 500
+PAGE_BYTES = 4 << 20
+
+
+async def pages(entries: list[bytes], max_items: int = PAGE_ITEMS,
+                max_bytes: int = PAGE_BYTES) -> AsyncIterator[bytes]:
+    """Framed entries joined into pages of at least one entry each; none for no entries
+    (api.proto: "lists of at least one item", then EOF)."""
+    page: list[bytes] = []
+    size = 0
+    for entry in entries:
+        if page and (len(page) >= max_items or size + len(entry) > max_bytes):
+            yield b"".join(page)
+            page, size = [], 0
+        page.append(entry)
+        size += len(entry)
+    if page:
+        yield b"".join(page)
 
 
 class ListCache:

@@ -144,16 +144,16 @@ def test_status_reports_network_not_ready_with_reason(runtime: Any) -> None:
 
 
 def test_unrouted_rpc_is_unimplemented_at_once_naming_it(node: Node) -> None:
-    # StreamPodSandboxes is in our newer api.proto but routed nowhere; the PyPI stubs lack
-    # it, so it is called raw.
+    # CheckpointPod is in our newer api.proto but routed nowhere; the PyPI stubs lack it,
+    # so it is called raw.
     with _channel(node) as ch:
-        call = ch.unary_stream("/runtime.v1.RuntimeService/StreamPodSandboxes")
+        call = ch.unary_unary("/runtime.v1.RuntimeService/CheckpointPod")
         start = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
-            list(call(b"", timeout=5))
+            call(b"", timeout=5)
         assert time.monotonic() - start < 1.0
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "StreamPodSandboxes" in info.value.details()
+    assert "CheckpointPod" in info.value.details()
 
 
 def test_unknown_method_is_unimplemented(node: Node) -> None:

@@ -1,20 +1,36 @@
-"""CRI `ContainerStats` and `ListContainerStats` from cgroup v1 and imaged's usage."""
+"""CRI `ContainerStats`, `ListContainerStats` and `StreamContainerStats` from cgroup v1 and
+imaged's usage."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from crib_common.cri.runtime.v1 import (
+    ContainerStatsFilter,
     ContainerStatsRequest,
     ContainerStatsResponse,
     ListContainerStatsRequest,
     ListContainerStatsResponse,
+    StreamContainerStatsRequest,
+    StreamContainerStatsResponse,
 )
 from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import container_stats, select
+from ..store.records import ContainerRecord
+from ..views import PAGE_ITEMS, container_stats, select
+
+
+def _select(rt: Runtime, f: ContainerStatsFilter | None) -> list[ContainerRecord]:
+    # Like containerd, stats cover containers that exist in the runtime.
+    picked = [r for r in rt.containers.values() if r.status.state in ("created", "running")]
+    if f is not None:
+        picked = select(picked, f.id, f.label_selector)
+        if f.pod_sandbox_id:
+            picked = [r for r in picked if r.meta.pod_id.startswith(f.pod_sandbox_id)]
+    return picked
 
 
 def register(table: CriTable, rt: Runtime) -> None:
@@ -27,13 +43,25 @@ def register(table: CriTable, rt: Runtime) -> None:
     async def list_container_stats(
         request: ListContainerStatsRequest,
     ) -> ListContainerStatsResponse:
-        f = request.filter if is_set(request.filter) else None
-        # Like containerd, stats cover containers that exist in the runtime.
-        picked = [r for r in rt.containers.values() if r.status.state in ("created", "running")]
-        if f is not None:
-            picked = select(picked, f.id, f.label_selector)
-            if f.pod_sandbox_id:
-                picked = [r for r in picked if r.meta.pod_id.startswith(f.pod_sandbox_id)]
+        picked = _select(rt, request.filter if is_set(request.filter) else None)
         # One imaged usage call per container: ask them all at once.
         out = await asyncio.gather(*(container_stats(rt, rec) for rec in picked))
         return ListContainerStatsResponse(stats=list(out))
+
+    @table.stream("/runtime.v1.RuntimeService/StreamContainerStats",
+                  StreamContainerStatsRequest)
+    def stream_container_stats(
+        request: StreamContainerStatsRequest,
+    ) -> AsyncIterator[StreamContainerStatsResponse]:
+        return _pages(rt, _select(rt, request.filter if is_set(request.filter) else None))
+
+
+async def _pages(rt: Runtime, picked: list[ContainerRecord],
+                 ) -> AsyncIterator[StreamContainerStatsResponse]:
+    """Pages of stats read page by page, each page's containers at once; a container
+    removed before its page is read is left out (it no longer exists in the runtime)."""
+    for start in range(0, len(picked), PAGE_ITEMS):
+        page = [r for r in picked[start:start + PAGE_ITEMS] if r.meta.id in rt.containers]
+        if page:
+            out = await asyncio.gather(*(container_stats(rt, rec) for rec in page))
+            yield StreamContainerStatsResponse(container_stats=list(out))

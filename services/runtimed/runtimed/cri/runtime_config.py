@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import structlog
 
 from crib_common.cri.runtime.v1 import (
@@ -13,6 +15,8 @@ from crib_common.cri.runtime.v1 import (
     ListPodSandboxMetricsResponse,
     RuntimeConfigRequest,
     RuntimeConfigResponse,
+    StreamPodSandboxMetricsRequest,
+    StreamPodSandboxMetricsResponse,
     UpdateRuntimeConfigRequest,
     UpdateRuntimeConfigResponse,
 )
@@ -52,3 +56,17 @@ def register(table: CriTable, rt: Runtime) -> None:
         _request: ListPodSandboxMetricsRequest,
     ) -> ListPodSandboxMetricsResponse:
         return ListPodSandboxMetricsResponse()
+
+    @table.stream("/runtime.v1.RuntimeService/StreamPodSandboxMetrics",
+                  StreamPodSandboxMetricsRequest)
+    def stream_pod_sandbox_metrics(
+        _request: StreamPodSandboxMetricsRequest,
+    ) -> AsyncIterator[StreamPodSandboxMetricsResponse]:
+        # No metric descriptors (the kubelet's cAdvisor reads the cgroups): as with
+        # ListPodSandboxMetrics, nothing to send, so no message, then EOF.
+        return _nothing()
+
+
+async def _nothing() -> AsyncIterator[StreamPodSandboxMetricsResponse]:
+    return
+    yield  # an async generator that yields nothing

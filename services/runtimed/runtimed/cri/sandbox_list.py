@@ -1,16 +1,42 @@
-"""CRI `ListPodSandbox` with every filter of PodSandboxFilter: id (or unique prefix),
-state, label selector."""
+"""CRI `ListPodSandbox` and `StreamPodSandboxes` with every filter of PodSandboxFilter:
+id (or unique prefix), state, label selector.
+
+StreamPodSandboxes (CRIListStreaming, KEP 5825) sends the same selection in pages; both
+replies carry the pods as field 1, so a page is the same framed entries.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from crib_common.cri.runtime.v1 import ListPodSandboxRequest
+from crib_common.cri.runtime.v1 import ListPodSandboxRequest, StreamPodSandboxesRequest
 from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import ListCache, sandbox_entry, sandbox_state, select, wire_field
+from ..store.records import SandboxRecord
+from ..views import ListCache, pages, sandbox_entry, sandbox_state, select, wire_field
+
+
+def _filter_key(request: ListPodSandboxRequest | StreamPodSandboxesRequest) -> Any:
+    """The filter as a hashable tuple (None without one), read once (betterproto
+    attribute access is slow)."""
+    f = wire_field(request, "filter")
+    if f is None:
+        return None
+    state = f.state.state if is_set(f.state) else None
+    return f.id, state, tuple(sorted(dict(f.label_selector).items()))
+
+
+def _select(rt: Runtime, key: Any) -> list[SandboxRecord]:
+    records = [r for r in rt.sandboxes.values() if r.status.state != "creating"]
+    if key is not None:
+        sid, state, selector = key
+        records = select(records, sid, dict(selector))
+        if state is not None:
+            records = [r for r in records if sandbox_state(r) == state]
+    return records
 
 
 def register(table: CriTable, rt: Runtime) -> None:
@@ -18,20 +44,14 @@ def register(table: CriTable, rt: Runtime) -> None:
 
     @table.unary("/runtime.v1.RuntimeService/ListPodSandbox", ListPodSandboxRequest)
     async def list_pod_sandbox(request: ListPodSandboxRequest) -> bytes:
-        f = wire_field(request, "filter")
-        key: Any = None
-        if f is not None:
-            # The filter is read once (betterproto attribute access is slow).
-            sid, selector = f.id, dict(f.label_selector)
-            state = f.state.state if is_set(f.state) else None
-            key = (sid, state, tuple(sorted(selector.items())))
+        key = _filter_key(request)
         hit = cache.get(rt.generation, key)
         if hit is not None:
             return hit
-        records = [r for r in rt.sandboxes.values() if r.status.state != "creating"]
-        if f is not None:
-            records = select(records, sid, selector)
-            if state is not None:
-                records = [r for r in records if sandbox_state(r) == state]
         # ListPodSandboxResponse: `repeated PodSandbox items = 1`.
-        return cache.put(key, b"".join([sandbox_entry(r) for r in records]))
+        return cache.put(key, b"".join([sandbox_entry(r) for r in _select(rt, key)]))
+
+    @table.stream("/runtime.v1.RuntimeService/StreamPodSandboxes", StreamPodSandboxesRequest)
+    def stream_pod_sandboxes(request: StreamPodSandboxesRequest) -> AsyncIterator[bytes]:
+        # StreamPodSandboxesResponse: `repeated PodSandbox pod_sandboxes = 1`.
+        return pages([sandbox_entry(r) for r in _select(rt, _filter_key(request))])

@@ -1,20 +1,33 @@
-"""CRI `PodSandboxStats` and `ListPodSandboxStats` from the pod cgroup."""
+"""CRI `PodSandboxStats`, `ListPodSandboxStats` and `StreamPodSandboxStats` from the pod
+cgroup."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from crib_common.cri.runtime.v1 import (
     ListPodSandboxStatsRequest,
     ListPodSandboxStatsResponse,
+    PodSandboxStatsFilter,
     PodSandboxStatsRequest,
     PodSandboxStatsResponse,
+    StreamPodSandboxStatsRequest,
+    StreamPodSandboxStatsResponse,
 )
 from crib_common.server import CriTable
 
 from ..oci.spec import is_set
 from ..service import Runtime
-from ..views import sandbox_stats, select
+from ..store.records import SandboxRecord
+from ..views import PAGE_ITEMS, sandbox_stats, select
+
+
+def _select(rt: Runtime, f: PodSandboxStatsFilter | None) -> list[SandboxRecord]:
+    picked = [r for r in rt.sandboxes.values() if r.status.state == "ready"]
+    if f is not None:
+        picked = select(picked, f.id, f.label_selector)
+    return picked
 
 
 def register(table: CriTable, rt: Runtime) -> None:
@@ -27,11 +40,25 @@ def register(table: CriTable, rt: Runtime) -> None:
     async def list_pod_sandbox_stats(
         request: ListPodSandboxStatsRequest,
     ) -> ListPodSandboxStatsResponse:
-        f = request.filter if is_set(request.filter) else None
-        picked = [r for r in rt.sandboxes.values() if r.status.state == "ready"]
-        if f is not None:
-            picked = select(picked, f.id, f.label_selector)
+        picked = _select(rt, request.filter if is_set(request.filter) else None)
         # Each pod asks imaged for its containers' usage: ask for every pod at once, as
         # ListContainerStats does.
         out = await asyncio.gather(*(sandbox_stats(rt, rec) for rec in picked))
         return ListPodSandboxStatsResponse(stats=list(out))
+
+    @table.stream("/runtime.v1.RuntimeService/StreamPodSandboxStats",
+                  StreamPodSandboxStatsRequest)
+    def stream_pod_sandbox_stats(
+        request: StreamPodSandboxStatsRequest,
+    ) -> AsyncIterator[StreamPodSandboxStatsResponse]:
+        return _pages(rt, _select(rt, request.filter if is_set(request.filter) else None))
+
+
+async def _pages(rt: Runtime, picked: list[SandboxRecord],
+                 ) -> AsyncIterator[StreamPodSandboxStatsResponse]:
+    """Pages of stats read page by page; a pod removed before its page is left out."""
+    for start in range(0, len(picked), PAGE_ITEMS):
+        page = [r for r in picked[start:start + PAGE_ITEMS] if r.meta.id in rt.sandboxes]
+        if page:
+            out = await asyncio.gather(*(sandbox_stats(rt, rec) for rec in page))
+            yield StreamPodSandboxStatsResponse(pod_sandbox_stats=list(out))
