@@ -143,7 +143,7 @@ class Child:
 
 
 def _input_fd(data: bytes) -> int:
-    """A sealed in-memory file holding `data`, positioned at its start: a child that exits
+    """An in-memory file (memfd) holding `data`, positioned at its start: a child that exits
     before reading all of it is no broken pipe on our side, and no writer task is needed."""
     fd = os.memfd_create("crib-stdin", os.MFD_CLOEXEC)
     try:

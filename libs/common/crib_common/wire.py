@@ -110,7 +110,9 @@ def _check_message(buf: memoryview, cls: type[betterproto.Message], path: str,
         fm = meta.meta_by_field_name[name]
         field_path = f"{path}.{name}"
         expected = _WIRE_OF.get(fm.proto_type, wire)
-        packed = wire == _LEN and expected != _LEN  # repeated scalars may be packed
+        # Repeated scalars may be packed; a single scalar never is (betterproto would
+        # hand the handler a list where it expects a number).
+        packed = wire == _LEN and expected != _LEN and meta.default_gen[name] is list
         if wire != expected and not packed:
             raise _WireError(f"{field_path}: wire type {wire}, expected {expected}")
         if fm.proto_type == "enum":

@@ -796,7 +796,10 @@ class Runtime:
         meta = rec.meta
         rt = self.runtimes.get(meta.handler)
         release = self._releases.pop(meta.id, None)
-        released = release is not None and await asyncio.shield(release)
+        released = False
+        if release is not None:
+            await asyncio.wait({release})  # its failure is ours to retry, not to raise
+            released = not release.cancelled() and release.result()
         if rt is not None and not released:
             await rt.delete(meta.id)
         _kill_conmon(rec.status.conmon_pid)

@@ -8,10 +8,13 @@ import betterproto
 import pytest
 
 from crib_common.cri.runtime.v1 import (
+    ExecSyncRequest,
     ImageServiceBase,
+    LinuxContainerSecurityContext,
     ListContainersRequest,
     RunPodSandboxRequest,
     RuntimeServiceBase,
+    StopContainerRequest,
     VersionRequest,
 )
 from crib_common.errors import InvalidArgument
@@ -49,6 +52,20 @@ def test_check_wire_accepts_every_well_formed_message(cls: type[betterproto.Mess
 def test_check_wire_rejects_malformed_bytes(raw: bytes, needle: str) -> None:
     with pytest.raises(InvalidArgument, match=needle):
         check_wire(raw, VersionRequest)
+
+
+def test_check_wire_takes_packed_only_for_repeated_scalars() -> None:
+    # StopContainerRequest.timeout is one int64: length-delimited bytes there are no
+    # packed list but garbage (found by fuzzing: the handler got a list for a number).
+    with pytest.raises(InvalidArgument, match=r"timeout: wire type 2, expected 0"):
+        check_wire(b"\x12\x03abc", StopContainerRequest)
+    with pytest.raises(InvalidArgument, match=r"timeout: wire type 2, expected 0"):
+        check_wire(b"\x1a\x02\x0a\x00", ExecSyncRequest)
+    # supplemental_groups is `repeated int64`: packed is its normal form.
+    ctx = LinuxContainerSecurityContext(supplemental_groups=[1, 2, 300])
+    raw = bytes(ctx)
+    assert b"\x42" in raw  # field 8, wire type 2: packed
+    check_wire(raw, LinuxContainerSecurityContext)
 
 
 def test_check_wire_skips_unknown_fields() -> None:

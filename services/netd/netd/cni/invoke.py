@@ -2,9 +2,9 @@
 
 The plugin gets its parameters in `CNI_*` environment variables and its configuration on
 stdin; it answers a result (or, on failure, the spec's error object) on stdout and logs
-on stderr. `PluginExec` is the seam: `ExecPlugin` runs real binaries as child
-processes (crib_common.proc: an argument list, never a shell, under a timeout, argv logged at debug);
-tests of edge cases plug a small fake in instead.
+on stderr. `PluginExec` is the seam: `ExecPlugin` runs real binaries as child processes
+(crib_common.proc: an argument list, never a shell, under a timeout, argv logged at
+debug); tests of edge cases plug a small fake in instead.
 """
 
 from __future__ import annotations
