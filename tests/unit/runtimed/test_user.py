@@ -55,3 +55,16 @@ def test_symlink_out_of_rootfs_is_not_followed(tmp_path: Path) -> None:
     assert read_rootfs_file(tmp_path, "/etc/passwd") == ""
     os.symlink("../../../../etc/hostname", tmp_path / "etc" / "group")
     assert read_rootfs_file(tmp_path, "/etc/group") == ""
+
+
+def test_fifo_or_directory_as_passwd_is_no_file(tmp_path: Path) -> None:
+    # A hostile image's FIFO would block an ordinary open (and the create) forever.
+    (tmp_path / "etc").mkdir()
+    os.mkfifo(tmp_path / "etc" / "passwd")
+    (tmp_path / "etc" / "group").mkdir()
+    assert read_rootfs_file(tmp_path, "/etc/passwd") == ""
+    assert read_rootfs_file(tmp_path, "/etc/group") == ""
+    user = resolve_user(tmp_path, image_user="1000:1000")
+    assert (user.uid, user.gid) == (1000, 1000)
+    with pytest.raises(InvalidArgument):
+        resolve_user(tmp_path, image_user="crib")

@@ -1,12 +1,14 @@
 """Resolve a container's user from the image's /etc/passwd and /etc/group.
 
 The files are read from the container's rootfs without following a symlink out of it
-(an image could point /etc/passwd at the host's).
+(an image could point /etc/passwd at the host's), and only when they are regular files
+(a FIFO there would block the read forever).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +33,20 @@ def read_rootfs_file(rootfs: Path, rel: str) -> str:
     if target != root and not target.startswith(root + os.sep):
         return ""
     try:
-        with open(target, encoding="utf-8", errors="replace") as fh:
+        # Non-blocking and regular files only: an image may ship a FIFO (or a device)
+        # as /etc/passwd, and a blocked open would hang the create and its thread.
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        with os.fdopen(fd, encoding="utf-8", errors="replace", closefd=False) as fh:
             return fh.read(4 * 1024 * 1024)
     except OSError:
         return ""
+    finally:
+        os.close(fd)
 
 
 def _passwd(rootfs: Path) -> list[list[str]]:
