@@ -113,7 +113,13 @@ class _CriTransport:
                         return await self._exchange(conn, request)
                     except _StaleConnection:
                         pass  # the daemon closed it before reading: safe to send again
-                return await self._exchange(await self._connect(), request)
+                try:
+                    return await self._exchange(await self._connect(), request)
+                except _StaleConnection:
+                    # A fresh connection closed without an answer: the daemon died (or
+                    # is stopping) with our request in hand.
+                    raise Unavailable(f"{self.name} went away during the call "
+                                      f"(socket {self.socket})") from None
         except TimeoutError:
             raise DeadlineExceeded(f"{self.name} did not answer within {timeout}s") from None
 

@@ -126,6 +126,9 @@ class RuntimedSection(BaseModel):
     log_size_max: int = Field(default=0, ge=0)
     # Bound on conmon + `<runtime> create` and on `<runtime> start`.
     create_timeout: float = Field(default=60.0, gt=0)
+    # Seconds between sweeps for what netd, imaged and the host still hold for pods and
+    # containers runtimed no longer knows (a rollback that could not reach a peer).
+    reconcile_interval: float = Field(default=60.0, gt=0)
     # Streaming server for Exec/Attach/PortForward.
     stream_address: str = "127.0.0.1"
     stream_port: int = Field(default=0, ge=0, le=65535)

@@ -167,6 +167,9 @@ class Runtime:
         self._parked: dict[str, asyncio.Future[str]] = {}
         # Runtime deletes started when a container exited (see `_release_runtime`).
         self._releases: dict[str, asyncio.Future[bool]] = {}
+        # The sweep for what peers still hold for unknown pods and containers.
+        self._reconcile_wanted = asyncio.Event()
+        self._reconciler: asyncio.Task[None] | None = None
         self.swap_controller = cgroups.swap_controller()
         self.ready = False
         # Bumped by every record write or drop: list replies are cached per generation.
@@ -191,9 +194,15 @@ class Runtime:
                 log.error("runtime handler not usable", handler=rt.name, reason=rt.reason)
         await self.recover()
         await self.watcher.start()
+        self._reconcile_wanted.set()  # the first sweep right after start
+        self._reconciler = asyncio.create_task(self._reconcile_loop())
         self.ready = True
 
     async def close(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
         await self.watcher.close()
         if self._releases:
             # Let runtime deletes under way finish; one cut short is done again by
@@ -561,8 +570,15 @@ class Runtime:
             try:
                 async with asyncio.timeout(UNDO_TIMEOUT):
                     await fn(*args)
+            except CribError as exc:
+                # A peer (netd, imaged) down: the record goes with the failed create, and
+                # the sweep removes what the step left there once the peer is back.
+                log.warning("undo step failed; the sweep finishes it", step=fn.__name__,
+                            error=exc.message)
+                self._reconcile_wanted.set()
             except Exception:
                 log.exception("undo step failed", step=fn.__name__)
+                self._reconcile_wanted.set()
 
         await asyncio.shield(asyncio.ensure_future(guarded()))
 
@@ -578,28 +594,40 @@ class Runtime:
 
     async def _teardown_sandbox(self, rec: SandboxRecord, network: bool = True) -> None:
         """Undo every step of `_setup_sandbox`; each one tolerates not having happened.
-        `network=False` when StopPodSandbox has just released it."""
+        `network=False` when StopPodSandbox has just released it. A step that fails (a
+        peer down) does not stop the local ones; the first failure is raised at the end."""
         meta = rec.meta
-        await self._stop_infra(rec)
+        failed: list[Exception] = []
+        await _attempt(failed, "stop infra", self._stop_infra(rec), pod=meta.id)
         rt = self.runtimes.get(meta.handler)
         if rt is not None and meta.has_infra:
-            await rt.delete(meta.id)
+            await _attempt(failed, "delete infra", rt.delete(meta.id), pod=meta.id)
             _kill_conmon(rec.status.infra_conmon_pid)
         if network and not meta.host_network:
-            await self.netd.remove_pod_network(meta.id)
-        unpin_namespaces(Path(self.cfg.pinns_dir) / meta.id)
-        for target in mounts_under(meta.pod_dir):
-            umount(target)
-        if meta.infra_snapshot:
-            # After the umount above: imaged refuses nothing, but a mounted overlay's
-            # upper directory would be removed under the kernel's feet.
-            await self.imaged.remove_snapshot(meta.infra_snapshot)
-        shutil.rmtree(meta.pod_dir, ignore_errors=True)
+            await _attempt(failed, "remove network", self.netd.remove_pod_network(meta.id),
+                           pod=meta.id)
+        try:
+            unpin_namespaces(Path(self.cfg.pinns_dir) / meta.id)
+            for target in mounts_under(meta.pod_dir):
+                umount(target)
+        except OSError as exc:
+            # Removing a still-mounted overlay's upper directory would pull it from under
+            # the kernel: the snapshot and the directory wait for the next try.
+            failed.append(exc)
+            log.warning("sandbox teardown step failed", pod=meta.id, step="unmount",
+                        error=str(exc))
+        else:
+            if meta.infra_snapshot:
+                await _attempt(failed, "remove infra snapshot",
+                               self.imaged.remove_snapshot(meta.infra_snapshot), pod=meta.id)
+            shutil.rmtree(meta.pod_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.exit_dir / meta.id).unlink()
         left = await asyncio.to_thread(cgroups.remove_cgroup, meta.cgroup_parent)
         if left:
             log.warning("cgroups left behind", pod=meta.id, cgroups=left)
+        if failed:
+            raise failed[0]
 
     async def stop_sandbox(self, sid: str) -> None:
         try:
@@ -792,8 +820,11 @@ class Runtime:
         failpoint("create_after_conmon")
 
     async def _teardown_container(self, rec: ContainerRecord) -> None:
-        """Undo every step of `_setup_container` (each tolerates never having happened)."""
+        """Undo every step of `_setup_container` (each tolerates never having happened).
+        A step that fails (imaged down) does not stop the local ones; the first failure
+        is raised at the end."""
         meta = rec.meta
+        failed: list[Exception] = []
         rt = self.runtimes.get(meta.handler)
         release = self._releases.pop(meta.id, None)
         released = False
@@ -801,18 +832,28 @@ class Runtime:
             await asyncio.wait({release})  # its failure is ours to retry, not to raise
             released = not release.cancelled() and release.result()
         if rt is not None and not released:
-            await rt.delete(meta.id)
+            await _attempt(failed, "runtime delete", rt.delete(meta.id), container=meta.id)
         _kill_conmon(rec.status.conmon_pid)
         bundle = Path(meta.bundle)
-        for target in mounts_under(str(bundle)):
-            umount(target)
-        if meta.snapshot_key:
-            await self.imaged.remove_snapshot(meta.snapshot_key)
+        try:
+            for target in mounts_under(str(bundle)):
+                umount(target)
+        except OSError as exc:
+            failed.append(exc)
+            log.warning("container teardown step failed", container=meta.id,
+                        step="unmount", error=str(exc))
+        else:
+            if meta.snapshot_key:
+                await _attempt(failed, "remove snapshot",
+                               self.imaged.remove_snapshot(meta.snapshot_key),
+                               container=meta.id)
+            shutil.rmtree(bundle, ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.sock_dir / meta.id).unlink()
         with contextlib.suppress(OSError):
             (self.exit_dir / meta.id).unlink()
-        shutil.rmtree(bundle, ignore_errors=True)
+        if failed:
+            raise failed[0]
 
     async def start_container(self, cid: str) -> None:
         rec = self.find_container(cid)
@@ -1049,6 +1090,96 @@ class Runtime:
             code = 128 - code
         return out, err, code
 
+    # ============================================================ reconcile
+
+    async def _reconcile_loop(self) -> None:
+        """Sweep every `reconcile_interval` seconds, or soon after a failed rollback; while
+        a peer is unreachable, try again with a growing pause."""
+        retry = 0
+        while True:
+            wait = self.cfg.reconcile_interval if not retry else min(
+                2.0 ** retry, self.cfg.reconcile_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._reconcile_wanted.wait()
+            self._reconcile_wanted.clear()
+            try:
+                clean = await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+                clean = False
+            retry = 0 if clean else retry + 1
+
+    async def reconcile(self) -> bool:
+        """Remove what netd, imaged and the host still hold for pods and containers this
+        runtimed has no record of: a create rolled back while netd or imaged was down
+        dropped its record but not the network or snapshot it had made. A record is
+        always written before the work it covers, so anything being made right now is
+        known and left alone. True when both peers answered."""
+        clean = True
+        removed: dict[str, int] = {}
+        try:
+            networks = await self.netd.list_pod_networks()
+        except CribError as exc:
+            log.debug("reconcile: netd not reachable", error=exc.message)
+            networks, clean = [], False
+        for net in networks:
+            pod_id = net.pod_id
+            if len(pod_id) == ID_LEN and pod_id not in self.sandboxes:
+                try:
+                    await self.netd.remove_pod_network(pod_id)
+                    removed["networks"] = removed.get("networks", 0) + 1
+                except CribError as exc:
+                    log.warning("orphan network not removed", pod=pod_id, error=exc.message)
+                    clean = False
+        try:
+            snapshots = await self.imaged.list_snapshots()
+        except CribError as exc:
+            log.debug("reconcile: imaged not reachable", error=exc.message)
+            snapshots, clean = [], False
+        for snap in snapshots:
+            cid = snap.labels.get("io.crib.container", "")
+            pod_id = snap.labels.get("io.crib.pod", "")
+            orphan = (cid not in self.containers) if cid else (
+                bool(snap.labels.get("io.crib.infra")) and pod_id not in self.sandboxes)
+            if orphan and (cid or pod_id):
+                try:
+                    await self.imaged.remove_snapshot(snap.key)
+                    removed["snapshots"] = removed.get("snapshots", 0) + 1
+                except CribError as exc:
+                    log.warning("orphan snapshot not removed", snapshot=snap.key,
+                                error=exc.message)
+                    clean = False
+        removed["pod_dirs"] = await asyncio.to_thread(self._sweep_pod_dirs)
+        removed = {k: v for k, v in removed.items() if v}
+        if removed:
+            log.warning("orphans removed", **removed)
+        return clean
+
+    def _sweep_pod_dirs(self) -> int:
+        """Pod directories and namespace pins of pods without a record."""
+        count = 0
+        for base, undo in ((self.pods_dir, None), (Path(self.cfg.pinns_dir), unpin_namespaces)):
+            try:
+                entries = list(os.scandir(base))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name in self.sandboxes or len(entry.name) != ID_LEN:
+                    continue
+                try:
+                    if undo is not None:
+                        undo(Path(entry.path))
+                    else:
+                        for target in mounts_under(entry.path):
+                            umount(target)
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    count += 1
+                except OSError as exc:
+                    log.warning("orphan pod directory not removed", path=entry.path,
+                                error=str(exc))
+        return count
+
     # ============================================================ recovery
 
     async def recover(self) -> None:
@@ -1134,6 +1265,16 @@ class Runtime:
                 not process_alive(s.status.infra_pid):
             s.status.state = "notready"
             self._put_sandbox(s)
+
+
+async def _attempt(failed: list[Exception], step: str, work: Awaitable[Any],
+                   **where: str) -> None:
+    """Await one teardown step; a failure is logged and kept in `failed`, not raised."""
+    try:
+        await work
+    except (CribError, OSError) as exc:
+        failed.append(exc)
+        log.warning("teardown step failed", step=step, error=str(exc), **where)
 
 
 def _check_hostname(name: str) -> None:

@@ -157,3 +157,22 @@ async def test_concurrent_calls_each_get_their_own_answer(
             client.call_cri(VERSION, bytes(VersionRequest(version=t)), timeout=5) for t in tags
         ))
         assert [VersionResponse().parse(r).version for r in raws] == tags
+
+
+async def test_daemon_dying_with_the_request_is_unavailable(tmp_path: Path) -> None:
+    # A fresh connection that reads the request and closes without an answer: what a
+    # daemon killed mid-call looks like. It used to escape as an internal error.
+    path = tmp_path / "dying.sock"
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_unix_server(swallow, str(path))
+    try:
+        async with DaemonClient("runtimed", path) as client:
+            with pytest.raises(Unavailable, match="runtimed went away during the call"):
+                await client.call_cri(VERSION, b"", timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
