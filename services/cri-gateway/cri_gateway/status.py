@@ -12,7 +12,14 @@ import json
 from typing import Any
 
 from crib_common.client import DaemonClient
-from crib_common.cri.runtime.v1 import RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse
+from crib_common.cri.runtime.v1 import (
+    RuntimeCondition,
+    RuntimeHandler,
+    RuntimeHandlerFeatures,
+    RuntimeStatus,
+    StatusRequest,
+    StatusResponse,
+)
 from crib_common.errors import CribError
 from crib_common.errors import InvalidArgument
 from crib_common.wire import check_wire, decode_message, encode_message
@@ -28,6 +35,30 @@ async def _health(client: DaemonClient, timeout: float) -> tuple[bool, str, str,
         return False, f"{client.name.capitalize()}Unavailable", exc.message, {}
     ready = bool(body.get("ready"))
     return ready, str(body.get("reason") or ""), str(body.get("message") or ""), body
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _handlers(body: dict[str, Any]) -> list[RuntimeHandler]:
+    """The handlers runtimed can use, with their features (the kubelet publishes them as
+    the node's runtimeHandlers and admits recursive read-only mounts by them); the
+    default one first under the empty name too (api.proto: "An empty string denotes the
+    default handler")."""
+    details = _dict(body.get("details"))
+    out: list[RuntimeHandler] = []
+    for name, info in sorted(_dict(details.get("handlers")).items()):
+        if not isinstance(info, dict) or not info.get("usable"):
+            continue
+        feats = _dict(info.get("features"))
+        features = RuntimeHandlerFeatures(
+            recursive_read_only_mounts=bool(feats.get("recursive_read_only_mounts")),
+            user_namespaces=bool(feats.get("user_namespaces")))
+        if info.get("default"):
+            out.insert(0, RuntimeHandler(name="", features=features))
+        out.append(RuntimeHandler(name=name, features=features))
+    return out
 
 
 def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: DaemonClient):  # type: ignore[no-untyped-def]
@@ -52,7 +83,8 @@ def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: Daem
             RuntimeCondition(type=NETWORK_READY, status=n_ok, reason="" if n_ok else n_reason,
                              message="" if n_ok else n_msg),
         ]
-        response = StatusResponse(status=RuntimeStatus(conditions=conditions))
+        response = StatusResponse(status=RuntimeStatus(conditions=conditions),
+                                  runtime_handlers=_handlers(r_body))
         if request.verbose:
             response.info = {
                 "runtimed": json.dumps(r_body), "netd": json.dumps(n_body),

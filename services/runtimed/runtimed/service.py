@@ -215,7 +215,10 @@ class Runtime:
     def health(self) -> tuple[bool, str, str, dict[str, Any]]:
         usable = [n for n, r in self.runtimes.items() if r.usable]
         details = {n: {"path": r.path, "usable": r.usable, "reason": r.reason,
-                       "version": r.version} for n, r in self.runtimes.items()}
+                       "version": r.version, "default": n == self.cfg.default_handler,
+                       "features": {"recursive_read_only_mounts": r.recursive_read_only,
+                                    "user_namespaces": False}}
+                   for n, r in self.runtimes.items()}
         if not usable:
             return False, "NoRuntimeHandler", "no OCI runtime handler works: " + "; ".join(
                 f"{n}: {r.reason}" for n, r in self.runtimes.items()), details
@@ -804,7 +807,8 @@ class Runtime:
             cid=meta.id, rootfs=rootfs, sandbox=pod.meta, image_config=image_config,
             user=user, cgroup_path=meta.cgroup_path, infra_pid=pod.status.infra_pid,
             pids_limit=self.cfg.pids_limit, swap_controller=self.swap_controller,
-            annotations=annotations, target_pids=target_pids))
+            annotations=annotations, target_pids=target_pids,
+            recursive_read_only=rt.recursive_read_only, handler=rt.name))
         tmp = bundle / ".config.json.tmp"
         tmp.write_text(json.dumps(spec))
         os.replace(tmp, bundle / "config.json")

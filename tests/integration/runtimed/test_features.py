@@ -287,3 +287,74 @@ def test_privileged(cri: Cri, image: str, pod: tuple[str, api_pb2.PodSandboxConf
     cri.start(plain)
     text = Path(cri.wait_exit(plain).log_path).read_text()
     assert "refused" in text and "hostdev" not in text
+
+
+def _runc_has_rro() -> bool:
+    import subprocess
+
+    out = subprocess.run(["/usr/sbin/runc", "features"], capture_output=True)
+    try:
+        options = json.loads(out.stdout).get("mountOptions") or []
+    except ValueError:
+        return False
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    return "rro" in options and release >= (5, 12)
+
+
+def test_status_lists_handlers_with_their_features(cri: Cri) -> None:
+    reply = cri.rt.Status(api_pb2.StatusRequest(), timeout=10)
+    handlers = {h.name: h.features for h in reply.runtime_handlers}
+    # The default handler (runc) under the empty name too, then each by name.
+    assert [h.name for h in reply.runtime_handlers] == ["", "crun", "runc"]
+    assert handlers[""] == handlers["runc"]
+    assert handlers["runc"].recursive_read_only_mounts is _runc_has_rro()
+    assert handlers["crun"].recursive_read_only_mounts is False  # crun 1.8: no `features`
+    assert not any(f.user_namespaces for f in handlers.values())
+
+
+def test_recursive_read_only_mounts(cri: Cri, image: str, tmp_path: Path,
+                                    pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    if not _runc_has_rro():
+        pytest.skip("runc or the kernel lacks recursive read-only mounts")
+    import subprocess
+
+    sid, config = pod
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "crib-rro-test", str(sub)],
+                   check=True)
+    try:
+        script = ("touch /data/top 2>/dev/null && echo top-rw || echo top-ro; "
+                  "touch /data/sub/f 2>/dev/null && echo sub-rw || echo sub-ro")
+
+        def run(name: str, rro: bool) -> str:
+            cid = cri.create(sid, config, image, name, command=["sh", "-c"], args=[script],
+                             mounts=[api_pb2.Mount(container_path="/data",
+                                                   host_path=str(tmp_path), readonly=True,
+                                                   recursive_read_only=rro)])
+            cri.start(cid)
+            return Path(cri.wait_exit(cid).log_path).read_text()
+
+        # A plain read-only bind leaves the submount writable; "rro" closes it too.
+        plain = run("plain-ro", False)
+        assert "top-ro" in plain and "sub-rw" in plain
+        recursive = run("rro", True)
+        assert "top-ro" in recursive and "sub-ro" in recursive
+    finally:
+        subprocess.run(["umount", "-l", str(sub)], check=False)
+    # The API's rules: readonly must be set; a handler without support refuses.
+    with pytest.raises(grpc.RpcError) as err:
+        cri.create(sid, config, image, "rro-rw", command=["true"], mounts=[api_pb2.Mount(
+            container_path="/data", host_path=str(tmp_path), recursive_read_only=True)])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs readonly" in err.value.details()
+    crun_sid, crun_pod = cri.run_pod(handler="crun")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            cri.create(crun_sid, crun_pod, image, "rro-crun", command=["true"],
+                       mounts=[api_pb2.Mount(container_path="/data", host_path=str(tmp_path),
+                                             readonly=True, recursive_read_only=True)])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not support recursive read-only" in err.value.details()
+    finally:
+        cri.remove_pod(crun_sid)

@@ -75,6 +75,15 @@ def _msg(res: CommandResult) -> str:
         return last
 
 
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release
+    try:
+        have = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return have >= (major, minor)
+
+
 def _is_missing(text: str) -> bool:
     t = text.lower()
     return "does not exist" in t or "not found" in t or "no such file" in t or "not exist" in t
@@ -91,6 +100,14 @@ class OciRuntime:
     reason: str = ""
     version: str = ""
     extra: list[str] = field(default_factory=list)
+    # From `<runtime> features` (runtime-spec features.md), when the runtime has it.
+    mount_options: frozenset[str] = frozenset()
+
+    @property
+    def recursive_read_only(self) -> bool:
+        """Recursive read-only mounts work: the runtime takes "rro" and the kernel has
+        mount_setattr(2): 5.12, the check api.proto gives for runc-compatible runtimes)."""
+        return "rro" in self.mount_options and _kernel_at_least(5, 12)
 
     def global_args(self) -> list[str]:
         """Arguments before the subcommand (also handed to conmon as --runtime-arg)."""
@@ -114,6 +131,20 @@ class OciRuntime:
             return
         self.version = res.stdout.decode(errors="replace").splitlines()[0] if res.stdout else ""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.mount_options = await self._features_mount_options()
+
+    async def _features_mount_options(self) -> frozenset[str]:
+        """`mountOptions` of `<runtime> features`; empty when the runtime has no such
+        command (crun 1.8) or answers something else."""
+        try:
+            res = await run_command([self.path, "features"], timeout=10)
+            doc = json.loads(res.stdout) if res.returncode == 0 else {}
+        except Exception:  # noqa: BLE001 - a missing feature list only disables features
+            return frozenset()
+        options = doc.get("mountOptions") if isinstance(doc, dict) else None
+        if not isinstance(options, list):
+            return frozenset()
+        return frozenset(o for o in options if isinstance(o, str))
 
     async def state(self, cid: str, *, timeout: float = 10.0) -> dict[str, Any] | None:
         """The runtime's state JSON, or None when the runtime does not know the container."""

@@ -227,6 +227,9 @@ class ContainerSpecInput:
     annotations: dict[str, str] = field(default_factory=dict)
     # Containers of this pod by id -> pid, for NamespaceMode.TARGET.
     target_pids: dict[str, int] = field(default_factory=dict)
+    # The handler takes recursive read-only mounts ("rro"), and its name for errors.
+    recursive_read_only: bool = False
+    handler: str = ""
 
 
 def _base_mounts(shm: str, privileged: bool) -> list[dict[str, Any]]:
@@ -428,6 +431,19 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         elif prop == "rslave" and rootfs_propagation != "shared":
             rootfs_propagation = "slave"
         opts = ["rbind", prop, "ro" if m.readonly else "rw"]
+        if m.recursive_read_only:
+            # api.proto: readonly must be set too, and propagation PRIVATE.
+            if not m.readonly:
+                raise InvalidArgument(f"mount {m.container_path}: recursive_read_only "
+                                      "needs readonly")
+            if m.propagation != MountPropagation.PROPAGATION_PRIVATE:
+                raise InvalidArgument(f"mount {m.container_path}: recursive_read_only "
+                                      "needs private propagation")
+            if not inp.recursive_read_only:
+                raise InvalidArgument(
+                    f"mount {m.container_path}: runtime handler {inp.handler!r} does not "
+                    "support recursive read-only mounts")
+            opts.append("rro")
         mounts = [x for x in mounts if x["destination"] != m.container_path]
         mounts.append({"destination": m.container_path, "type": "bind",
                        "source": m.host_path, "options": opts})
