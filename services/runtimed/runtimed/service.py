@@ -46,7 +46,7 @@ from crib_common.errors import (
     NotFound,
     Unavailable,
 )
-from crib_common.models.imaged import ImageInfo, PullEvent, PullRequest, SnapshotCreate
+from crib_common.models.imaged import ImageInfo, Mount, PullEvent, PullRequest, SnapshotCreate
 from crib_common.models.netd import DnsConfig as NetDns
 from crib_common.models.netd import PodNetworkCreate, PortMapping
 from crib_common.proc import Child, read_fd
@@ -735,9 +735,7 @@ class Runtime:
             labels=dict(config.labels), annotations=dict(config.annotations),
             log_path=log_path, bundle=str(bundle), snapshot_key=cid, stop_signal=stop_signal,
             tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
-            mounts=[{"container_path": m.container_path, "host_path": m.host_path,
-                     "readonly": m.readonly, "propagation": int(m.propagation)}
-                    for m in config.mounts],
+            mounts=[_mount_record(m) for m in config.mounts],
             cgroup_path=f"{pod.meta.cgroup_parent}/crib-{cid}",
         )
         name = _container_name(meta)
@@ -803,12 +801,14 @@ class Runtime:
             "io.kubernetes.cri.sandbox-uid": pod.meta.uid,
             "io.kubernetes.cri.image-name": meta.image,
         })
+        image_sources = await self._mount_images(rec, config)
         spec = build_container_spec(config, ContainerSpecInput(
             cid=meta.id, rootfs=rootfs, sandbox=pod.meta, image_config=image_config,
             user=user, cgroup_path=meta.cgroup_path, infra_pid=pod.status.infra_pid,
             pids_limit=self.cfg.pids_limit, swap_controller=self.swap_controller,
             annotations=annotations, target_pids=target_pids,
-            recursive_read_only=rt.recursive_read_only, handler=rt.name))
+            recursive_read_only=rt.recursive_read_only, handler=rt.name,
+            image_sources=image_sources))
         tmp = bundle / ".config.json.tmp"
         tmp.write_text(json.dumps(spec))
         os.replace(tmp, bundle / "config.json")
@@ -822,6 +822,32 @@ class Runtime:
         conmon_pid, pid = await start_conmon(cm, timeout=self.cfg.create_timeout)
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
         failpoint("create_after_conmon")
+
+    async def _mount_images(self, rec: ContainerRecord,
+                            config: ContainerConfig) -> dict[str, str]:
+        """Image volumes (CRI Mount.image, the kubelet's ImageVolume): each image gets a
+        snapshot from imaged, mounted read-only under the bundle; the container binds it
+        (or its `image_sub_path`) read-only. Returns container path -> host source."""
+        meta = rec.meta
+        sources: dict[str, str] = {}
+        for index, m in enumerate(config.mounts):
+            if not (is_set(m.image) and m.image.image):
+                continue
+            if m.host_path:
+                raise InvalidArgument(f"mount {m.container_path}: an image mount has no "
+                                      "host_path")
+            key = f"{meta.id}-img{index}"
+            meta.image_mounts.append(key)
+            self._put_container(rec)  # before the snapshot exists: undo and sweep see it
+            snap = await self.imaged.create_snapshot(SnapshotCreate(
+                key=key, image=m.image.image,
+                labels={"io.crib.container": meta.id, "io.crib.image-volume": "true"}))
+            target = Path(meta.bundle) / "images" / str(index)
+            ro = [Mount(type=x.type, source=x.source, options=[*x.options, "ro"])
+                  for x in snap.mounts]
+            await asyncio.to_thread(mount_all, ro, target)
+            sources[m.container_path] = _image_sub_path(target, m.image_sub_path)
+        return sources
 
     async def _teardown_container(self, rec: ContainerRecord) -> None:
         """Undo every step of `_setup_container` (each tolerates never having happened).
@@ -847,10 +873,10 @@ class Runtime:
             log.warning("container teardown step failed", container=meta.id,
                         step="unmount", error=str(exc))
         else:
-            if meta.snapshot_key:
-                await _attempt(failed, "remove snapshot",
-                               self.imaged.remove_snapshot(meta.snapshot_key),
-                               container=meta.id)
+            for key in [meta.snapshot_key, *meta.image_mounts]:
+                if key:
+                    await _attempt(failed, "remove snapshot",
+                                   self.imaged.remove_snapshot(key), container=meta.id)
             shutil.rmtree(bundle, ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.sock_dir / meta.id).unlink()
@@ -1269,6 +1295,33 @@ class Runtime:
                 not process_alive(s.status.infra_pid):
             s.status.state = "notready"
             self._put_sandbox(s)
+
+
+def _mount_record(m: Any) -> dict[str, Any]:
+    """What ContainerStatus reports of a CRI Mount."""
+    out: dict[str, Any] = {"container_path": m.container_path, "host_path": m.host_path,
+                           "readonly": m.readonly, "propagation": int(m.propagation)}
+    if m.recursive_read_only:
+        out["recursive_read_only"] = True
+    if is_set(m.image) and m.image.image:
+        out.update(image=m.image.image, image_sub_path=m.image_sub_path, readonly=True)
+    return out
+
+
+def _image_sub_path(root: Path, sub: str) -> str:
+    """`root`, or the directory `sub` names inside it; never a path out of it (a symlink
+    in the image is resolved inside the image or refused)."""
+    if not sub:
+        return str(root)
+    if sub.startswith("/") or ".." in Path(sub).parts:
+        raise InvalidArgument(f"image_sub_path {sub!r} must be relative, without '..'")
+    base = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(base, sub))
+    if real != base and not real.startswith(base + os.sep):
+        raise InvalidArgument(f"image_sub_path {sub!r} leads out of the image")
+    if not os.path.exists(real):
+        raise InvalidArgument(f"image_sub_path {sub!r} does not exist in the image")
+    return real
 
 
 async def _attempt(failed: list[Exception], step: str, work: Awaitable[Any],

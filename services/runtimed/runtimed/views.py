@@ -250,10 +250,16 @@ def resources_message(res: dict[str, Any]) -> LinuxContainerResources:
 
 def container_status(rec: ContainerRecord) -> ContainerStatus:
     m, s = rec.meta, rec.status
-    mounts = [Mount(container_path=x["container_path"], host_path=x["host_path"],
-                    readonly=bool(x.get("readonly")),
-                    propagation=MountPropagation(int(x.get("propagation", 0))))
-              for x in m.mounts]
+    mounts = []
+    for x in m.mounts:
+        mount = Mount(container_path=x["container_path"], host_path=x["host_path"],
+                      readonly=bool(x.get("readonly")),
+                      propagation=MountPropagation(int(x.get("propagation", 0))),
+                      recursive_read_only=bool(x.get("recursive_read_only")),
+                      image_sub_path=x.get("image_sub_path", ""))
+        if x.get("image"):
+            mount.image = ImageSpec(image=x["image"])
+        mounts.append(mount)
     return ContainerStatus(
         id=m.id, metadata=ContainerMetadata(name=m.name, attempt=m.attempt),
         state=container_state(rec), created_at=m.created_at, started_at=s.started_at,

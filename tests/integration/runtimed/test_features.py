@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -358,3 +359,56 @@ def test_recursive_read_only_mounts(cri: Cri, image: str, tmp_path: Path,
         assert "does not support recursive read-only" in err.value.details()
     finally:
         cri.remove_pod(crun_sid)
+
+
+def test_image_volume(cri: Cri, image: str, registry: Any,
+                      pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:
+    """CRI Mount.image (the kubelet's ImageVolume): an image's files, read-only, at a path
+    of the container, whole or from `image_sub_path`; gone with the container."""
+    from tests.support.images import Entry, Image, Layer, push_image
+
+    sid, config = pod
+    data = push_image(registry, "crib-test/volume", "v1", Image([
+        Layer.from_entries([Entry.dir("data"), Entry.file("data/hello.txt", "from-image\n")]),
+        Layer.from_entries([Entry.dir("data/sub"), Entry.file("data/sub/deep.txt", "deep\n"),
+                            Entry.symlink("out", "/etc"), Entry.symlink("up", "../..")]),
+    ]))
+    ref = cri.img.PullImage(api_pb2.PullImageRequest(
+        image=api_pb2.ImageSpec(image=data.reference)), timeout=120).image_ref
+
+    def volume(path: str, sub: str = "") -> api_pb2.Mount:
+        return api_pb2.Mount(container_path=path, image=api_pb2.ImageSpec(image=ref),
+                             readonly=True, image_sub_path=sub)
+
+    cid = cri.create(sid, config, image, "imgvol", command=["sh", "-c"], args=[
+        "cat /vol/data/hello.txt /part/deep.txt; "
+        "touch /vol/data/new 2>/dev/null && echo vol-rw || echo vol-ro"],
+        mounts=[volume("/vol"), volume("/part", "data/sub")])
+    cri.start(cid)
+    st = cri.wait_exit(cid)
+    text = Path(st.log_path).read_text()
+    assert "from-image" in text and "deep" in text and "vol-ro" in text
+    assert "vol-rw" not in text
+    reported = {m.container_path: m for m in st.mounts}
+    assert reported["/vol"].image.image == ref and reported["/vol"].readonly
+    assert reported["/part"].image_sub_path == "data/sub"
+    snaps = [s for s in _snapshots(cri) if s.startswith(cid)]
+    assert len(snaps) == 3  # the rootfs and one per image volume
+    cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    assert not [s for s in _snapshots(cri) if s.startswith(cid)]
+    # A sub path may not lead out of the image, nor name what it lacks.
+    for sub, why in (("out", "out of the image"), ("up/x", "out of the image"),
+                     ("../etc", "'..'"),
+                     ("/etc", "relative"), ("nope", "does not exist")):
+        with pytest.raises(grpc.RpcError) as err:
+            cri.create(sid, config, image, "badsub", command=["true"],
+                       mounts=[volume("/v", sub)])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, sub
+        assert why in err.value.details(), (sub, err.value.details())
+    assert not [s for s in _snapshots(cri) if "-img" in s]
+
+
+def _snapshots(cri: Cri) -> list[str]:
+    from .conftest import unix_get_json
+
+    return [s["key"] for s in unix_get_json(cri.stack.socket("imaged"), "/v1/snapshots") or []]

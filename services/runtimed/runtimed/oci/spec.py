@@ -230,6 +230,8 @@ class ContainerSpecInput:
     # The handler takes recursive read-only mounts ("rro"), and its name for errors.
     recursive_read_only: bool = False
     handler: str = ""
+    # Host directories of the image volumes (CRI Mount.image), by container path.
+    image_sources: dict[str, str] = field(default_factory=dict)
 
 
 def _base_mounts(shm: str, privileged: bool) -> list[dict[str, Any]]:
@@ -419,6 +421,13 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     for m in cfg.mounts:
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"mount destination {m.container_path!r} must be absolute")
+        source = inp.image_sources.get(m.container_path, "")
+        if source:
+            # An image volume: always read-only (api.proto), from the image's snapshot.
+            mounts = [x for x in mounts if x["destination"] != m.container_path]
+            mounts.append({"destination": m.container_path, "type": "bind",
+                           "source": source, "options": ["rbind", "rprivate", "ro"]})
+            continue
         if not m.host_path:
             raise InvalidArgument(f"mount {m.container_path}: empty host_path")
         if not os.path.exists(m.host_path):

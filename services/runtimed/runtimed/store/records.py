@@ -130,6 +130,8 @@ class ContainerMeta(BaseModel):
     stdin: bool = False
     stdin_once: bool = False
     mounts: list[dict[str, Any]] = Field(default_factory=list)  # CRI Mount fields
+    # Snapshots of the images mounted as volumes (CRI Mount.image), read-only.
+    image_mounts: list[str] = Field(default_factory=list)
     uid: int = 0
     gid: int = 0
     groups: list[int] = Field(default_factory=list)
