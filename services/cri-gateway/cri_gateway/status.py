@@ -14,6 +14,7 @@ from typing import Any
 from crib_common.client import DaemonClient
 from crib_common.cri.runtime.v1 import (
     RuntimeCondition,
+    RuntimeFeatures,
     RuntimeHandler,
     RuntimeHandlerFeatures,
     RuntimeStatus,
@@ -84,7 +85,9 @@ def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: Daem
                              message="" if n_ok else n_msg),
         ]
         response = StatusResponse(status=RuntimeStatus(conditions=conditions),
-                                  runtime_handlers=_handlers(r_body))
+                                  runtime_handlers=_handlers(r_body),
+                                  # Strict supplemental groups, and ContainerStatus.user.
+                                  features=RuntimeFeatures(supplemental_groups_policy=True))
         if request.verbose:
             response.info = {
                 "runtimed": json.dumps(r_body), "netd": json.dumps(n_body),

@@ -36,6 +36,7 @@ from crib_common.cri.runtime.v1 import (
     NamespaceMode,
     NamespaceOption,
     PodSandboxConfig,
+    SupplementalGroupsPolicy,
 )
 from crib_common.errors import (
     AlreadyExists,
@@ -787,6 +788,8 @@ class Runtime:
             run_as_username=sc.run_as_username if sc else "",
             run_as_group=sc.run_as_group.value if sc and is_set(sc.run_as_group) else None,
             supplemental=list(sc.supplemental_groups) if sc else [],
+            strict_groups=sc is not None
+            and sc.supplemental_groups_policy == SupplementalGroupsPolicy.Strict,
         )
         meta.uid, meta.gid, meta.groups = user.uid, user.gid, user.groups
         target_pids = {c.meta.id: c.status.pid for c in self.pod_containers(pod.meta.id)

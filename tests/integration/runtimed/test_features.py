@@ -68,6 +68,20 @@ def test_user_from_image_and_context(cri: Cri, image: str,
         cri.create(sid, config, image, "nouser", command=["id"],
                    linux=_linux(run_as_username="nobody-here"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # crib is in cribgrp (2000) by the image's /etc/group: merged by default, not when
+    # the pod's SupplementalGroupsPolicy is Strict.
+    for name, policy, want in (("merge", api_pb2.Merge, [1000, 2000, 3000]),
+                               ("strict", api_pb2.Strict, [1000, 3000])):
+        cid3 = cri.create(sid, config, image, name, command=["id", "-G"], linux=_linux(
+            run_as_username="crib", supplemental_groups=[3000],
+            supplemental_groups_policy=policy))
+        cri.start(cid3)
+        st3 = cri.wait_exit(cid3)
+        # The CRI log line: "<time> stdout F <message>"; the message is `id -G`'s list.
+        line = Path(st3.log_path).read_text().splitlines()[-1]
+        assert sorted(int(g) for g in line.split(" ", 3)[3].split()) == want, (name, line)
+        assert sorted(st3.user.linux.supplemental_groups) == want, name
+    assert cri.rt.Status(api_pb2.StatusRequest()).features.supplemental_groups_policy
 
 
 def test_readonly_rootfs(cri: Cri, image: str, pod: tuple[str, api_pb2.PodSandboxConfig]) -> None:

@@ -68,3 +68,10 @@ def test_fifo_or_directory_as_passwd_is_no_file(tmp_path: Path) -> None:
     assert (user.uid, user.gid) == (1000, 1000)
     with pytest.raises(InvalidArgument):
         resolve_user(tmp_path, image_user="crib")
+
+
+def test_strict_supplemental_groups_leave_out_the_image_groups(rootfs: Path) -> None:
+    merged = resolve_user(rootfs, image_user="crib", supplemental=[4000])
+    assert merged.groups == [2000, 4000]  # cribgrp from /etc/group, then the context's
+    strict = resolve_user(rootfs, image_user="crib", supplemental=[4000], strict_groups=True)
+    assert (strict.uid, strict.gid, strict.groups) == (1000, 1000, [4000])

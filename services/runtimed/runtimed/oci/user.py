@@ -61,13 +61,15 @@ def _group(rootfs: Path) -> list[list[str]]:
 
 def resolve_user(rootfs: Path, *, image_user: str = "", run_as_user: int | None = None,
                  run_as_username: str = "", run_as_group: int | None = None,
-                 supplemental: list[int] | None = None) -> ResolvedUser:
+                 supplemental: list[int] | None = None,
+                 strict_groups: bool = False) -> ResolvedUser:
     """The uid/gid/groups a container runs as.
 
     Precedence as in the kubelet/containerd: the security context's run_as_user (or
     run_as_username) over the image's `User`; run_as_group over the user's primary group.
     Image users may be `uid`, `name`, `uid:gid`, `name:group`. Supplemental groups are
-    the user's memberships in /etc/group plus the security context's list.
+    the user's memberships in /etc/group plus the security context's list; with
+    `strict_groups` (SupplementalGroupsPolicy Strict) the context's list alone.
     """
     user_part, group_part = "", ""
     if run_as_user is not None:
@@ -107,7 +109,7 @@ def resolve_user(rootfs: Path, *, image_user: str = "", run_as_user: int | None 
     if run_as_group is not None:
         gid = run_as_group
     extra: list[int] = []
-    if name:
+    if name and not strict_groups:
         for g in groups:
             members = [m for m in g[3].strip().split(",") if m]
             if name in members:
