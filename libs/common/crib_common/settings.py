@@ -133,6 +133,9 @@ class RuntimedSection(BaseModel):
     stream_address: str = "127.0.0.1"
     stream_port: int = Field(default=0, ge=0, le=65535)
     stream_url_ttl: float = Field(default=60.0, gt=0)
+    # A session with no byte either way for this long is closed and its process killed
+    # (containerd's stream_idle_timeout, 4h; 0: never).
+    stream_idle_timeout: float = Field(default=4 * 3600.0, ge=0)
 
     @field_validator("default_handler")
     @classmethod

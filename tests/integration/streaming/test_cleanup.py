@@ -109,3 +109,34 @@ async def test_server_stop_kills_running_execs(node: Node,
     assert _children() == kids
     for client in clients:
         await client.close()
+
+
+@pytest.mark.parametrize("transport", ["spdy", "ws"])
+async def test_idle_session_is_closed_and_its_process_killed(node: Node,
+                                                             transport: str) -> None:
+    from crib_common.settings import RuntimedSection
+
+    c = node.run(["sleep", "3600"])
+    srv = StreamServer(RuntimedSection(stream_idle_timeout=1.0), FakeTargets(node))
+    await srv.start()
+    try:
+        # Output every 0.3 s keeps a session alive past the timeout...
+        busy = await open_stdio(srv.url(ExecSpec(
+            c.id, ("sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo t$i; sleep 0.3; done"),
+            False, True, True, False)), transport)
+        assert (await busy.wait(timeout=20)).exit_code == 0
+        # ...a silent one is closed once idle, and its exec'd process killed.
+        quiet = await open_stdio(srv.url(ExecSpec(c.id, ("sh", "-c", "echo up; sleep 300"),
+                                                  False, True, True, False)), transport)
+        await quiet.wait_output(b"up")
+        assert len(node.processes(c.id)) >= 2
+        for _ in range(200):
+            if srv.active_sessions == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert srv.active_sessions == 0
+        await _settle(srv)
+        assert len(node.processes(c.id)) == 1  # only the container's own sleep
+        await quiet.close()
+    finally:
+        await srv.stop()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,7 @@ class StreamServer:
     def __init__(self, settings: RuntimedSection, targets: StreamTargets | None = None) -> None:
         self._address = settings.stream_address
         self._port = settings.stream_port
+        self._idle_timeout = settings.stream_idle_timeout
         self._cache: RequestCache[Spec] = RequestCache(settings.stream_url_ttl)
         self._targets = targets
         self._server: asyncio.base_events.Server | None = None
@@ -224,6 +226,10 @@ class StreamServer:
         self._handlers.add(task)
         if self._metrics is not None:
             self._metrics.active.inc()
+        watchdog = None
+        if self._idle_timeout > 0:
+            watchdog = asyncio.create_task(_idle_watchdog(reader, writer, self._idle_timeout,
+                                                          task))
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
@@ -231,6 +237,8 @@ class StreamServer:
         except Exception:
             log.exception("streaming session failed")
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self._handlers.discard(task)
             if self._metrics is not None:
                 self._metrics.active.dec()
@@ -379,6 +387,38 @@ class StreamServer:
                 await run_attach(target, self.targets, session)
         finally:
             await session.abort()
+
+
+async def _idle_watchdog(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         timeout: float, session: asyncio.Task[None]) -> None:
+    """Cancel `session` once no byte has moved either way for `timeout` seconds (the
+    kubelet's and containerd's stream idle timeout): an abandoned exec, attach or
+    port-forward does not hold its process and sockets forever. Cancelling ends the
+    session the way a client leaving does, killing what it runs."""
+    last = time.monotonic()
+    feed, write = reader.feed_data, writer.write
+
+    def fed(data: bytes) -> None:
+        nonlocal last
+        last = time.monotonic()
+        feed(data)
+
+    def wrote(data: bytes | bytearray | memoryview) -> None:
+        nonlocal last
+        last = time.monotonic()
+        write(data)
+
+    # Both sides of the connection pass here: the reader's protocol feeds it, every
+    # protocol implementation writes through the writer.
+    reader.feed_data = fed  # type: ignore[method-assign]
+    writer.write = wrote  # type: ignore[method-assign]
+    while True:
+        idle = time.monotonic() - last
+        if idle >= timeout:
+            log.info("streaming session idle, closed", seconds=round(idle, 1))
+            session.cancel()
+            return
+        await asyncio.sleep(min(timeout - idle, 30.0) + 0.01)
 
 
 def _options(spec: ExecSpec | AttachSpec) -> StdioOptions:
