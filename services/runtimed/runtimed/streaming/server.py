@@ -398,12 +398,12 @@ async def _idle_watchdog(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     last = time.monotonic()
     feed, write = reader.feed_data, writer.write
 
-    def fed(data: bytes) -> None:
+    def fed(data: Any) -> None:
         nonlocal last
         last = time.monotonic()
         feed(data)
 
-    def wrote(data: bytes | bytearray | memoryview) -> None:
+    def wrote(data: Any) -> None:
         nonlocal last
         last = time.monotonic()
         write(data)
