@@ -1149,45 +1149,31 @@ class Runtime:
         dropped its record but not the network or snapshot it had made. A record is
         always written before the work it covers, so anything being made right now is
         known and left alone. True when both peers answered."""
-        clean = True
-        removed: dict[str, int] = {}
-        try:
-            networks = await self.netd.list_pod_networks()
-        except CribError as exc:
-            log.debug("reconcile: netd not reachable", error=exc.message)
-            networks, clean = [], False
-        for net in networks:
-            pod_id = net.pod_id
-            if len(pod_id) == ID_LEN and pod_id not in self.sandboxes:
-                try:
-                    await self.netd.remove_pod_network(pod_id)
-                    removed["networks"] = removed.get("networks", 0) + 1
-                except CribError as exc:
-                    log.warning("orphan network not removed", pod=pod_id, error=exc.message)
-                    clean = False
-        try:
-            snapshots = await self.imaged.list_snapshots()
-        except CribError as exc:
-            log.debug("reconcile: imaged not reachable", error=exc.message)
-            snapshots, clean = [], False
-        for snap in snapshots:
-            cid = snap.labels.get("io.crib.container", "")
-            pod_id = snap.labels.get("io.crib.pod", "")
-            orphan = (cid not in self.containers) if cid else (
-                bool(snap.labels.get("io.crib.infra")) and pod_id not in self.sandboxes)
-            if orphan and (cid or pod_id):
-                try:
-                    await self.imaged.remove_snapshot(snap.key)
-                    removed["snapshots"] = removed.get("snapshots", 0) + 1
-                except CribError as exc:
-                    log.warning("orphan snapshot not removed", snapshot=snap.key,
-                                error=exc.message)
-                    clean = False
+        nets_ok, nets = await _sweep_peer(
+            "network", self.netd.list_pod_networks,
+            lambda n: n.pod_id if len(n.pod_id) == ID_LEN and n.pod_id not in self.sandboxes
+            else None,
+            self.netd.remove_pod_network)
+        snaps_ok, snaps = await _sweep_peer(
+            "snapshot", self.imaged.list_snapshots,
+            lambda snap: snap.key if self._orphan_snapshot(snap.labels) else None,
+            self.imaged.remove_snapshot)
+        clean = nets_ok and snaps_ok
+        removed = {"networks": nets, "snapshots": snaps}
         removed["pod_dirs"] = await asyncio.to_thread(self._sweep_pod_dirs)
         removed = {k: v for k, v in removed.items() if v}
         if removed:
             log.warning("orphans removed", **removed)
         return clean
+
+    def _orphan_snapshot(self, labels: dict[str, str]) -> bool:
+        """A snapshot runtimed made (its labels say for what) for a container or pod
+        without a record."""
+        cid = labels.get("io.crib.container", "")
+        if cid:
+            return cid not in self.containers
+        pod_id = labels.get("io.crib.pod", "")
+        return bool(pod_id and labels.get("io.crib.infra")) and pod_id not in self.sandboxes
 
     def _sweep_pod_dirs(self) -> int:
         """Pod directories and namespace pins of pods without a record."""
@@ -1325,6 +1311,30 @@ def _image_sub_path(root: Path, sub: str) -> str:
     if not os.path.exists(real):
         raise InvalidArgument(f"image_sub_path {sub!r} does not exist in the image")
     return real
+
+
+async def _sweep_peer(what: str, listing: Callable[[], Awaitable[list[Any]]],
+                      orphan: Callable[[Any], str | None],
+                      remove: Callable[[str], Awaitable[None]]) -> tuple[bool, int]:
+    """Remove what a peer lists and `orphan` names; (the peer answered throughout, how
+    many went)."""
+    try:
+        items = await listing()
+    except CribError as exc:
+        log.debug("reconcile: peer not reachable", what=what, error=exc.message)
+        return False, 0
+    clean, count = True, 0
+    for item in items:
+        key = orphan(item)
+        if key is None:
+            continue
+        try:
+            await remove(key)
+            count += 1
+        except CribError as exc:
+            log.warning("orphan not removed", what=what, key=key, error=exc.message)
+            clean = False
+    return clean, count
 
 
 async def _attempt(failed: list[Exception], step: str, work: Awaitable[Any],

@@ -8,7 +8,7 @@ import ctypes
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -179,6 +179,9 @@ def sandbox_entry(rec: SandboxRecord) -> bytes:
     return _cached(rec.meta.id, "pod:" + rec.status.state, lambda: sandbox_item(rec))[2]
 
 
+_R = TypeVar("_R", ContainerRecord, SandboxRecord)
+_S = TypeVar("_S")
+
 # A page of a Stream* reply (CRIListStreaming, KEP 5825): at most this many items and,
 # past the first item, this many bytes, far below the kubelet's 16 MiB receive limit even
 # for items with large annotations.
@@ -200,6 +203,16 @@ async def pages(entries: list[bytes], max_items: int = PAGE_ITEMS,
         size += len(entry)
     if page:
         yield b"".join(page)
+
+
+async def stats_pages(records: list[_R], alive: Callable[[_R], bool],
+                      stats: Callable[[_R], Awaitable[_S]]) -> AsyncIterator[list[_S]]:
+    """Stats of `records` in pages (PAGE_ITEMS), each page read when it is sent, its
+    records at once; a record gone before its page (`alive` false) is left out."""
+    for start in range(0, len(records), PAGE_ITEMS):
+        page = [r for r in records[start:start + PAGE_ITEMS] if alive(r)]
+        if page:
+            yield list(await asyncio.gather(*(stats(r) for r in page)))
 
 
 class ListCache:
@@ -408,7 +421,6 @@ def labels_match(labels: dict[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-_R = TypeVar("_R", ContainerRecord, SandboxRecord)
 
 
 def select(records: Iterable[_R], id_prefix: str = "",

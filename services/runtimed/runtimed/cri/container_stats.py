@@ -20,7 +20,7 @@ from crib_common.server import CriTable
 from ..oci.spec import is_set
 from ..service import Runtime
 from ..store.records import ContainerRecord
-from ..views import PAGE_ITEMS, container_stats, select
+from ..views import container_stats, select, stats_pages
 
 
 def _select(rt: Runtime, f: ContainerStatsFilter | None) -> list[ContainerRecord]:
@@ -56,12 +56,8 @@ def register(table: CriTable, rt: Runtime) -> None:
         return _pages(rt, _select(rt, request.filter if is_set(request.filter) else None))
 
 
-async def _pages(rt: Runtime, picked: list[ContainerRecord],
-                 ) -> AsyncIterator[StreamContainerStatsResponse]:
-    """Pages of stats read page by page, each page's containers at once; a container
-    removed before its page is read is left out (it no longer exists in the runtime)."""
-    for start in range(0, len(picked), PAGE_ITEMS):
-        page = [r for r in picked[start:start + PAGE_ITEMS] if r.meta.id in rt.containers]
-        if page:
-            out = await asyncio.gather(*(container_stats(rt, rec) for rec in page))
-            yield StreamContainerStatsResponse(container_stats=list(out))
+async def _pages(rt: Runtime,
+                 picked: list[ContainerRecord]) -> AsyncIterator[StreamContainerStatsResponse]:
+    async for page in stats_pages(picked, lambda r: r.meta.id in rt.containers,
+                                  lambda r: container_stats(rt, r)):
+        yield StreamContainerStatsResponse(container_stats=page)

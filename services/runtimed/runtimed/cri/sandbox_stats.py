@@ -20,7 +20,7 @@ from crib_common.server import CriTable
 from ..oci.spec import is_set
 from ..service import Runtime
 from ..store.records import SandboxRecord
-from ..views import PAGE_ITEMS, sandbox_stats, select
+from ..views import sandbox_stats, select, stats_pages
 
 
 def _select(rt: Runtime, f: PodSandboxStatsFilter | None) -> list[SandboxRecord]:
@@ -54,11 +54,8 @@ def register(table: CriTable, rt: Runtime) -> None:
         return _pages(rt, _select(rt, request.filter if is_set(request.filter) else None))
 
 
-async def _pages(rt: Runtime, picked: list[SandboxRecord],
-                 ) -> AsyncIterator[StreamPodSandboxStatsResponse]:
-    """Pages of stats read page by page; a pod removed before its page is left out."""
-    for start in range(0, len(picked), PAGE_ITEMS):
-        page = [r for r in picked[start:start + PAGE_ITEMS] if r.meta.id in rt.sandboxes]
-        if page:
-            out = await asyncio.gather(*(sandbox_stats(rt, rec) for rec in page))
-            yield StreamPodSandboxStatsResponse(pod_sandbox_stats=list(out))
+async def _pages(rt: Runtime,
+                 picked: list[SandboxRecord]) -> AsyncIterator[StreamPodSandboxStatsResponse]:
+    async for page in stats_pages(picked, lambda r: r.meta.id in rt.sandboxes,
+                                  lambda r: sandbox_stats(rt, r)):
+        yield StreamPodSandboxStatsResponse(pod_sandbox_stats=page)
