@@ -71,6 +71,7 @@ from .oci.spec import (
     build_container_spec,
     build_pause_spec,
     build_sandbox_spec,
+    check_host_userns,
     is_set,
     resources_to_dict,
     resources_to_oci,
@@ -400,6 +401,7 @@ class Runtime:
         # Unset options mean POD for every namespace (api.proto: POD = 0 is the default);
         # the kubelet sends pid=CONTAINER unless the pod shares its process namespace.
         nso = sc.namespace_options if sc is not None else NamespaceOption()
+        check_host_userns(nso)
         host_net = nso.network == NamespaceMode.NODE
         host_pid = nso.pid == NamespaceMode.NODE
         host_ipc = nso.ipc == NamespaceMode.NODE

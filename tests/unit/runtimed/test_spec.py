@@ -333,3 +333,29 @@ def test_run_as_user_reaches_process(tmp_path: Path) -> None:
     spec = build_container_spec(cfg, inp)
     assert spec["process"]["user"] == {"uid": 5, "gid": 0}
     assert os.path.isdir(tmp_path)
+
+
+def test_user_namespaces_and_idmapped_mounts_are_refused(tmp_path: Path) -> None:
+    from crib_common.cri.runtime.v1 import IdMapping, UserNamespace
+
+    mapping = [IdMapping(host_id=100000, container_id=0, length=65536)]
+
+    def config(**sc: Any) -> ContainerConfig:
+        return ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                               linux=LinuxContainerConfig(
+                                   security_context=LinuxContainerSecurityContext(**sc)))
+
+    # hostUsers: false asks for a pod user namespace: refused, never run without one.
+    userns = NamespaceOption(userns_options=UserNamespace(mode=NamespaceMode.POD,
+                                                          uids=mapping, gids=mapping))
+    with pytest.raises(InvalidArgument, match="user namespaces"):
+        build_container_spec(config(namespace_options=userns), _input(tmp_path))
+    # Mode NODE (what the kubelet sends for hostUsers: true) and no option at all pass.
+    host = NamespaceOption(userns_options=UserNamespace(mode=NamespaceMode.NODE))
+    build_container_spec(config(namespace_options=host), _input(tmp_path))
+    build_container_spec(config(namespace_options=NamespaceOption()), _input(tmp_path))
+    idmapped = ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                               mounts=[Mount(container_path="/d", host_path=str(tmp_path),
+                                             uid_mappings=mapping)])
+    with pytest.raises(InvalidArgument, match="ID-mapped"):
+        build_container_spec(idmapped, _input(tmp_path))

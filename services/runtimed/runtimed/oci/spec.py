@@ -20,6 +20,7 @@ from crib_common.cri.runtime.v1 import (
     LinuxContainerResources,
     MountPropagation,
     NamespaceMode,
+    NamespaceOption,
     SecurityProfileProfileType,
 )
 from crib_common.errors import InvalidArgument
@@ -360,6 +361,17 @@ _DEFAULT_ALLOW = [
 ]
 
 
+def check_host_userns(ns_opts: NamespaceOption) -> None:
+    """Refuse a pod user namespace (hostUsers: false): runtimed runs every container in
+    the host's, and running it there silently would drop the isolation the pod asked
+    for. `Status` says so too (user_namespaces false on every handler), so the kubelet
+    keeps such pods off this node. An absent option, or mode NODE, is the host's."""
+    userns = ns_opts.userns_options
+    if is_set(userns) and userns.mode != NamespaceMode.NODE:
+        raise InvalidArgument("user namespaces (hostUsers: false) are not supported by "
+                              "crib's runtime handlers")
+
+
 def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[str, Any]:
     """config.json of an application container."""
     img = inp.image_config.get("config") or {}
@@ -439,6 +451,9 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
             rootfs_propagation = "shared"
         elif prop == "rslave" and rootfs_propagation != "shared":
             rootfs_propagation = "slave"
+        if m.uid_mappings or m.gid_mappings:
+            raise InvalidArgument(f"mount {m.container_path}: ID-mapped mounts are not "
+                                  "supported (they come with user namespaces)")
         opts = ["rbind", prop, "ro" if m.readonly else "rw"]
         if m.recursive_read_only:
             # api.proto: readonly must be set too, and propagation PRIVATE.
@@ -472,6 +487,8 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     else:
         oci_res["devices"] = oci_res["devices"] + rules
     ns_opts = sc.namespace_options if sc and is_set(sc.namespace_options) else None
+    if ns_opts is not None:
+        check_host_userns(ns_opts)
     pid_mode = ns_opts.pid if ns_opts else (
         NamespaceMode.POD if pod.shared_pid else
         NamespaceMode.NODE if pod.host_pid else NamespaceMode.CONTAINER)
