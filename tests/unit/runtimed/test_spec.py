@@ -359,3 +359,22 @@ def test_user_namespaces_and_idmapped_mounts_are_refused(tmp_path: Path) -> None
                                              uid_mappings=mapping)])
     with pytest.raises(InvalidArgument, match="ID-mapped"):
         build_container_spec(idmapped, _input(tmp_path))
+
+
+def test_named_apparmor_profile_is_refused_not_dropped(tmp_path: Path) -> None:
+    def config(**sc: Any) -> ContainerConfig:
+        return ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                               linux=LinuxContainerConfig(
+                                   security_context=LinuxContainerSecurityContext(**sc)))
+
+    for sc in ({"apparmor": SecurityProfile(profile_type=SecurityProfileProfileType.Localhost,
+                                            localhost_ref="my-profile")},
+               {"apparmor_profile": "localhost/my-profile"}):
+        with pytest.raises(InvalidArgument, match="my-profile"):
+            build_container_spec(config(**sc), _input(tmp_path))
+    unconfined = SecurityProfile(profile_type=SecurityProfileProfileType.Unconfined)
+    build_container_spec(config(apparmor=unconfined), _input(tmp_path))
+    if not os.path.exists("/sys/module/apparmor"):
+        # No AppArmor on the host: the runtime default means nothing, as in containerd.
+        default = SecurityProfile(profile_type=SecurityProfileProfileType.RuntimeDefault)
+        build_container_spec(config(apparmor=default), _input(tmp_path))

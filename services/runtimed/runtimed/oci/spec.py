@@ -514,6 +514,7 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         seccomp = _seccomp(sc, set(caps))
         if seccomp is not None:
             spec_linux["seccomp"] = seccomp
+        _check_apparmor(sc)
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
@@ -523,6 +524,33 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         "linux": spec_linux,
     }
     return spec
+
+
+def apparmor_available() -> bool:
+    try:
+        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def _check_apparmor(sc: Any) -> None:
+    """crib applies no AppArmor profile. On a host without AppArmor, RuntimeDefault and
+    Unconfined mean nothing (as in containerd); a named (Localhost) profile is refused,
+    never silently dropped. With AppArmor on, any profile but Unconfined is refused."""
+    if sc is None:
+        return
+    if is_set(sc.apparmor):
+        kind = sc.apparmor.profile_type
+        named = kind == SecurityProfileProfileType.Localhost
+        default = kind == SecurityProfileProfileType.RuntimeDefault
+        what = sc.apparmor.localhost_ref or "runtime/default"
+    else:
+        what = sc.apparmor_profile
+        named = what.startswith("localhost/")
+        default = what == "runtime/default"
+    if named or (default and apparmor_available()):
+        raise InvalidArgument(f"AppArmor profile {what!r}: crib applies no AppArmor "
+                              "profiles on this node")
 
 
 def _seccomp(sc: Any, caps: set[str]) -> dict[str, Any] | None:
