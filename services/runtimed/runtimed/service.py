@@ -1162,7 +1162,7 @@ class Runtime:
             self.imaged.remove_snapshot)
         clean = nets_ok and snaps_ok
         removed = {"networks": nets, "snapshots": snaps}
-        removed["pod_dirs"] = await asyncio.to_thread(self._sweep_pod_dirs)
+        removed["directories"] = await asyncio.to_thread(self._sweep_pod_dirs)
         removed = {k: v for k, v in removed.items() if v}
         if removed:
             log.warning("orphans removed", **removed)
@@ -1178,15 +1178,17 @@ class Runtime:
         return bool(pod_id and labels.get("io.crib.infra")) and pod_id not in self.sandboxes
 
     def _sweep_pod_dirs(self) -> int:
-        """Pod directories and namespace pins of pods without a record."""
+        """Pod directories, namespace pins and container bundles without a record."""
         count = 0
-        for base, undo in ((self.pods_dir, None), (Path(self.cfg.pinns_dir), unpin_namespaces)):
+        for base, known, undo in ((self.pods_dir, self.sandboxes, None),
+                                  (Path(self.cfg.pinns_dir), self.sandboxes, unpin_namespaces),
+                                  (self.bundles, self.containers, None)):
             try:
                 entries = list(os.scandir(base))
             except OSError:
                 continue
             for entry in entries:
-                if entry.name in self.sandboxes or len(entry.name) != ID_LEN:
+                if entry.name in known or len(entry.name) != ID_LEN:
                     continue
                 try:
                     if undo is not None:
@@ -1197,7 +1199,7 @@ class Runtime:
                         shutil.rmtree(entry.path, ignore_errors=True)
                     count += 1
                 except OSError as exc:
-                    log.warning("orphan pod directory not removed", path=entry.path,
+                    log.warning("orphan directory not removed", path=entry.path,
                                 error=str(exc))
         return count
 
@@ -1248,7 +1250,7 @@ class Runtime:
     async def _recover_container(self, c: ContainerRecord) -> None:
         if c.status.state == "creating":
             log.warning("rolling back half-done create", container=c.meta.id)
-            await self._teardown_container(c)
+            await self._rollback(self._teardown_container, c)
             self._drop_container(c.meta.id)
             return
         if c.status.state == "exited":
@@ -1273,13 +1275,24 @@ class Runtime:
             c.status.state = "unknown"
             self._put_container(c)
 
+    async def _rollback(self, teardown: Callable[[Any], Awaitable[None]], rec: Any) -> None:
+        """Tear down a half-done create found at start. Its record goes either way: what a
+        peer that is not up yet still holds, or a directory that would not unmount, is
+        left to the sweep, which finds it once nothing names it."""
+        try:
+            await teardown(rec)
+        except Exception as exc:  # noqa: BLE001 - the sweep takes over
+            log.warning("rollback incomplete; the sweep finishes it", id=rec.meta.id,
+                        error=str(exc))
+            self._reconcile_wanted.set()
+
     async def _recover_sandbox(self, s: SandboxRecord) -> None:
         if s.status.state == "creating":
             log.warning("rolling back half-done sandbox", pod=s.meta.id)
             for c in self.pod_containers(s.meta.id):
-                await self._teardown_container(c)
+                await self._rollback(self._teardown_container, c)
                 self._drop_container(c.meta.id)
-            await self._teardown_sandbox(s)
+            await self._rollback(self._teardown_sandbox, s)
             self._drop_sandbox(s.meta.id)
             return
         if s.status.state == "ready" and s.meta.has_infra and \

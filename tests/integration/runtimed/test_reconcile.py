@@ -59,6 +59,8 @@ def test_sweep_removes_orphans_and_keeps_live_pods(crib: Stack, cri: Cri, image:
     pod_dir = crib.root / "run/runtimed/p" / ghost_pod
     pod_dir.mkdir(parents=True)
     (pod_dir / "hostname").write_text("ghost\n")
+    bundle = crib.root / "run/runtimed/c" / ghost_ctr
+    (bundle / "rootfs").mkdir(parents=True)
     left = leftovers(crib)
     assert ghost_pod in left["networks"] and ghost_ctr in left["snapshots"]
 
@@ -69,12 +71,13 @@ def test_sweep_removes_orphans_and_keeps_live_pods(crib: Stack, cri: Cri, image:
     while time.monotonic() < end:
         left = leftovers(crib)
         if ghost_pod not in left.get("networks", []) and \
-                ghost_ctr not in left.get("snapshots", []) and not pod_dir.exists():
+                ghost_ctr not in left.get("snapshots", []) and not pod_dir.exists() \
+                and not bundle.exists():
             break
         time.sleep(0.2)
     assert ghost_pod not in left.get("networks", [])
     assert ghost_ctr not in left.get("snapshots", [])
-    assert not pod_dir.exists()
+    assert not pod_dir.exists() and not bundle.exists()
     # The live pod kept its network, its container its snapshot, and it still runs.
     assert sid in left["networks"] and cid in left["snapshots"]
     assert cri.status(cid).state == api_pb2.CONTAINER_RUNNING

@@ -141,3 +141,26 @@ def test_thirty_pods_leave_nothing(crib: Stack, cri: Cri, image: str) -> None:
         cri.remove_pod(sid)
     assert leftovers(crib) == {}
     assert Path(crib.root / "run/runtimed/s").exists()
+
+
+def test_rollback_at_start_with_a_peer_down_is_finished_by_the_sweep(
+        crib: Stack, cri: Cri, image: str) -> None:
+    sid, pod = cri.run_pod()
+    # A create cut short after its snapshot was mounted...
+    _restart(crib, "create_after_mount")
+    _crash(crib, lambda: cri.create(sid, pod, image, "half", command=["true"]))
+    half = [s for s in leftovers(crib).get("snapshots", [])]
+    assert len(half) == 1
+    # ...is rolled back at start while imaged is down: the record goes, the snapshot
+    # stays with imaged (nothing could remove it).
+    crib.kill("imaged")
+    _restart(crib)
+    assert not cri.rt.ListContainers(api_pb2.ListContainersRequest()).containers
+    crib.start_one("imaged")
+    # Once imaged is back, the sweep (retrying after the failed rollback) removes it.
+    end = time.monotonic() + 20
+    while time.monotonic() < end and leftovers(crib).get("snapshots"):
+        time.sleep(0.2)
+    assert not leftovers(crib).get("snapshots")
+    cri.remove_pod(sid)
+    assert leftovers(crib) == {}
