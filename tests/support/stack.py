@@ -31,8 +31,9 @@ class Stack:
     """A crib node for tests: `start()`, `kill('imaged')`, `start_one('imaged')`, `stop()`."""
 
     root: Path
-    # Each stack gets its own bridge and /24 so stacks of parallel runs never share IPs.
-    net_index: int = field(default_factory=lambda: random.randint(1, 250))
+    # Each stack gets its own bridge and /24 so stacks of parallel runs never share IPs,
+    # held by a lock (see `_claim_net_index`) until cleanup.
+    net_index: int = field(default_factory=lambda: _claim_net_index())
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -142,6 +143,12 @@ class Stack:
 
     def cleanup(self) -> None:
         """Stop the daemons and remove what the stack made on the host."""
+        try:
+            self._cleanup()
+        finally:
+            _release_net_index(self.net_index)
+
+    def _cleanup(self) -> None:
         self.stop()
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         # Rules of pods a test never removed (their CNI chains carry the network name).
@@ -161,6 +168,38 @@ class Stack:
         for target in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# Net indices this process holds, each by a bound abstract UNIX socket.
+_NET_LOCKS: dict[int, socket.socket] = {}
+
+
+def _claim_net_index() -> int:
+    """A /24 index (10.213.<n>.0, bridge cribt<n>) no live stack of any process holds.
+
+    Two stacks on one index would share a bridge, and one's cleanup (which removes the
+    iptables rules of its network and subnet) would delete the other's CNI chains. The
+    claim is an abstract UNIX socket name: one process can bind it, the kernel frees it
+    when the holder closes it or dies, and it leaves no file behind. An index whose
+    bridge a crashed run left is skipped."""
+    for n in random.sample(range(1, 251), 250):
+        if n in _NET_LOCKS or Path(f"/sys/class/net/cribt{n}").exists():
+            continue
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            claim.bind(f"\0crib-test-net-{n}")
+        except OSError:
+            claim.close()
+            continue
+        _NET_LOCKS[n] = claim
+        return n
+    raise RuntimeError("no free test network index (10.213.1-250.0/24)")
+
+
+def _release_net_index(n: int) -> None:
+    claim = _NET_LOCKS.pop(n, None)
+    if claim is not None:
+        claim.close()
 
 
 def wait_for_socket(path: Path, timeout: float, proc: subprocess.Popen[bytes] | None = None,

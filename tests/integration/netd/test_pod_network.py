@@ -170,3 +170,23 @@ async def test_gc_removes_orphan_namespaces_only(netd_node: NetdNode, netd: Netd
         subprocess.run(["umount", str(orphan)], capture_output=True)
         orphan.unlink(missing_ok=True)
         await netd.remove_pod_network(req.pod_id)
+
+
+async def test_del_after_a_firewall_flush_still_releases_the_pod(
+        netd_node: NetdNode, netd: NetdClient) -> None:
+    """A firewall reload that flushes the nat table takes the attachment's masquerade
+    chain with it; Debian's bridge plugin then fails DEL, and without netd's tolerance
+    the pod could never be removed."""
+    from tests.support import iptables
+
+    req = pod_request()
+    net = await netd.create_pod_network(req)
+    ip = net.ips[0].ip
+    # The bridge plugin's rule and chain carry the attachment's id in their comment.
+    iptables.remove_matching([req.pod_id])
+    assert not any(req.pod_id in line for line in iptables.rules("nat"))
+    await netd.remove_pod_network(req.pod_id)
+    assert ip not in netd_node.leases()
+    assert not Path(net.netns_path).exists()
+    with pytest.raises(NotFound):
+        await netd.get_pod_network(req.pod_id)

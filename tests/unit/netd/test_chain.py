@@ -172,6 +172,23 @@ async def test_portmap_ipv6_check_bug_tolerated_only_without_ipv6(plugin_dir: Pa
         await runner.check(cfg, _att(), {"ips": [{"address": "fd00::5/64"}]})
 
 
+async def test_del_tolerates_a_masquerade_chain_already_gone(plugin_dir: Path) -> None:
+    # Debian's bridge 1.1.1 fails DEL when its nat chain was flushed behind its back.
+    gone = CniPluginError("bridge", "DEL", 999, 'running [/usr/sbin/iptables -t nat -D '
+                          'POSTROUTING -s 10.1.0.5 -j CNI-abc --wait]: exit status 2: '
+                          "iptables v1.8.9 (nf_tables): Chain 'CNI-abc' does not exist")
+    fake = FakeExec(fail={("bridge", "DEL"): gone})
+    runner = ChainRunner(fake, [plugin_dir], 5)
+    cfg = parse_network_config(json.dumps(CONF))
+    await runner.delete(cfg, _att(), {"ips": [{"address": "10.1.0.5/24"}]})
+    assert [name for name, _ in fake.of("DEL")] == ["portmap", "tuning", "bridge"]
+    # Any other DEL failure still fails the DEL.
+    other = CniPluginError("bridge", "DEL", 999, "failed to delete veth: device busy")
+    runner = ChainRunner(FakeExec(fail={("bridge", "DEL"): other}), [plugin_dir], 5)
+    with pytest.raises(CniPluginError, match="device busy"):
+        await runner.delete(cfg, _att(), {"ips": [{"address": "10.1.0.5/24"}]})
+
+
 def test_parse_ips() -> None:
     result = {
         "interfaces": [{"name": "crib0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/n"}],

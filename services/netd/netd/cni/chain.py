@@ -23,10 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from .config import NetworkConfig, version_key, find_plugin
 from .invoke import CniPluginError, Invocation, PluginExec
 
 __all__ = ["Attachment", "ChainRunner", "parse_ips"]
+
+log = structlog.get_logger("netd.cni")
 
 # prevResult on DEL and the CHECK command appeared in spec 0.4.0 (SPEC.md version table).
 _V040 = (0, 4, 0)
@@ -124,7 +128,14 @@ class ChainRunner:
         prev = result if result and version_key(version) >= _V040 else None
         for plugin in reversed(config.plugins):
             request = self._request(config, plugin, version, att, prev)
-            await self.exec.run(self.binary(plugin["type"], "DEL"), inv, request, self.timeout)
+            try:
+                await self.exec.run(self.binary(plugin["type"], "DEL"), inv, request,
+                                    self.timeout)
+            except CniPluginError as exc:
+                if not _masquerade_chain_gone(exc):
+                    raise
+                log.warning("cni DEL: masquerade chain already gone", plugin=exc.plugin,
+                            container_id=att.container_id, error=exc.msg[:300])
 
     async def check(self, config: NetworkConfig, att: Attachment,
                     result: dict[str, Any], version: str | None = None) -> None:
@@ -197,6 +208,17 @@ class ChainRunner:
         if prev is not None:
             request["prevResult"] = prev
         return request
+
+
+def _masquerade_chain_gone(exc: CniPluginError) -> bool:
+    """bridge 1.1.1 (Debian's) fails DEL when the masquerade chain of the attachment is
+    already gone (a firewall reload flushed the nat table, say), though the spec asks a
+    DEL to succeed when resources are missing. It releases the address and removes the
+    veth before that step, so nothing is left to undo: without this the pod could never
+    be removed."""
+    text = f"{exc.msg} {exc.details}"
+    return (exc.plugin == "bridge" and exc.command == "DEL" and "iptables" in text
+            and "does not exist" in text)
 
 
 def _portmap_v6_check_bug(exc: CniPluginError, result: dict[str, Any]) -> bool:
