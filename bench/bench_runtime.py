@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -43,6 +44,8 @@ from tests.support.registry import Registry
 from tests.support.stack import Stack
 
 TRAPPER = "trap 'exit 0' TERM; sleep 100000 & wait"
+# The pods' log directories (both runtimes write there); removed at the end.
+LOG_ROOT = "/tmp/crib-bench-logs"
 
 
 class Peer(PeerContainerd):
@@ -62,7 +65,7 @@ def _pod_config(tag: str) -> Any:
     return api_pb2.PodSandboxConfig(
         metadata=api_pb2.PodSandboxMetadata(name=f"bench-{tag}-{uid}", uid=uid,
                                             namespace="bench"),
-        hostname=f"bench-{uid}", log_directory=f"/tmp/crib-bench-logs/{uid}",
+        hostname=f"bench-{uid}", log_directory=f"{LOG_ROOT}/{uid}",
         linux=api_pb2.LinuxPodSandboxConfig(
             security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
 
@@ -186,30 +189,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     handlers = [h for h in args.handlers.split(",") if h]
     ours: dict[str, dict[str, Stats]] = {}
     peer: dict[str, dict[str, Stats]] = {}
-    with Registry() as registry:
-        pushed = push_image(registry, "crib-bench/busybox", "v1",
-                            busybox_image(cmd=["sleep", "3600000"]))
-        stack = Stack.create(CRIB_LOG__LEVEL="warning")
-        if args.cni == "same":
-            same_cni_as_peer(stack)
-        try:
-            stack.start()
-            time.sleep(2)
-            crib_mem = {svc: (rss_kib(p.pid), pss_kib(p.pid))
-                        for svc, p in stack.procs.items()}
-            for h in handlers:
-                ours[h] = measure_endpoint(stack.cri_socket, pushed.reference, h,
-                                           args.iterations, args.containers)
-        finally:
-            stack.cleanup()
-        # The busybox image doubles as containerd's pause image (its Cmd sleeps).
-        with Peer(registries=[registry.host], sandbox_image=pushed.reference) as ctd:
-            time.sleep(2)
-            assert ctd.proc is not None
-            ctd_mem = (rss_kib(ctd.proc.pid), pss_kib(ctd.proc.pid))
-            for h in handlers:
-                peer[h] = measure_endpoint(ctd.cri_socket, pushed.reference, h,
-                                           args.iterations, args.containers)
+    try:
+        with Registry() as registry:
+            pushed = push_image(registry, "crib-bench/busybox", "v1",
+                                busybox_image(cmd=["sleep", "3600000"]))
+            stack = Stack.create(CRIB_LOG__LEVEL="warning")
+            if args.cni == "same":
+                same_cni_as_peer(stack)
+            try:
+                stack.start()
+                time.sleep(2)
+                crib_mem = {svc: (rss_kib(p.pid), pss_kib(p.pid))
+                            for svc, p in stack.procs.items()}
+                for h in handlers:
+                    ours[h] = measure_endpoint(stack.cri_socket, pushed.reference, h,
+                                               args.iterations, args.containers)
+            finally:
+                stack.cleanup()
+            # The busybox image doubles as containerd's pause image (its Cmd sleeps).
+            with Peer(registries=[registry.host], sandbox_image=pushed.reference) as ctd:
+                time.sleep(2)
+                assert ctd.proc is not None
+                ctd_mem = (rss_kib(ctd.proc.pid), pss_kib(ctd.proc.pid))
+                for h in handlers:
+                    peer[h] = measure_endpoint(ctd.cri_socket, pushed.reference, h,
+                                               args.iterations, args.containers)
+    finally:
+        shutil.rmtree(LOG_ROOT, ignore_errors=True)
     for h in handlers:
         rows = [Row(op if op != "ListContainers" else f"ListContainers ({args.containers})",
                     ours[h].get(op), peer[h].get(op)) for op in OPS]
