@@ -137,6 +137,18 @@ class Stack:
                 proc.kill()
                 proc.wait()
 
+    def _kill_leftover_processes(self) -> None:
+        tops = [ctrl / self.cgroup_parent.lstrip("/") for ctrl in Path("/sys/fs/cgroup").iterdir()]
+        for _ in range(50):
+            pids = _pids_in([t for t in tops if t.is_dir()]) | _conmons_of(self.root)
+            pids.discard(os.getpid())
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+
     def log(self, service: str) -> str:
         path = self.root / f"{service}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -150,6 +162,10 @@ class Stack:
 
     def _cleanup(self) -> None:
         self.stop()
+        # Containers keep running when runtimed stops (by design): after a test that
+        # failed before removing its pods, kill their monitors and every process in the
+        # stack's cgroups, by PID, so that nothing of this stack outlives it.
+        self._kill_leftover_processes()
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         # Rules of pods a test never removed (their CNI chains carry the network name).
         iptables.remove_matching([f"crib-{self.bridge}", f"10.213.{self.net_index}."])
@@ -168,6 +184,29 @@ class Stack:
         for target in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pids_in(cgroup_dirs: list[Path]) -> set[int]:
+    pids: set[int] = set()
+    for top in cgroup_dirs:
+        for procs in top.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids |= {int(x) for x in procs.read_text().split()}
+    return pids
+
+
+def _conmons_of(root: Path) -> set[int]:
+    """conmon processes whose command line names a path under `root`."""
+    found: set[int] = set()
+    needle = str(root).encode() + b"/"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"conmon") and any(needle in a for a in argv):
+                found.add(int(entry.name))
+    return found
 
 
 # Net indices this process holds, each by a bound abstract UNIX socket.

@@ -367,11 +367,13 @@ def test_named_apparmor_profile_is_refused_not_dropped(tmp_path: Path) -> None:
                                linux=LinuxContainerConfig(
                                    security_context=LinuxContainerSecurityContext(**sc)))
 
-    for sc in ({"apparmor": SecurityProfile(profile_type=SecurityProfileProfileType.Localhost,
-                                            localhost_ref="my-profile")},
-               {"apparmor_profile": "localhost/my-profile"}):
+    named = config(apparmor=SecurityProfile(profile_type=SecurityProfileProfileType.Localhost,
+                                            localhost_ref="my-profile"))
+    with pytest.warns(DeprecationWarning):  # betterproto flags the old string field
+        old_style = config(apparmor_profile="localhost/my-profile")
+    for cfg in (named, old_style):
         with pytest.raises(InvalidArgument, match="my-profile"):
-            build_container_spec(config(**sc), _input(tmp_path))
+            build_container_spec(cfg, _input(tmp_path))
     unconfined = SecurityProfile(profile_type=SecurityProfileProfileType.Unconfined)
     build_container_spec(config(apparmor=unconfined), _input(tmp_path))
     if not os.path.exists("/sys/module/apparmor"):
