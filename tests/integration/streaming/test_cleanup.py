@@ -117,12 +117,12 @@ async def test_idle_session_is_closed_and_its_process_killed(node: Node,
     from crib_common.settings import RuntimedSection
 
     c = node.run(["sleep", "3600"])
-    srv = StreamServer(RuntimedSection(stream_idle_timeout=1.0), FakeTargets(node))
+    srv = StreamServer(RuntimedSection(stream_idle_timeout=2.0), FakeTargets(node))
     await srv.start()
     try:
-        # Output every 0.3 s keeps a session alive past the timeout...
+        # Output every 0.2 s keeps a session alive well past the timeout...
         busy = await open_stdio(srv.url(ExecSpec(
-            c.id, ("sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo t$i; sleep 0.3; done"),
+            c.id, ("sh", "-c", "for i in $(seq 1 20); do echo t$i; sleep 0.2; done"),
             False, True, True, False)), transport)
         assert (await busy.wait(timeout=20)).exit_code == 0
         # ...a silent one is closed once idle, and its exec'd process killed.
