@@ -374,9 +374,8 @@ def test_named_apparmor_profile_is_refused_not_dropped(tmp_path: Path) -> None:
     for cfg in (named, old_style):
         with pytest.raises(InvalidArgument, match="my-profile"):
             build_container_spec(cfg, _input(tmp_path))
-    unconfined = SecurityProfile(profile_type=SecurityProfileProfileType.Unconfined)
-    build_container_spec(config(apparmor=unconfined), _input(tmp_path))
-    if not os.path.exists("/sys/module/apparmor"):
-        # No AppArmor on the host: the runtime default means nothing, as in containerd.
-        default = SecurityProfile(profile_type=SecurityProfileProfileType.RuntimeDefault)
-        build_container_spec(config(apparmor=default), _input(tmp_path))
+    # Unconfined, and the runtime default the kubelet sends on AppArmor hosts, run.
+    for kind in (SecurityProfileProfileType.Unconfined,
+                 SecurityProfileProfileType.RuntimeDefault):
+        build_container_spec(config(apparmor=SecurityProfile(profile_type=kind)),
+                             _input(tmp_path))

@@ -106,7 +106,8 @@ class OciRuntime:
     @property
     def recursive_read_only(self) -> bool:
         """Recursive read-only mounts work: the runtime takes "rro" and the kernel has
-        mount_setattr(2): 5.12, the check api.proto gives for runc-compatible runtimes)."""
+        mount_setattr(2) (5.12 and later), the check api.proto gives for runc-compatible
+        runtimes."""
         return "rro" in self.mount_options and _kernel_at_least(5, 12)
 
     def global_args(self) -> list[str]:

@@ -526,31 +526,22 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     return spec
 
 
-def apparmor_available() -> bool:
-    try:
-        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
-    except OSError:
-        return False
-
-
 def _check_apparmor(sc: Any) -> None:
-    """crib applies no AppArmor profile. On a host without AppArmor, RuntimeDefault and
-    Unconfined mean nothing (as in containerd); a named (Localhost) profile is refused,
-    never silently dropped. With AppArmor on, any profile but Unconfined is refused."""
+    """crib loads no AppArmor profiles. A named (Localhost) profile is refused, never
+    silently dropped. RuntimeDefault, which the kubelet asks for on every container of an
+    AppArmor host, runs without one: refusing it would refuse every pod there (the
+    README says so)."""
     if sc is None:
         return
     if is_set(sc.apparmor):
-        kind = sc.apparmor.profile_type
-        named = kind == SecurityProfileProfileType.Localhost
-        default = kind == SecurityProfileProfileType.RuntimeDefault
-        what = sc.apparmor.localhost_ref or "runtime/default"
+        named = sc.apparmor.profile_type == SecurityProfileProfileType.Localhost
+        what = sc.apparmor.localhost_ref
     else:
         what = sc.apparmor_profile
         named = what.startswith("localhost/")
-        default = what == "runtime/default"
-    if named or (default and apparmor_available()):
+    if named:
         raise InvalidArgument(f"AppArmor profile {what!r}: crib applies no AppArmor "
-                              "profiles on this node")
+                              "profiles")
 
 
 def _seccomp(sc: Any, caps: set[str]) -> dict[str, Any] | None:
