@@ -1139,18 +1139,18 @@ class Runtime:
                     await self._reconcile_wanted.wait()
             self._reconcile_wanted.clear()
             try:
-                clean = await self.reconcile()
+                clean, _ = await self.reconcile()
             except Exception:
                 log.exception("reconcile failed")
                 clean = False
             retry = 0 if clean else retry + 1
 
-    async def reconcile(self) -> bool:
+    async def reconcile(self) -> tuple[bool, dict[str, int]]:
         """Remove what netd, imaged and the host still hold for pods and containers this
         runtimed has no record of: a create rolled back while netd or imaged was down
         dropped its record but not the network or snapshot it had made. A record is
         always written before the work it covers, so anything being made right now is
-        known and left alone. True when both peers answered."""
+        known and left alone. Returns whether both peers answered, and what went."""
         nets_ok, nets = await _sweep_peer(
             "network", self.netd.list_pod_networks,
             lambda n: n.pod_id if len(n.pod_id) == ID_LEN and n.pod_id not in self.sandboxes
@@ -1166,7 +1166,7 @@ class Runtime:
         removed = {k: v for k, v in removed.items() if v}
         if removed:
             log.warning("orphans removed", **removed)
-        return clean
+        return clean, removed
 
     def _orphan_snapshot(self, labels: dict[str, str]) -> bool:
         """A snapshot runtimed made (its labels say for what) for a container or pod

@@ -1,4 +1,5 @@
-"""`crib version`, `crib status`, `crib wait`, `crib config`: the node as a whole."""
+"""`crib version`, `crib status`, `crib wait`, `crib config`, `crib sweep`: the node as a
+whole."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def register(sub: Any) -> None:
     p.set_defaults(func=wait)
     p = sub.add_parser("config", help="print the effective configuration (TOML-like JSON)")
     p.set_defaults(func=config)
+    p = sub.add_parser("sweep", help="remove networks, snapshots and directories left for "
+                                     "pods and containers runtimed has no record of")
+    p.set_defaults(func=sweep)
 
 
 def _stub(settings: CribSettings) -> tuple[Channel, RuntimeServiceStub]:
@@ -77,4 +81,20 @@ async def wait(args: argparse.Namespace, settings: CribSettings) -> int:
 
 async def config(args: argparse.Namespace, settings: CribSettings) -> int:
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+async def sweep(args: argparse.Namespace, settings: CribSettings) -> int:
+    from crib_common.client import DaemonClient
+
+    async with DaemonClient("runtimed", settings.runtimed.socket) as client:
+        _, raw = await client.request_bytes("POST", "/v1/sweep", data=b"{}", timeout=300,
+                                            content_type="application/json")
+    report = json.loads(raw)
+    removed = report.get("removed") or {}
+    print("removed: " + (", ".join(f"{v} {k}" for k, v in sorted(removed.items()))
+                         or "nothing"))
+    if not report.get("peers_answered"):
+        print("netd or imaged did not answer: what they hold is swept once they do")
+        return 1
     return 0

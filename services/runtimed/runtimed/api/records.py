@@ -1,14 +1,24 @@
 """`GET /v1/sandboxes[/{id}]`, `GET /v1/containers[/{id}]`: runtimed's records as stored
-(metadata and status), for operators and `crib`; IDs may be unique prefixes."""
+(metadata and status), for operators and `crib`; IDs may be unique prefixes.
+`POST /v1/sweep`: run the orphan sweep now (`crib sweep`)."""
 
 from __future__ import annotations
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from crib_common.server import RouteTable, json_response
 
 from ..service import Runtime
 from ..store.records import ContainerRecord, SandboxRecord
+
+
+class SweepReport(BaseModel):
+    """What a sweep removed, by kind, and whether netd and imaged both answered (if not,
+    what they hold is swept once they do)."""
+
+    peers_answered: bool
+    removed: dict[str, int]
 
 
 def register(routes: RouteTable, rt: Runtime) -> None:
@@ -33,3 +43,9 @@ def register(routes: RouteTable, rt: Runtime) -> None:
                   response=ContainerRecord)
     async def get_container(request: web.Request) -> web.Response:
         return json_response(rt.find_container(request.match_info["id"]))
+
+    @routes.route("POST", "/v1/sweep", "Remove now the networks, snapshots and directories "
+                  "left for pods and containers without a record", response=SweepReport)
+    async def sweep(_request: web.Request) -> web.Response:
+        clean, removed = await rt.reconcile()
+        return json_response(SweepReport(peers_answered=clean, removed=removed))
