@@ -612,21 +612,9 @@ class Runtime:
         if network and not meta.host_network:
             await _attempt(failed, "remove network", self.netd.remove_pod_network(meta.id),
                            pod=meta.id)
-        try:
-            unpin_namespaces(Path(self.cfg.pinns_dir) / meta.id)
-            for target in mounts_under(meta.pod_dir):
-                umount(target)
-        except OSError as exc:
-            # Removing a still-mounted overlay's upper directory would pull it from under
-            # the kernel: the snapshot and the directory wait for the next try.
-            failed.append(exc)
-            log.warning("sandbox teardown step failed", pod=meta.id, step="unmount",
-                        error=str(exc))
-        else:
-            if meta.infra_snapshot:
-                await _attempt(failed, "remove infra snapshot",
-                               self.imaged.remove_snapshot(meta.infra_snapshot), pod=meta.id)
-            shutil.rmtree(meta.pod_dir, ignore_errors=True)
+        await self._unmount_and_remove(
+            failed, meta.pod_dir, [meta.infra_snapshot],
+            first=lambda: unpin_namespaces(Path(self.cfg.pinns_dir) / meta.id), pod=meta.id)
         with contextlib.suppress(OSError):
             (self.exit_dir / meta.id).unlink()
         left = await asyncio.to_thread(cgroups.remove_cgroup, meta.cgroup_parent)
@@ -828,6 +816,29 @@ class Runtime:
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
         failpoint("create_after_conmon")
 
+    async def _unmount_and_remove(self, failed: list[Exception], path: str,
+                                  snapshots: list[str],
+                                  first: Callable[[], None] | None = None,
+                                  **where: str) -> None:
+        """Unmount everything under `path` (after `first`), then remove the snapshots and
+        the directory. Only once nothing is mounted: taking a mounted overlay's upper
+        directory would pull it from under the kernel, so after a failed unmount both
+        wait for the next try. Failures go to `failed`, as with `_attempt`."""
+        try:
+            if first is not None:
+                first()
+            for target in mounts_under(path):
+                umount(target)
+        except OSError as exc:
+            failed.append(exc)
+            log.warning("teardown step failed", step="unmount", error=str(exc), **where)
+            return
+        for key in snapshots:
+            if key:
+                await _attempt(failed, "remove snapshot", self.imaged.remove_snapshot(key),
+                               **where)
+        shutil.rmtree(path, ignore_errors=True)
+
     async def _mount_images(self, rec: ContainerRecord,
                             config: ContainerConfig) -> dict[str, str]:
         """Image volumes (CRI Mount.image, the kubelet's ImageVolume): each image gets a
@@ -869,20 +880,9 @@ class Runtime:
         if rt is not None and not released:
             await _attempt(failed, "runtime delete", rt.delete(meta.id), container=meta.id)
         _kill_conmon(rec.status.conmon_pid)
-        bundle = Path(meta.bundle)
-        try:
-            for target in mounts_under(str(bundle)):
-                umount(target)
-        except OSError as exc:
-            failed.append(exc)
-            log.warning("container teardown step failed", container=meta.id,
-                        step="unmount", error=str(exc))
-        else:
-            for key in [meta.snapshot_key, *meta.image_mounts]:
-                if key:
-                    await _attempt(failed, "remove snapshot",
-                                   self.imaged.remove_snapshot(key), container=meta.id)
-            shutil.rmtree(bundle, ignore_errors=True)
+        await self._unmount_and_remove(failed, meta.bundle,
+                                       [meta.snapshot_key, *meta.image_mounts],
+                                       container=meta.id)
         with contextlib.suppress(OSError):
             (self.sock_dir / meta.id).unlink()
         with contextlib.suppress(OSError):

@@ -181,6 +181,7 @@ def sandbox_entry(rec: SandboxRecord) -> bytes:
 
 _R = TypeVar("_R", ContainerRecord, SandboxRecord)
 _S = TypeVar("_S")
+_M = TypeVar("_M")
 
 # A page of a Stream* reply (CRIListStreaming, KEP 5825): at most this many items and,
 # past the first item, this many bytes, far below the kubelet's 16 MiB receive limit even
@@ -206,13 +207,15 @@ async def pages(entries: list[bytes], max_items: int = PAGE_ITEMS,
 
 
 async def stats_pages(records: list[_R], alive: Callable[[_R], bool],
-                      stats: Callable[[_R], Awaitable[_S]]) -> AsyncIterator[list[_S]]:
-    """Stats of `records` in pages (PAGE_ITEMS), each page read when it is sent, its
-    records at once; a record gone before its page (`alive` false) is left out."""
+                      stats: Callable[[_R], Awaitable[_S]],
+                      reply: Callable[[list[_S]], _M]) -> AsyncIterator[_M]:
+    """Stats of `records` as `reply` messages of a page (PAGE_ITEMS) each, each page read
+    when it is sent, its records at once; a record gone before its page (`alive` false)
+    is left out."""
     for start in range(0, len(records), PAGE_ITEMS):
         page = [r for r in records[start:start + PAGE_ITEMS] if alive(r)]
         if page:
-            yield list(await asyncio.gather(*(stats(r) for r in page)))
+            yield reply(list(await asyncio.gather(*(stats(r) for r in page))))
 
 
 class ListCache:

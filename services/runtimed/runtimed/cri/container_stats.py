@@ -53,11 +53,7 @@ def register(table: CriTable, rt: Runtime) -> None:
     def stream_container_stats(
         request: StreamContainerStatsRequest,
     ) -> AsyncIterator[StreamContainerStatsResponse]:
-        return _pages(rt, _select(rt, request.filter if is_set(request.filter) else None))
+        return stats_pages(_select(rt, request.filter if is_set(request.filter) else None),
+                           lambda r: r.meta.id in rt.containers, lambda r: container_stats(rt, r),
+                           lambda page: StreamContainerStatsResponse(container_stats=page))
 
-
-async def _pages(rt: Runtime,
-                 picked: list[ContainerRecord]) -> AsyncIterator[StreamContainerStatsResponse]:
-    async for page in stats_pages(picked, lambda r: r.meta.id in rt.containers,
-                                  lambda r: container_stats(rt, r)):
-        yield StreamContainerStatsResponse(container_stats=page)

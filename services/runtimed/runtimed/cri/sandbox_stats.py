@@ -51,11 +51,7 @@ def register(table: CriTable, rt: Runtime) -> None:
     def stream_pod_sandbox_stats(
         request: StreamPodSandboxStatsRequest,
     ) -> AsyncIterator[StreamPodSandboxStatsResponse]:
-        return _pages(rt, _select(rt, request.filter if is_set(request.filter) else None))
+        return stats_pages(_select(rt, request.filter if is_set(request.filter) else None),
+                           lambda r: r.meta.id in rt.sandboxes, lambda r: sandbox_stats(rt, r),
+                           lambda page: StreamPodSandboxStatsResponse(pod_sandbox_stats=page))
 
-
-async def _pages(rt: Runtime,
-                 picked: list[SandboxRecord]) -> AsyncIterator[StreamPodSandboxStatsResponse]:
-    async for page in stats_pages(picked, lambda r: r.meta.id in rt.sandboxes,
-                                  lambda r: sandbox_stats(rt, r)):
-        yield StreamPodSandboxStatsResponse(pod_sandbox_stats=page)
