@@ -34,17 +34,18 @@ from .cri import (
     sandbox_stop,
     sandbox_update_resources,
 )
-from .containers import RuntimeTargets
 from .api import records
-from .service import Runtime
+from .daemon import Runtimed
+from .messages.listing import forget_item
+from .stream_targets import RuntimeTargets
 from .streaming import StreamServer
 
-RUNTIME_KEY = web.AppKey("crib_runtime", Runtime)
+RUNTIME_KEY = web.AppKey("crib_runtime", Runtimed)
 STREAM_KEY = web.AppKey("crib_stream_server", StreamServer)
 
 # Exec, Attach and PortForward are registered by the streaming side
 # (runtimed/streaming, cri/container_exec.py, container_attach.py, sandbox_portforward.py)
-# through `containers.RuntimeTargets`.
+# through `stream_targets.RuntimeTargets`.
 _MODULES = (
     sandbox_run, sandbox_stop, sandbox_remove, sandbox_status, sandbox_list, sandbox_stats,
     sandbox_update_resources,
@@ -55,33 +56,34 @@ _MODULES = (
 
 
 def create_app(settings: CribSettings) -> web.Application:
-    rt = Runtime(settings)
+    runtimed = Runtimed(settings)
+    runtimed.node.on_drop.append(forget_item)
     cri = CriTable()
     runtime_version.register(cri)
     for module in _MODULES:
-        module.register(cri, rt)
-    stream = StreamServer(settings.runtimed, RuntimeTargets(rt))
+        module.register(cri, runtimed)
+    stream = StreamServer(settings.runtimed, RuntimeTargets(runtimed))
     for streaming in (container_exec, container_attach, sandbox_portforward):
         streaming.register(cri, stream)
     routes = RouteTable()
-    records.register(routes, rt)
+    records.register(routes, runtimed)
 
     async def health() -> Health:
-        ready, reason, message, details = rt.health()
-        return Health(service="runtimed", ready=ready and rt.ready, reason=reason,
+        ready, reason, message, details = runtimed.health()
+        return Health(service="runtimed", ready=ready and runtimed.ready, reason=reason,
                       message=message, details={"handlers": details})
 
     app = create_daemon_app("runtimed", routes, cri, health)
-    app[RUNTIME_KEY] = rt
+    app[RUNTIME_KEY] = runtimed
     app[STREAM_KEY] = stream
 
     async def runtime_ctx(_app: web.Application) -> AsyncIterator[None]:
         # Recovery runs here, before the socket listens: nobody sees half-loaded state.
-        await rt.open()
+        await runtimed.open()
         try:
             yield
         finally:
-            await rt.close()
+            await runtimed.close()
 
     app.cleanup_ctx.append(runtime_ctx)
     # After recovery; stopped first, which ends every session and kills its exec processes.

@@ -30,7 +30,7 @@ from crib_common.cri.runtime.v1 import (
     StreamPodSandboxStatsRequest,
     StreamPodSandboxStatsResponse,
 )
-from runtimed.views import pages
+from runtimed.messages.listing import pages
 
 from .conftest import Cri
 

@@ -20,11 +20,11 @@ async def test_records_health_and_openapi(tmp_path: Path) -> None:
                      "broken": {"path": str(tmp_path / "nope")}}})
     app = create_app(settings)
     async with TestClient(TestServer(app)) as client:
-        rt = app[RUNTIME_KEY]
+        node = app[RUNTIME_KEY].node
         rec = SandboxRecord(meta=SandboxMeta(id="ab" * 32, name="p", namespace="n", uid="u",
                                              handler="runc", created_at=1))
         rec.status.state = "ready"
-        rt._put_sandbox(rec)
+        node.put_sandbox(rec)
         resp = await client.get("/v1/sandboxes")
         assert [r["meta"]["id"] for r in await resp.json()] == ["ab" * 32]
         resp = await client.get("/v1/sandboxes/abab")

@@ -67,13 +67,14 @@ async def test_runtime_errors_map(tmp_path: Path) -> None:
 
 def test_hostname_and_log_path_checks() -> None:
     from crib_common.errors import InvalidArgument
-    from runtimed.service import _check_hostname, _log_path
+    from runtimed.cri.container_create import log_path
+    from runtimed.cri.sandbox_run import check_hostname
 
-    _check_hostname("web-0.default")
+    check_hostname("web-0.default")
     for bad in ("-F/etc/shadow", "a" * 65, "has space", "bad/slash"):
         with pytest.raises(InvalidArgument):
-            _check_hostname(bad)
-    assert _log_path("/var/log/pods/x", "c/0.log") == "/var/log/pods/x/c/0.log"
-    assert _log_path("", "") == ""
+            check_hostname(bad)
+    assert log_path("/var/log/pods/x", "c/0.log") == "/var/log/pods/x/c/0.log"
+    assert log_path("", "") == ""
     with pytest.raises(InvalidArgument):
-        _log_path("/var/log/pods/x", "../../../etc/cron.d/evil")
+        log_path("/var/log/pods/x", "../../../etc/cron.d/evil")

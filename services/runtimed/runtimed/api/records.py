@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from crib_common.server import RouteTable, json_response
 
-from ..service import Runtime
+from ..daemon import Runtimed
 from ..store.records import ContainerRecord, SandboxRecord
 
 
@@ -21,31 +21,33 @@ class SweepReport(BaseModel):
     removed: dict[str, int]
 
 
-def register(routes: RouteTable, rt: Runtime) -> None:
+def register(routes: RouteTable, runtimed: Runtimed) -> None:
+    node = runtimed.node
+
     @routes.route("GET", "/v1/sandboxes", "Every pod sandbox record",
                   response=SandboxRecord, response_list=True)
     async def list_sandboxes(_request: web.Request) -> web.Response:
-        return json_response(list(rt.sandboxes.values()))
+        return json_response(list(node.sandboxes.values()))
 
     @routes.route("GET", "/v1/sandboxes/{id}", "One pod sandbox record (ID or unique prefix)",
                   response=SandboxRecord)
     async def get_sandbox(request: web.Request) -> web.Response:
-        return json_response(rt.find_sandbox(request.match_info["id"]))
+        return json_response(node.find_sandbox(request.match_info["id"]))
 
     @routes.route("GET", "/v1/containers", "Every container record (optionally of one pod)",
                   response=ContainerRecord, response_list=True, query={"pod": "pod ID prefix"})
     async def list_containers(request: web.Request) -> web.Response:
         pod = request.query.get("pod", "")
-        return json_response([c for c in rt.containers.values()
+        return json_response([c for c in node.containers.values()
                               if c.meta.pod_id.startswith(pod)])
 
     @routes.route("GET", "/v1/containers/{id}", "One container record (ID or unique prefix)",
                   response=ContainerRecord)
     async def get_container(request: web.Request) -> web.Response:
-        return json_response(rt.find_container(request.match_info["id"]))
+        return json_response(node.find_container(request.match_info["id"]))
 
     @routes.route("POST", "/v1/sweep", "Remove now the networks, snapshots and directories "
                   "left for pods and containers without a record", response=SweepReport)
     async def sweep(_request: web.Request) -> web.Response:
-        clean, removed = await rt.reconcile()
+        clean, removed = await runtimed.sweeper.sweep()
         return json_response(SweepReport(peers_answered=clean, removed=removed))

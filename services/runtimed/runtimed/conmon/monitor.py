@@ -17,9 +17,11 @@ import errno
 import json
 import os
 import struct
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -27,7 +29,9 @@ from crib_common.errors import DeadlineExceeded, FailedPrecondition
 from crib_common.proc import DEVNULL, Child, wait_fd
 
 __all__ = [
+    "Conmon",
     "ConmonSpec",
+    "Monitor",
     "ExitWatcher",
     "control",
     "process_alive",
@@ -97,6 +101,45 @@ class ConmonSpec:
         if self.log_size_max > 0:
             args += ["--log-size-max", str(self.log_size_max)]
         return args
+
+
+class Monitor(Protocol):
+    """The per-container monitor as the lifecycles use it: it creates the container
+    through the OCI runtime, holds its stdio and log, and records its exit in
+    `<exit-dir>/<id>` (and `<bundle>/persist/exit`)."""
+
+    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
+        """Start it; (monitor pid, container pid) once the container is created."""
+    def alive(self, pid: int) -> bool: ...
+    def kill(self, pid: int) -> None:
+        """SIGKILL the monitor with this pid, if it still is one."""
+    def control(self, bundle: Path, msg_type: int) -> None: ...
+
+
+class Conmon:
+    """`Monitor` through Debian's conmon."""
+
+    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
+        return await start_conmon(spec, timeout=timeout)
+
+    def alive(self, pid: int) -> bool:
+        return process_alive(pid)
+
+    def kill(self, pid: int) -> None:
+        """Only a live process whose command is conmon: a pid recorded long ago may
+        belong to something else by now."""
+        if pid <= 0 or not process_alive(pid):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"conmon" in cmdline.split(b"\0", 1)[0]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def control(self, bundle: Path, msg_type: int) -> None:
+        control(bundle, msg_type)
 
 
 async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:

@@ -14,16 +14,11 @@ from crib_common.cri.runtime.v1 import ListContainersRequest, StreamContainersRe
 from crib_common.server import CriTable
 
 from ..oci.spec import is_set
-from ..service import Runtime
+from ..daemon import Runtimed
+from ..messages.listing import ListCache, container_entry, pages, select, wire_field
+from ..messages.status import container_state
+from ..node import Node
 from ..store.records import ContainerRecord
-from ..views import (
-    ListCache,
-    container_entry,
-    container_state,
-    pages,
-    select,
-    wire_field,
-)
 
 
 def _filter_key(request: ListContainersRequest | StreamContainersRequest) -> Any:
@@ -37,8 +32,8 @@ def _filter_key(request: ListContainersRequest | StreamContainersRequest) -> Any
     return f.id, f.pod_sandbox_id, state, tuple(sorted(dict(f.label_selector).items()))
 
 
-def _select(rt: Runtime, key: Any) -> list[ContainerRecord]:
-    records = [r for r in rt.containers.values() if r.status.state != "creating"]
+def _select(node: Node, key: Any) -> list[ContainerRecord]:
+    records = [r for r in node.containers.values() if r.status.state != "creating"]
     if key is not None:
         cid, pod_id, state, selector = key
         records = select(records, cid, dict(selector))
@@ -49,21 +44,22 @@ def _select(rt: Runtime, key: Any) -> list[ContainerRecord]:
     return records
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
+    node = runtimed.node
     cache = ListCache()
 
     @table.unary("/runtime.v1.RuntimeService/ListContainers", ListContainersRequest)
     async def list_containers(request: ListContainersRequest) -> bytes:
         key = _filter_key(request)
-        hit = cache.get(rt.generation, key)
+        hit = cache.get(node.generation, key)
         if hit is not None:
             return hit
         # ListContainersResponse: `repeated Container containers = 1`, from cached framed
         # per-item encodings.
-        return cache.put(key, b"".join([container_entry(r) for r in _select(rt, key)]))
+        return cache.put(key, b"".join([container_entry(r) for r in _select(node, key)]))
 
     @table.stream("/runtime.v1.RuntimeService/StreamContainers", StreamContainersRequest)
     def stream_containers(request: StreamContainersRequest) -> AsyncIterator[bytes]:
         # Chosen when the call arrives: a container made or removed meanwhile neither
         # repeats nor drops an item.
-        return pages([container_entry(r) for r in _select(rt, _filter_key(request))])
+        return pages([container_entry(r) for r in _select(node, _filter_key(request))])

@@ -1,5 +1,5 @@
-"""CRI `ContainerStats`, `ListContainerStats` and `StreamContainerStats` from cgroup v1 and
-imaged's usage."""
+"""CRI `ContainerStats`, `ListContainerStats` and `StreamContainerStats` from the
+container's cgroup and imaged's usage of its writable layer (`runtimed.stats`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from crib_common.cri.runtime.v1 import (
+    ContainerStats,
     ContainerStatsFilter,
     ContainerStatsRequest,
     ContainerStatsResponse,
@@ -17,15 +18,18 @@ from crib_common.cri.runtime.v1 import (
 )
 from crib_common.server import CriTable
 
+from ..daemon import Runtimed
+from ..messages.listing import select, stats_pages
+from ..messages.stats import container_stats
+from ..node import Node
 from ..oci.spec import is_set
-from ..service import Runtime
+from ..stats import container_usage
 from ..store.records import ContainerRecord
-from ..views import container_stats, select, stats_pages
 
 
-def _select(rt: Runtime, f: ContainerStatsFilter | None) -> list[ContainerRecord]:
+def _select(node: Node, f: ContainerStatsFilter | None) -> list[ContainerRecord]:
     # Like containerd, stats cover containers that exist in the runtime.
-    picked = [r for r in rt.containers.values() if r.status.state in ("created", "running")]
+    picked = [r for r in node.containers.values() if r.status.state in ("created", "running")]
     if f is not None:
         picked = select(picked, f.id, f.label_selector)
         if f.pod_sandbox_id:
@@ -33,27 +37,30 @@ def _select(rt: Runtime, f: ContainerStatsFilter | None) -> list[ContainerRecord
     return picked
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
+    node = runtimed.node
+
+    async def stats(rec: ContainerRecord) -> ContainerStats:
+        return container_stats(await container_usage(node, rec))
+
     @table.unary("/runtime.v1.RuntimeService/ContainerStats", ContainerStatsRequest)
     async def container_stats_rpc(request: ContainerStatsRequest) -> ContainerStatsResponse:
-        rec = rt.find_container(request.container_id)
-        return ContainerStatsResponse(stats=await container_stats(rt, rec))
+        return ContainerStatsResponse(stats=await stats(node.find_container(request.container_id)))
 
     @table.unary("/runtime.v1.RuntimeService/ListContainerStats", ListContainerStatsRequest)
     async def list_container_stats(
         request: ListContainerStatsRequest,
     ) -> ListContainerStatsResponse:
-        picked = _select(rt, request.filter if is_set(request.filter) else None)
+        picked = _select(node, request.filter if is_set(request.filter) else None)
         # One imaged usage call per container: ask them all at once.
-        out = await asyncio.gather(*(container_stats(rt, rec) for rec in picked))
-        return ListContainerStatsResponse(stats=list(out))
+        return ListContainerStatsResponse(
+            stats=list(await asyncio.gather(*(stats(rec) for rec in picked))))
 
     @table.stream("/runtime.v1.RuntimeService/StreamContainerStats",
                   StreamContainerStatsRequest)
     def stream_container_stats(
         request: StreamContainerStatsRequest,
     ) -> AsyncIterator[StreamContainerStatsResponse]:
-        return stats_pages(_select(rt, request.filter if is_set(request.filter) else None),
-                           lambda r: r.meta.id in rt.containers, lambda r: container_stats(rt, r),
+        return stats_pages(_select(node, request.filter if is_set(request.filter) else None),
+                           lambda r: r.meta.id in node.containers, stats,
                            lambda page: StreamContainerStatsResponse(container_stats=page))
-

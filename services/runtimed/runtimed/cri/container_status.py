@@ -1,4 +1,4 @@
-"""CRI `ContainerStatus`."""
+"""CRI `ContainerStatus`; with `verbose`, the free-form info map (pid, bundle, spec)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ from crib_common.cri.runtime.v1 import ContainerStatusRequest, ContainerStatusRe
 from crib_common.errors import NotFound
 from crib_common.server import CriTable
 
-from ..service import Runtime
-from ..views import container_info, container_status
+from ..daemon import Runtimed
+from ..messages.status import container_info, container_status
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
     @table.unary("/runtime.v1.RuntimeService/ContainerStatus", ContainerStatusRequest)
     async def container_status_rpc(request: ContainerStatusRequest) -> ContainerStatusResponse:
-        rec = rt.find_container(request.container_id)
+        rec = runtimed.node.find_container(request.container_id)
         if rec.status.state == "creating":
+            # Not there yet for the kubelet: CreateContainer has not answered.
             raise NotFound(f"container {request.container_id!r} not found")
         return ContainerStatusResponse(status=container_status(rec),
                                        info=container_info(rec) if request.verbose else {})

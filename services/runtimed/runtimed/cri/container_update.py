@@ -6,18 +6,24 @@ from crib_common.cri.runtime.v1 import (
     UpdateContainerResourcesRequest,
     UpdateContainerResourcesResponse,
 )
+from crib_common.errors import FailedPrecondition
 from crib_common.server import CriTable
 
+from ..daemon import Runtimed
 from ..oci.spec import is_set, resources_to_dict
-from ..service import Runtime
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
+    node = runtimed.node
+
     @table.unary("/runtime.v1.RuntimeService/UpdateContainerResources",
                  UpdateContainerResourcesRequest)
     async def update_container_resources(
         request: UpdateContainerResourcesRequest,
     ) -> UpdateContainerResourcesResponse:
         res = resources_to_dict(request.linux if is_set(request.linux) else None)
-        await rt.update_resources(request.container_id, res)
+        rec = node.find_container(request.container_id)
+        if rec.status.state not in ("created", "running"):
+            raise FailedPrecondition(f"container {rec.meta.id} is {rec.status.state}")
+        await runtimed.containers.update(rec, node.runtime_for(rec.meta.handler), res)
         return UpdateContainerResourcesResponse()

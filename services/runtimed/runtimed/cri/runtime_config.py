@@ -22,12 +22,12 @@ from crib_common.cri.runtime.v1 import (
 )
 from crib_common.server import CriTable
 
-from ..service import Runtime
+from ..daemon import Runtimed
 
 log = structlog.get_logger("crib.runtimed")
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
     @table.unary("/runtime.v1.RuntimeService/RuntimeConfig", RuntimeConfigRequest)
     async def runtime_config(_request: RuntimeConfigRequest) -> RuntimeConfigResponse:
         # crib drives cgroups through cgroupfs paths (no systemd on the node).

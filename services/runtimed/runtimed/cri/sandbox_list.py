@@ -14,9 +14,11 @@ from crib_common.cri.runtime.v1 import ListPodSandboxRequest, StreamPodSandboxes
 from crib_common.server import CriTable
 
 from ..oci.spec import is_set
-from ..service import Runtime
+from ..daemon import Runtimed
+from ..messages.listing import ListCache, pages, sandbox_entry, select, wire_field
+from ..messages.status import sandbox_state
+from ..node import Node
 from ..store.records import SandboxRecord
-from ..views import ListCache, pages, sandbox_entry, sandbox_state, select, wire_field
 
 
 def _filter_key(request: ListPodSandboxRequest | StreamPodSandboxesRequest) -> Any:
@@ -29,8 +31,8 @@ def _filter_key(request: ListPodSandboxRequest | StreamPodSandboxesRequest) -> A
     return f.id, state, tuple(sorted(dict(f.label_selector).items()))
 
 
-def _select(rt: Runtime, key: Any) -> list[SandboxRecord]:
-    records = [r for r in rt.sandboxes.values() if r.status.state != "creating"]
+def _select(node: Node, key: Any) -> list[SandboxRecord]:
+    records = [r for r in node.sandboxes.values() if r.status.state != "creating"]
     if key is not None:
         sid, state, selector = key
         records = select(records, sid, dict(selector))
@@ -39,19 +41,20 @@ def _select(rt: Runtime, key: Any) -> list[SandboxRecord]:
     return records
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
+    node = runtimed.node
     cache = ListCache()
 
     @table.unary("/runtime.v1.RuntimeService/ListPodSandbox", ListPodSandboxRequest)
     async def list_pod_sandbox(request: ListPodSandboxRequest) -> bytes:
         key = _filter_key(request)
-        hit = cache.get(rt.generation, key)
+        hit = cache.get(node.generation, key)
         if hit is not None:
             return hit
         # ListPodSandboxResponse: `repeated PodSandbox items = 1`.
-        return cache.put(key, b"".join([sandbox_entry(r) for r in _select(rt, key)]))
+        return cache.put(key, b"".join([sandbox_entry(r) for r in _select(node, key)]))
 
     @table.stream("/runtime.v1.RuntimeService/StreamPodSandboxes", StreamPodSandboxesRequest)
     def stream_pod_sandboxes(request: StreamPodSandboxesRequest) -> AsyncIterator[bytes]:
         # StreamPodSandboxesResponse: `repeated PodSandbox pod_sandboxes = 1`.
-        return pages([sandbox_entry(r) for r in _select(rt, _filter_key(request))])
+        return pages([sandbox_entry(r) for r in _select(node, _filter_key(request))])

@@ -1,4 +1,5 @@
-"""CRI `PodSandboxStatus`."""
+"""CRI `PodSandboxStatus`: the pod, its containers' statuses, and with `verbose` the
+free-form info map."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ import time
 from crib_common.cri.runtime.v1 import PodSandboxStatusRequest, PodSandboxStatusResponse
 from crib_common.server import CriTable
 
-from ..service import Runtime
-from ..views import container_status, sandbox_info, sandbox_status
+from ..daemon import Runtimed
+from ..messages.status import container_status, sandbox_info, sandbox_status
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
+    node = runtimed.node
+
     @table.unary("/runtime.v1.RuntimeService/PodSandboxStatus", PodSandboxStatusRequest)
     async def pod_sandbox_status(request: PodSandboxStatusRequest) -> PodSandboxStatusResponse:
-        rec = rt.find_sandbox(request.pod_sandbox_id)
+        rec = node.find_sandbox(request.pod_sandbox_id)
+        containers = node.pod_containers(rec.meta.id)
         return PodSandboxStatusResponse(
-            status=sandbox_status(rt, rec),
-            info=sandbox_info(rt, rec) if request.verbose else {},
-            containers_statuses=[container_status(c) for c in rt.pod_containers(rec.meta.id)
+            status=sandbox_status(rec),
+            info=sandbox_info(rec, [c.meta.id for c in containers]) if request.verbose
+            else {},
+            containers_statuses=[container_status(c) for c in containers
                                  if c.status.state != "creating"],
             timestamp=time.time_ns(),
         )

@@ -10,18 +10,18 @@ from crib_common.cri.runtime.v1 import (
 )
 from crib_common.server import CriTable
 
+from ..daemon import Runtimed
 from ..oci.spec import is_set, resources_to_dict
-from ..service import Runtime
 
 
-def register(table: CriTable, rt: Runtime) -> None:
+def register(table: CriTable, runtimed: Runtimed) -> None:
     @table.unary("/runtime.v1.RuntimeService/UpdatePodSandboxResources",
                  UpdatePodSandboxResourcesRequest)
     async def update_pod_sandbox_resources(
         request: UpdatePodSandboxResourcesRequest,
     ) -> UpdatePodSandboxResourcesResponse:
-        await rt.update_sandbox_resources(
-            request.pod_sandbox_id,
-            resources_to_dict(request.resources if is_set(request.resources) else None),
+        rec = runtimed.node.find_sandbox(request.pod_sandbox_id)
+        await runtimed.sandboxes.update_resources(
+            rec, resources_to_dict(request.resources if is_set(request.resources) else None),
             resources_to_dict(request.overhead if is_set(request.overhead) else None))
         return UpdatePodSandboxResourcesResponse()

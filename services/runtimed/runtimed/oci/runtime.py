@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from crib_common import proc
+import crib_common.proc as proc
 from crib_common.errors import DeadlineExceeded, FailedPrecondition, Internal, NotFound
 
 __all__ = [
@@ -49,13 +49,21 @@ async def run_command(argv: list[str], *, timeout: float, stdin: bytes | None = 
 
 
 class RuntimeImpl(Protocol):
-    """What runtimed needs from an OCI runtime besides `create` (which conmon runs)."""
+    """An OCI runtime handler as the lifecycles use it, besides `create` (which the
+    monitor runs). `OciRuntime` is the real one; unit tests use a fake."""
 
     name: str
     path: str
     root: Path
+    usable: bool
+    reason: str
+    version: str
 
+    @property
+    def recursive_read_only(self) -> bool: ...
     def global_args(self) -> list[str]: ...
+    def exec_argv(self, cid: str, process_json: Path) -> list[str]: ...
+    async def probe(self) -> None: ...
     async def state(self, cid: str, *, timeout: float = 10.0) -> dict[str, Any] | None: ...
     async def start(self, cid: str, *, timeout: float = 30.0) -> None: ...
     async def kill(self, cid: str, sig: int, *, all_procs: bool = False,

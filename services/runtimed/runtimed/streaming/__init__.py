@@ -4,7 +4,7 @@ WebSocket upgrades (the kubelet's `pkg/kubelet/cri/streaming` contract).
 - `server.StreamServer`: the TCP listener (`stream_address`/`stream_port`, loopback and an
   ephemeral port by default), the one-time token cache (`stream_url_ttl`), negotiation.
 - `targets.StreamTargets`: what runtimed provides (containers, sandboxes, exit codes);
-  `runtimed.containers.RuntimeTargets` implements it over runtimed's records.
+  `runtimed.stream_targets.RuntimeTargets` implements it over runtimed's records.
 - `spdy`, `websocket`: the two wire protocols; `session`: exec/attach stdio over either.
 - `exec` (runtime `exec`, pipes or a pty), `attach` (conmon's attach socket and control
   FIFO), `portforward` (TCP from a thread that joined the pod's netns).

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from crib_common.cri.runtime.v1 import ContainerFilter, ListContainersRequest, ListContainersResponse
 from runtimed.store.records import ContainerMeta, ContainerRecord
-from runtimed.views import (
+from runtimed.messages.listing import (
     ListCache,
     container_entry,
-    container_item,
     container_item_bytes,
     forget_item,
     wire_field,
 )
+from runtimed.messages.status import container_item
 
 
 def test_pre_encoded_list_matches_betterproto() -> None:

@@ -1,6 +1,6 @@
 """The streaming hook: look containers and sandboxes up by ID (full or unique prefix).
 
-`RuntimeTargets(runtime)` satisfies `streaming.targets.StreamTargets`; `container_handle`
+`RuntimeTargets(runtimed)` satisfies `streaming.targets.StreamTargets`; `container_handle`
 gives everything a process-level helper needs (runtime binary and root, pid, bundle,
 conmon's attach socket and control FIFO, the sandbox's netns).
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from crib_common.errors import NotFound
 
-from .service import Runtime
+from .daemon import Runtimed
+from .node import Node
 from .streaming.targets import ContainerTarget, SandboxTarget
 
 __all__ = ["ContainerHandle", "RuntimeTargets", "container_handle"]
@@ -37,13 +38,13 @@ class ContainerHandle:
     stdin: bool
 
 
-def container_handle(rt: Runtime, container_id: str) -> ContainerHandle:
+def container_handle(node: Node, container_id: str) -> ContainerHandle:
     """NotFound (or InvalidArgument for an ambiguous prefix) when there is no such one."""
-    rec = rt.find_container(container_id)
+    rec = node.find_container(container_id)
     if rec.status.state == "creating":
         raise NotFound(f"container {container_id!r} not found")
-    runtime = rt.runtimes[rec.meta.handler]
-    pod = rt.sandboxes.get(rec.meta.pod_id)
+    runtime = node.runtimes[rec.meta.handler]
+    pod = node.sandboxes.get(rec.meta.pod_id)
     bundle = Path(rec.meta.bundle)
     return ContainerHandle(
         id=rec.meta.id, state=rec.status.state, runtime_path=runtime.path,
@@ -57,18 +58,19 @@ def container_handle(rt: Runtime, container_id: str) -> ContainerHandle:
 class RuntimeTargets:
     """`StreamTargets` over runtimed's records."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, runtimed: Runtimed) -> None:
+        self.node = runtimed.node
+        self.exits = runtimed.exits
 
     async def container_target(self, container_id: str) -> ContainerTarget:
-        h = container_handle(self.rt, container_id)
+        h = container_handle(self.node, container_id)
         return ContainerTarget(id=h.id, running=h.state == "running",
                                runtime_path=h.runtime_path, runtime_root=h.runtime_root,
                                tty=h.tty, stdin=h.stdin, attach_socket=h.attach_socket,
                                ctl_fifo=h.ctl_fifo)
 
     async def sandbox_target(self, sandbox_id: str) -> SandboxTarget:
-        rec = self.rt.find_sandbox(sandbox_id)
+        rec = self.node.find_sandbox(sandbox_id)
         return SandboxTarget(id=rec.meta.id, ready=rec.status.state == "ready",
                              netns_path=Path(rec.meta.netns_path) if rec.meta.netns_path
                              else None)
@@ -77,14 +79,13 @@ class RuntimeTargets:
         end = time.monotonic() + timeout
         while True:
             try:
-                rec = self.rt.find_container(container_id)
+                rec = self.node.find_container(container_id)
             except NotFound:
                 return None
             if rec.status.state == "exited":
                 return rec.status.exit_code
-            if await self.rt._settle_exit(rec):  # noqa: SLF001 - same package
+            if await self.exits.settle(rec):
                 return rec.status.exit_code
             if time.monotonic() >= end:
                 return None
             await asyncio.sleep(0.05)
-

@@ -1,0 +1,57 @@
+"""`LinuxHost`: the real `ports.Host`, over the kernel's mount, namespace and cgroup
+interfaces (`oci.mount`, `sandbox.*`, `cgroups`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from crib_common.models.imaged import Mount
+
+from . import cgroups
+from .cgroups import CgroupStats
+from .oci.mount import mount_all
+from .sandbox.files import mount_shm, write_pod_files
+from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
+
+__all__ = ["LinuxHost"]
+
+
+class LinuxHost:
+    """This machine, as the lifecycles see it."""
+
+    def __init__(self) -> None:
+        self.swap_controller = cgroups.swap_controller()
+
+    def mount_all(self, mounts: list[Mount], target: Path) -> None:
+        mount_all(mounts, target)
+
+    def unmount_under(self, path: str) -> None:
+        for target in mounts_under(path):
+            umount(target)
+
+    async def pin_namespaces(self, ns_dir: Path, *, ipc: bool, uts: bool,
+                             hostname: str) -> dict[str, str]:
+        return await pin_namespaces(ns_dir, ipc=ipc, uts=uts, hostname=hostname)
+
+    def unpin_namespaces(self, ns_dir: Path) -> None:
+        unpin_namespaces(ns_dir)
+
+    def write_pod_files(self, pod_dir: Path, hostname: str, dns: Any, ips: list[str],
+                        host_network: bool) -> None:
+        write_pod_files(pod_dir, hostname, dns, ips, host_network)
+
+    def mount_shm(self, target: Path) -> None:
+        mount_shm(target)
+
+    def apply_pod_resources(self, cgroup_path: str, res: dict[str, Any]) -> None:
+        cgroups.apply_pod_resources(cgroup_path, res, swap=self.swap_controller)
+
+    def remove_cgroup(self, cgroup_path: str) -> list[str]:
+        return cgroups.remove_cgroup(cgroup_path)
+
+    def read_stats(self, cgroup_path: str) -> CgroupStats:
+        return cgroups.read_stats(cgroup_path)
+
+    def oom_killed(self, cgroup_path: str) -> bool:
+        return cgroups.oom_killed(cgroup_path)

@@ -1,0 +1,295 @@
+"""Containers: what CreateContainer sets up, StartContainer starts, StopContainer stops
+and RemoveContainer takes away. The CRI modules (`cri/container_*.py`) check requests and
+decide idempotency; this room does the work on records it is handed.
+
+    creating ──setup──> created ──start──> running ──exit (lifecycle.exits)──> exited
+        │                  └──────────exit before start──────────────────────┘   │
+        └──a step failed, or found half-done at start──> teardown ──> (deleted) <──remove
+
+Setup, in order, each step recorded before the next so a teardown knows what to undo: a
+writable snapshot from imaged mounted as the rootfs; the user resolved from the image's
+/etc/passwd and /etc/group; image volumes (`lifecycle.volumes`); config.json
+(`oci.spec`); the monitor, which runs `<runtime> create`. Teardown: runtime delete
+(unless the background delete at exit did it), the monitor killed, everything under the
+bundle unmounted, snapshots removed, bundle, socket link and exit file removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from crib_common.cri.runtime.v1 import ContainerConfig, SupplementalGroupsPolicy
+from crib_common.errors import CribError, DeadlineExceeded, FailedPrecondition
+from crib_common.models.imaged import ImageInfo, SnapshotCreate
+
+from ..bundle import write_config
+from ..conmon.monitor import REOPEN_LOGS_EVENT, ConmonSpec
+from ..node import Node, container_name, failpoint, new_id, now
+from ..oci.runtime import RuntimeImpl, signal_number
+from ..oci.spec import (
+    ContainerSpecInput,
+    build_container_spec,
+    is_set,
+    resources_to_dict,
+    resources_to_oci,
+)
+from ..oci.user import resolve_user
+from ..store.records import ContainerMeta, ContainerRecord, SandboxRecord
+from .exits import Exits
+from .infra import KILL_WAIT
+from .undo import attempt, run_undo, unmount_and_remove
+from .volumes import mount_image_volumes, mount_record
+
+__all__ = ["Containers"]
+
+log = structlog.get_logger("crib.runtimed")
+
+
+class Containers:
+    """Creates, starts, stops and removes containers."""
+
+    def __init__(self, node: Node, exits: Exits) -> None:
+        self.node = node
+        self.exits = exits
+
+    # ------------------------------------------------------------ create
+
+    async def create(self, pod: SandboxRecord, config: ContainerConfig, image: ImageInfo,
+                     rt: RuntimeImpl, log_path: str) -> str:
+        """Reserve the name, persist a "creating" record, set up, mark created; on any
+        failure the teardown runs and the record goes. Returns the new container's id."""
+        node = self.node
+        cid = new_id()
+        bundle = node.bundles / cid
+        md = config.metadata
+        img_cfg = image.config.get("config") or {}
+        stop_signal = img_cfg.get("StopSignal") or "SIGTERM"
+        if config.stop_signal:
+            stop_signal = config.stop_signal.name or stop_signal
+        try:
+            signal_number(stop_signal)
+        except (ValueError, AttributeError):
+            stop_signal = "SIGTERM"
+        meta = ContainerMeta(
+            id=cid, pod_id=pod.meta.id, name=md.name, attempt=md.attempt, handler=rt.name,
+            created_at=now(), image=config.image.image, image_id=image.id,
+            image_ref=(image.repo_digests[0] if image.repo_digests else image.id),
+            labels=dict(config.labels), annotations=dict(config.annotations),
+            log_path=log_path, bundle=str(bundle), snapshot_key=cid, stop_signal=stop_signal,
+            tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
+            mounts=[mount_record(m) for m in config.mounts],
+            cgroup_path=f"{pod.meta.cgroup_parent}/crib-{cid}",
+        )
+        name = container_name(meta)
+        node.reserve(name, cid)
+        rec = ContainerRecord(meta=meta)
+        rec.status.resources = _resources(config)
+        try:
+            node.put_container(rec)
+        except BaseException:
+            node.release(name, cid)
+            raise
+        log.info("container creating", container=cid, pod=pod.meta.id, name=md.name,
+                 image=config.image.image)
+        try:
+            async with AsyncExitStack() as undo:
+                undo.push_async_callback(run_undo, node, self.teardown, rec)
+                await self._setup(rec, pod, config, image.config, rt)
+                rec.status.state = "created"
+                node.put_container(rec)
+                undo.pop_all()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                node.drop_container(cid)
+            raise
+        log.info("container created", container=cid, pid=rec.status.pid)
+        node.emit(cid, "created")
+        return cid
+
+    async def _setup(self, rec: ContainerRecord, pod: SandboxRecord, config: ContainerConfig,
+                     image_config: dict[str, Any], rt: RuntimeImpl) -> None:
+        node, meta = self.node, rec.meta
+        bundle = Path(meta.bundle)
+        rootfs = bundle / "rootfs"
+        rootfs.mkdir(parents=True, exist_ok=True)
+        snap = await node.imaged.create_snapshot(SnapshotCreate(
+            key=meta.snapshot_key, image=meta.image_id,
+            labels={"io.crib.container": meta.id, "io.crib.pod": meta.pod_id}))
+        await asyncio.to_thread(node.host.mount_all, snap.mounts, rootfs)
+        failpoint("create_after_mount")
+        img = image_config.get("config") or {}
+        sc = config.linux.security_context if is_set(config.linux) else None
+        if sc is not None and not is_set(sc):
+            sc = None
+        user = await asyncio.to_thread(
+            resolve_user, rootfs, image_user=str(img.get("User") or ""),
+            run_as_user=sc.run_as_user.value if sc and is_set(sc.run_as_user) else None,
+            run_as_username=sc.run_as_username if sc else "",
+            run_as_group=sc.run_as_group.value if sc and is_set(sc.run_as_group) else None,
+            supplemental=list(sc.supplemental_groups) if sc else [],
+            strict_groups=sc is not None
+            and sc.supplemental_groups_policy == SupplementalGroupsPolicy.Strict,
+        )
+        meta.uid, meta.gid, meta.groups = user.uid, user.gid, user.groups
+        target_pids = {c.meta.id: c.status.pid for c in node.pod_containers(pod.meta.id)
+                       if c.status.state == "running"}
+        annotations = dict(config.annotations)
+        annotations.update({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": meta.name,
+            "io.kubernetes.cri.sandbox-id": pod.meta.id,
+            "io.kubernetes.cri.sandbox-name": pod.meta.name,
+            "io.kubernetes.cri.sandbox-namespace": pod.meta.namespace,
+            "io.kubernetes.cri.sandbox-uid": pod.meta.uid,
+            "io.kubernetes.cri.image-name": meta.image,
+        })
+        image_sources = await mount_image_volumes(node, rec, config)
+        await asyncio.to_thread(_make_host_paths, config, image_sources)
+        spec = build_container_spec(config, ContainerSpecInput(
+            cid=meta.id, rootfs=rootfs, sandbox=pod.meta, image_config=image_config,
+            user=user, cgroup_path=meta.cgroup_path, infra_pid=pod.status.infra_pid,
+            pids_limit=node.cfg.pids_limit, swap_controller=node.host.swap_controller,
+            annotations=annotations, target_pids=target_pids,
+            recursive_read_only=rt.recursive_read_only, handler=rt.name,
+            image_sources=image_sources))
+        write_config(bundle, spec)
+        node.put_container(rec)
+        monitor = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=meta.name,
+                             runtime_path=rt.path, runtime_args=rt.global_args(),
+                             bundle=bundle, log_path=meta.log_path or str(bundle / "ctr.log"),
+                             exit_dir=node.exit_dir, socket_dir=node.sock_dir, tty=meta.tty,
+                             stdin=meta.stdin, stdin_once=meta.stdin_once,
+                             log_size_max=node.cfg.log_size_max)
+        conmon_pid, pid = await node.monitor.start(monitor, timeout=node.cfg.create_timeout)
+        rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
+        failpoint("create_after_conmon")
+
+    async def teardown(self, rec: ContainerRecord) -> None:
+        """Undo every step of `_setup` (each tolerates never having happened). A step
+        that fails (imaged down) does not stop the local ones; the first failure is
+        raised at the end."""
+        node, meta = self.node, rec.meta
+        failed: list[Exception] = []
+        rt = node.runtimes.get(meta.handler)
+        released = await self.exits.released(meta.id)
+        if rt is not None and not released:
+            await attempt(failed, "runtime delete", rt.delete(meta.id), container=meta.id)
+        node.monitor.kill(rec.status.conmon_pid)
+        await unmount_and_remove(node, failed, meta.bundle,
+                                 [meta.snapshot_key, *meta.image_mounts], container=meta.id)
+        for leftover in (node.sock_dir / meta.id, node.exit_dir / meta.id):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        if failed:
+            raise failed[0]
+
+    # ------------------------------------------------------------ start, stop, remove
+
+    async def start(self, rec: ContainerRecord, rt: RuntimeImpl) -> None:
+        """created -> running; a process the runtime fails to start ends "exited"."""
+        node = self.node
+        async with node.lock(rec.meta.id):
+            if rec.status.state == "running":
+                raise FailedPrecondition(f"container {rec.meta.id} is already running")
+            if rec.status.state != "created":
+                raise FailedPrecondition(
+                    f"container {rec.meta.id} is {rec.status.state}, not created")
+            started = now()
+            try:
+                await rt.start(rec.meta.id, timeout=node.cfg.create_timeout)
+                failpoint("start_after_runtime")
+            except CribError as exc:
+                # The runtime failed the process start (bad binary, ...): the monitor
+                # records the exit; report it like containerd, an exited container.
+                await self.exits.settle(rec, fallback_code=128, message=exc.message)
+                raise
+            if rec.status.state == "created":  # the exit watcher may have been faster
+                rec.status.state = "running"
+            rec.status.started_at = started
+            if rec.status.finished_at and rec.status.finished_at < started:
+                rec.status.finished_at = started
+            node.put_container(rec)
+        log.info("container started", container=rec.meta.id)
+        node.emit(rec.meta.id, "started")
+
+    async def stop(self, rec: ContainerRecord, timeout: int) -> None:
+        """The stop signal, up to `timeout` seconds, then SIGKILL; returns once the exit
+        is recorded. An exited (or still creating) container is left as it is."""
+        if rec.status.state in ("exited", "creating"):
+            return
+        rt = self.node.runtimes.get(rec.meta.handler)
+        if rt is None:
+            raise FailedPrecondition(f"runtime handler {rec.meta.handler!r} is gone")
+        log.info("container stopping", container=rec.meta.id, timeout=timeout)
+        if timeout > 0 and rec.status.state == "running":
+            await rt.kill(rec.meta.id, signal_number(rec.meta.stop_signal))
+            failpoint("stop_after_signal")
+            if await self.exits.wait(rec, float(timeout)):
+                return
+        await rt.kill(rec.meta.id, signal.SIGKILL, all_procs=rec.status.state == "running")
+        if not await self.exits.wait(rec, KILL_WAIT):
+            if not self.node.monitor.alive(rec.status.pid):
+                await self.exits.settle(rec, fallback_code=137)
+                return
+            raise DeadlineExceeded(f"container {rec.meta.id} did not die after SIGKILL")
+
+    async def remove(self, rec: ContainerRecord) -> None:
+        """Stop if needed, tear down, drop the record."""
+        node = self.node
+        if rec.status.state in ("running", "created", "unknown"):
+            await self.stop(rec, 0)
+        async with node.lock(rec.meta.id):
+            if rec.meta.id not in node.containers:
+                return
+            await self.teardown(rec)
+            failpoint("remove_after_teardown")
+            node.drop_container(rec.meta.id)
+        log.info("container removed", container=rec.meta.id)
+        node.emit(rec.meta.id, "deleted", rec.meta.pod_id)
+
+    # ------------------------------------------------------------ live changes
+
+    async def update(self, rec: ContainerRecord, rt: RuntimeImpl,
+                     resources: dict[str, Any]) -> None:
+        """New resources on the live cgroup (`<runtime> update`), then recorded."""
+        node = self.node
+        oci = resources_to_oci(resources, pids_limit=node.cfg.pids_limit,
+                               swap_controller=node.host.swap_controller)
+        oci.pop("devices", None)
+        await rt.update(rec.meta.id, oci)
+        merged = dict(rec.status.resources)
+        merged.update({k: v for k, v in resources.items() if v not in (None, "", 0, [], {})})
+        rec.status.resources = merged
+        node.put_container(rec)
+
+    async def reopen_log(self, rec: ContainerRecord) -> None:
+        """Ask the monitor to reopen the log; returns once the new file exists."""
+        self.node.monitor.control(Path(rec.meta.bundle), REOPEN_LOGS_EVENT)
+        # conmon reopens asynchronously; the kubelet expects the new file when we answer.
+        if rec.meta.log_path:
+            end = time.monotonic() + 5
+            while time.monotonic() < end and not os.path.exists(rec.meta.log_path):
+                await asyncio.sleep(0.02)
+
+
+def _resources(config: ContainerConfig) -> dict[str, Any]:
+    return resources_to_dict(config.linux.resources if is_set(config.linux) else None)
+
+
+def _make_host_paths(config: ContainerConfig, image_sources: dict[str, str]) -> None:
+    """A bind mount's missing host directory is created, as the kubelet expects (and
+    containerd does); the spec builder itself never touches the host."""
+    for m in config.mounts:
+        if m.container_path in image_sources or not m.host_path:
+            continue
+        if not os.path.exists(m.host_path):
+            os.makedirs(m.host_path, exist_ok=True)

@@ -1,0 +1,122 @@
+"""A pod's infra process: catatonit as PID 1 of a shared PID namespace, or the configured
+pause image. Either runs like a container, under the monitor, so it outlives runtimed;
+its exit file carries the pod's id (`lifecycle.exits` marks the pod notready).
+
+    (none) ──start──> running ──stop (SIGKILL, wait)──> gone ──delete──> (runtime forgot)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from crib_common.errors import NotFound, Unavailable
+from crib_common.models.imaged import ImageInfo, PullEvent, PullRequest, SnapshotCreate
+
+from ..conmon.monitor import ConmonSpec
+from ..oci.runtime import RuntimeImpl
+from ..oci.spec import build_pause_spec, build_sandbox_spec
+from ..oci.user import resolve_user
+from ..bundle import write_config
+from ..node import Node
+from ..store.records import SandboxRecord
+
+__all__ = ["KILL_WAIT", "start_infra", "stop_infra"]
+
+log = structlog.get_logger("crib.runtimed")
+
+# How long a stop waits for a killed process to be gone (also StopContainer after SIGKILL).
+KILL_WAIT = 10.0
+
+
+async def start_infra(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
+    """The pause image when one is configured, else catatonit for a shared PID
+    namespace; nothing for a pod that needs neither."""
+    if node.cfg.pause_image:
+        await _start_pause(node, rec, rt)
+    elif rec.meta.shared_pid:
+        await _start_catatonit(node, rec, rt)
+
+
+async def _start_catatonit(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
+    """catatonit -P as PID 1 of the pod's shared PID namespace, bound into an empty
+    rootfs."""
+    meta = rec.meta
+    bundle = Path(meta.pod_dir) / "infra"
+    rootfs = bundle / "rootfs"
+    for sub in ("proc", "dev"):
+        (rootfs / sub).mkdir(parents=True, exist_ok=True)
+    (rootfs / "catatonit").touch()
+    write_config(bundle, build_sandbox_spec(meta, rootfs, "/catatonit", node.cfg.catatonit,
+                                            f"{meta.cgroup_parent}/crib-{meta.id}"))
+    await _run(node, rec, rt, bundle)
+
+
+async def _pause_image(node: Node) -> ImageInfo:
+    """The configured pause image, pulled through imaged when it is not stored yet."""
+    ref = node.cfg.pause_image
+    try:
+        return await node.imaged.resolve_image(ref)
+    except NotFound:
+        pass
+    log.info("pulling pause image", image=ref)
+    last: PullEvent | None = None
+    async for event in node.imaged.pull(PullRequest(reference=ref)):
+        last = event
+    if last is None or last.status != "done":
+        raise Unavailable(f"pulling pause image {ref!r} failed: "
+                          f"{last.error if last else 'no answer from imaged'}")
+    return await node.imaged.resolve_image(last.image_id or ref)
+
+
+async def _start_pause(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
+    """The pause image as the pod's infra container: a writable snapshot of it,
+    config.json from its Entrypoint/Cmd."""
+    meta = rec.meta
+    image = await _pause_image(node)
+    bundle = Path(meta.pod_dir) / "infra"
+    rootfs = bundle / "rootfs"
+    rootfs.mkdir(parents=True, exist_ok=True)
+    meta.pause_image = image.id
+    meta.infra_snapshot = f"infra-{meta.id}"
+    node.put_sandbox(rec)  # before the snapshot exists, so undo and recovery see it
+    snap = await node.imaged.create_snapshot(SnapshotCreate(
+        key=meta.infra_snapshot, image=image.id,
+        labels={"io.crib.pod": meta.id, "io.crib.infra": "true"}))
+    await asyncio.to_thread(node.host.mount_all, snap.mounts, rootfs)
+    img = image.config.get("config") or {}
+    user = await asyncio.to_thread(resolve_user, rootfs,
+                                   image_user=str(img.get("User") or ""),
+                                   run_as_user=None, run_as_username="",
+                                   run_as_group=None, supplemental=[])
+    write_config(bundle, build_pause_spec(meta, rootfs, image.config, user.uid, user.gid,
+                                          f"{meta.cgroup_parent}/crib-{meta.id}"))
+    await _run(node, rec, rt, bundle)
+
+
+async def _run(node: Node, rec: SandboxRecord, rt: RuntimeImpl, bundle: Path) -> None:
+    meta = rec.meta
+    spec = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=f"infra-{meta.name}",
+                      runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
+                      log_path=str(bundle / "infra.log"), exit_dir=node.exit_dir,
+                      socket_dir=node.sock_dir)
+    conmon_pid, pid = await node.monitor.start(spec)
+    rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
+    node.put_sandbox(rec)
+    await rt.start(meta.id)
+
+
+async def stop_infra(node: Node, rec: SandboxRecord) -> None:
+    """SIGKILL the infra and wait (up to KILL_WAIT) for it to be gone."""
+    rt = node.runtimes.get(rec.meta.handler)
+    if rt is None or not rec.meta.has_infra:
+        return
+    await rt.kill(rec.meta.id, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT
+    while time.monotonic() < deadline and rec.status.infra_pid \
+            and node.monitor.alive(rec.status.infra_pid):
+        await asyncio.sleep(0.05)

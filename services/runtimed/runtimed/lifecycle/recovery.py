@@ -1,0 +1,120 @@
+"""Recovery at start, before the socket listens: reload every record and settle it
+against the world (containerd's restart.go, CRI-O's restore).
+
+What may have changed while runtimed was down (see `store.records`): containers exited
+(the monitor wrote exit files), monitors died, the runtime's state may be gone, mounts
+may be gone. Per record, under its own timeout:
+
+    container creating  ──> rolled back, dropped (a create killed half-way)
+    container created/running ──exit file──> exited
+                              ──monitor alive, runtime says running──> running
+                              ──monitor gone, no exit file──> exited (255, message)
+                              ──cannot tell──> unknown
+    sandbox creating    ──> its containers and itself rolled back, dropped
+    sandbox ready, infra gone ──> notready
+
+Then bundles and exit files that no record names are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+
+import structlog
+
+from ..node import Node, now
+from ..store.records import ContainerRecord, SandboxRecord
+from .containers import Containers
+from .exits import Exits
+from .sandboxes import Sandboxes
+from .undo import rollback
+
+__all__ = ["recover"]
+
+log = structlog.get_logger("crib.runtimed")
+
+# Per-record bounds: one stuck runtime call must not keep runtimed from starting.
+CONTAINER_TIMEOUT = 30.0
+SANDBOX_TIMEOUT = 60.0
+
+
+async def recover(node: Node, sandboxes: Sandboxes, containers: Containers,
+                  exits: Exits) -> None:
+    pods, ctrs = node.load()
+    for c in ctrs:
+        try:
+            async with asyncio.timeout(CONTAINER_TIMEOUT):
+                await _container(node, containers, exits, c)
+        except Exception:
+            log.exception("container recovery failed", container=c.meta.id)
+            if c.status.state != "creating":
+                c.status.state = "unknown"
+                with contextlib.suppress(Exception):
+                    node.put_container(c)
+    for s in pods:
+        try:
+            async with asyncio.timeout(SANDBOX_TIMEOUT):
+                await _sandbox(node, sandboxes, containers, s)
+        except Exception:
+            log.exception("sandbox recovery failed", pod=s.meta.id)
+    known = set(node.containers) | set(node.sandboxes)
+    for entry in list(os.scandir(node.bundles)):
+        if entry.name not in node.containers:
+            log.warning("removing orphaned bundle", bundle=entry.path)
+            with contextlib.suppress(OSError):
+                node.host.unmount_under(entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+    for entry in list(os.scandir(node.exit_dir)):
+        if entry.name not in known:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    log.info("recovered", pods=len(node.sandboxes), containers=len(node.containers))
+
+
+async def _container(node: Node, containers: Containers, exits: Exits,
+                     c: ContainerRecord) -> None:
+    if c.status.state == "creating":
+        log.warning("rolling back half-done create", container=c.meta.id)
+        await rollback(node, containers.teardown, c)
+        node.drop_container(c.meta.id)
+        return
+    if c.status.state == "exited":
+        return
+    if await exits.settle(c):
+        return
+    rt = node.runtimes.get(c.meta.handler)
+    st = await rt.state(c.meta.id) if rt is not None else None
+    status = (st or {}).get("status", "")
+    if node.monitor.alive(c.status.conmon_pid):
+        if status == "running" and c.status.state == "created":
+            # Killed between `runtime start` and persisting "running".
+            c.status.state = "running"
+            c.status.started_at = c.status.started_at or now()
+            node.put_container(c)
+        return
+    # The monitor is gone and left no exit file: the exit code is lost.
+    if status in ("stopped", "") or st is None:
+        await exits.settle(c, fallback_code=255,
+                           message="conmon exited without recording the exit code")
+    else:
+        c.status.state = "unknown"
+        node.put_container(c)
+
+
+async def _sandbox(node: Node, sandboxes: Sandboxes, containers: Containers,
+                   s: SandboxRecord) -> None:
+    if s.status.state == "creating":
+        log.warning("rolling back half-done sandbox", pod=s.meta.id)
+        for c in node.pod_containers(s.meta.id):
+            await rollback(node, containers.teardown, c)
+            node.drop_container(c.meta.id)
+        await rollback(node, sandboxes.teardown, s)
+        node.drop_sandbox(s.meta.id)
+        return
+    if s.status.state == "ready" and s.meta.has_infra and \
+            not node.monitor.alive(s.status.infra_pid):
+        s.status.state = "notready"
+        node.put_sandbox(s)

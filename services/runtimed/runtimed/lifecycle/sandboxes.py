@@ -1,0 +1,221 @@
+"""Pod sandboxes: what RunPodSandbox sets up, StopPodSandbox stops and RemovePodSandbox
+takes away. The CRI modules (`cri/sandbox_*.py`) check requests and decide idempotency;
+this room does the work on records it is handed.
+
+    creating ──setup──> ready ──stop──> notready ──remove──> (deleted)
+        │                 └──infra exited (lifecycle.exits)──┘
+        └──a step failed, or found half-done at start──> teardown ──> (deleted)
+
+Setup, in order, each step persisted before the next so a teardown (rollback, recovery,
+remove) knows what to undo: the pod directory; the pod cgroup's resources; the network
+from netd (netns path and IPs recorded); IPC and UTS namespaces pinned; hostname,
+resolv.conf and hosts files; a private /dev/shm; the infra process (`lifecycle.infra`).
+Teardown undoes each step whether or not it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from crib_common.cri.runtime.v1 import DnsConfig
+from crib_common.errors import FailedPrecondition
+from crib_common.models.netd import DnsConfig as NetDns
+from crib_common.models.netd import PodNetworkCreate, PortMapping
+
+from .. import cgroups
+from ..node import Node, failpoint, new_id, now, sandbox_name
+from ..oci.runtime import RuntimeImpl
+from ..store.records import SandboxMeta, SandboxRecord
+from .containers import Containers
+from .infra import start_infra, stop_infra
+from .undo import attempt, run_undo, unmount_and_remove
+
+__all__ = ["SandboxRequest", "Sandboxes"]
+
+log = structlog.get_logger("crib.runtimed")
+
+_PROTOCOLS = ("tcp", "udp", "sctp")  # CRI Protocol enum order
+
+
+@dataclass
+class SandboxRequest:
+    """A checked RunPodSandbox: what the pod is (its metadata record, without id and
+    paths yet), its DNS and its pod-level resources."""
+
+    meta: dict[str, Any]
+    dns: DnsConfig | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    cgroup_parent: str = ""  # as the kubelet gave it ("" = none)
+
+
+class Sandboxes:
+    """Sets pods up and takes them down."""
+
+    def __init__(self, node: Node, containers: Containers) -> None:
+        self.node = node
+        self.containers = containers
+
+    async def run(self, req: SandboxRequest, rt: RuntimeImpl) -> str:
+        """Reserve the name, persist a "creating" record, set up, mark ready; on any
+        failure the teardown runs and the record goes. Returns the new pod's id."""
+        node = self.node
+        sid = new_id()
+        meta = SandboxMeta(id=sid, handler=rt.name, created_at=now(),
+                           cgroup_parent=self._cgroup_parent(sid, req.cgroup_parent),
+                           pod_dir=str(node.pods_dir / sid), **req.meta)
+        name = sandbox_name(meta)
+        node.reserve(name, sid)
+        rec = SandboxRecord(meta=meta)
+        rec.status.resources = req.resources
+        try:
+            node.put_sandbox(rec)
+        except BaseException:
+            node.release(name, sid)
+            raise
+        log.info("sandbox creating", pod=sid, name=meta.name, namespace=meta.namespace,
+                 handler=rt.name)
+        try:
+            async with AsyncExitStack() as undo:
+                undo.push_async_callback(run_undo, node, self.teardown, rec)
+                await self._setup(rec, req.dns, rt)
+                failpoint("sandbox_before_ready")
+                rec.status.state = "ready"
+                node.put_sandbox(rec)
+                undo.pop_all()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                node.drop_sandbox(sid)
+            raise
+        log.info("sandbox ready", pod=sid, ips=rec.status.ips)
+        # containerd's RunPodSandbox sends both, for the sandbox id.
+        node.emit(sid, "created", sid)
+        node.emit(sid, "started", sid)
+        return sid
+
+    def _cgroup_parent(self, sid: str, asked: str) -> str:
+        """The pod cgroup: the kubelet's parent (or crib-<id> without one) under crib's
+        `cgroup_parent` setting, as a cgroupfs path."""
+        parent = asked or f"crib-{sid[:16]}"
+        joined = self.node.cfg.cgroup_parent.strip("/") + "/" + parent.strip("/")
+        return "/" + "/".join(p for p in joined.split("/") if p)
+
+    async def _setup(self, rec: SandboxRecord, dns: DnsConfig | None,
+                     rt: RuntimeImpl) -> None:
+        node, meta = self.node, rec.meta
+        pod_dir = Path(meta.pod_dir)
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        if rec.status.resources:
+            await self.apply_resources(meta.cgroup_parent, rec.status.resources)
+        ips: list[str] = []
+        if not meta.host_network:
+            net = await node.netd.create_pod_network(PodNetworkCreate(
+                pod_id=meta.id, pod_name=meta.name, pod_namespace=meta.namespace,
+                pod_uid=meta.uid,
+                port_mappings=[PortMapping(
+                    host_port=p["host_port"], container_port=p["container_port"],
+                    protocol=_PROTOCOLS[p["protocol"]] if 0 <= p["protocol"] < 3 else "tcp",
+                    host_ip=p["host_ip"]) for p in meta.port_mappings if p["host_port"]],
+                dns=NetDns(servers=list(dns.servers), searches=list(dns.searches),
+                           options=list(dns.options)) if dns else None,
+                annotations=meta.annotations,
+            ))
+            meta.netns_path = net.netns_path
+            ips = [ip.ip for ip in net.ips]
+            rec.status.ips = ips
+            node.put_sandbox(rec)
+            failpoint("sandbox_after_network")
+        pins = await node.host.pin_namespaces(Path(node.cfg.pinns_dir) / meta.id,
+                                              ipc=not meta.host_ipc,
+                                              uts=not meta.host_network,
+                                              hostname=meta.hostname)
+        meta.ipc_ns = pins.get("ipc", "")
+        meta.uts_ns = pins.get("uts", "")
+        node.put_sandbox(rec)
+        node.host.write_pod_files(pod_dir, meta.hostname, dns, ips, meta.host_network)
+        if not meta.host_ipc:
+            node.host.mount_shm(pod_dir / "shm")
+        await start_infra(node, rec, rt)
+
+    async def teardown(self, rec: SandboxRecord, network: bool = True) -> None:
+        """Undo every step of `_setup`; each one tolerates not having happened.
+        `network=False` when StopPodSandbox has just released it. A step that fails (a
+        peer down) does not stop the local ones; the first failure is raised at the end."""
+        node, meta = self.node, rec.meta
+        failed: list[Exception] = []
+        await attempt(failed, "stop infra", stop_infra(node, rec), pod=meta.id)
+        rt = node.runtimes.get(meta.handler)
+        if rt is not None and meta.has_infra:
+            await attempt(failed, "delete infra", rt.delete(meta.id), pod=meta.id)
+            node.monitor.kill(rec.status.infra_conmon_pid)
+        if network and not meta.host_network:
+            await attempt(failed, "remove network", node.netd.remove_pod_network(meta.id),
+                          pod=meta.id)
+        await unmount_and_remove(
+            node, failed, meta.pod_dir, [meta.infra_snapshot],
+            first=lambda: node.host.unpin_namespaces(Path(node.cfg.pinns_dir) / meta.id),
+            pod=meta.id)
+        for leftover in (node.exit_dir / meta.id, node.sock_dir / meta.id):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        left = await asyncio.to_thread(node.host.remove_cgroup, meta.cgroup_parent)
+        if left:
+            log.warning("cgroups left behind", pod=meta.id, cgroups=left)
+        if failed:
+            raise failed[0]
+
+    async def stop(self, rec: SandboxRecord) -> None:
+        """Kill every container and the infra, release the network; ready -> notready."""
+        node = self.node
+        async with node.lock(rec.meta.id):
+            for c in node.pod_containers(rec.meta.id):
+                await self.containers.stop(c, 0)
+            await stop_infra(node, rec)
+            if not rec.meta.host_network:
+                # Idempotent in netd; always asked, so a pod marked NotReady by its infra's
+                # death still gets its IP released.
+                await node.netd.remove_pod_network(rec.meta.id)
+            if rec.status.state != "notready":
+                rec.status.state = "notready"
+                node.put_sandbox(rec)
+                log.info("sandbox stopped", pod=rec.meta.id)
+                node.emit(rec.meta.id, "stopped", rec.meta.id)
+
+    async def remove(self, rec: SandboxRecord) -> None:
+        """Stop, remove every container, tear down, drop the record."""
+        node = self.node
+        await self.stop(rec)
+        async with node.lock(rec.meta.id):
+            for c in node.pod_containers(rec.meta.id):
+                await self.containers.remove(c)
+            failpoint("remove_sandbox_after_containers")
+            await self.teardown(rec, network=False)
+            node.drop_sandbox(rec.meta.id)
+        log.info("sandbox removed", pod=rec.meta.id)
+        node.emit(rec.meta.id, "deleted", rec)
+
+    async def apply_resources(self, cgroup_parent: str, res: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self.node.host.apply_pod_resources, cgroup_parent, res)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"pod cgroup {cgroup_parent}: cannot apply {res}: {exc.strerror}") from None
+
+    async def update_resources(self, rec: SandboxRecord, resources: dict[str, Any],
+                               overhead: dict[str, Any]) -> None:
+        """The kubelet's new pod-level resources (after it resized the pod cgroup
+        itself, api.proto) applied to the pod cgroup too."""
+        async with self.node.lock(rec.meta.id):
+            if rec.status.state != "ready":
+                raise FailedPrecondition(f"pod sandbox {rec.meta.id} is not ready")
+            res = cgroups.pod_resources(resources, overhead)
+            await self.apply_resources(rec.meta.cgroup_parent, res)
+            rec.status.resources = res
+            self.node.put_sandbox(rec)
+        log.info("sandbox resources updated", pod=rec.meta.id, resources=res)

@@ -1,0 +1,90 @@
+"""Undo and teardown steps shared by the sandbox and container lifecycles.
+
+A create pushes one undo (the whole teardown) on an `AsyncExitStack` and keeps it only
+on success; the undo runs shielded under its own bound, never the caller's (maybe
+expired) deadline (containerd's DeferContext, CRI-O's resourcecleaner). A teardown is
+best effort step by step: a failed step (a peer down) does not stop the local ones, and
+what it left is the orphan sweep's (`lifecycle.sweep`) once nothing names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from crib_common.errors import CribError
+
+from ..node import Node
+
+__all__ = ["UNDO_TIMEOUT", "attempt", "rollback", "run_undo", "unmount_and_remove"]
+
+log = structlog.get_logger("crib.runtimed")
+
+# Undo steps run under their own bound, never the caller's (maybe expired) deadline.
+UNDO_TIMEOUT = 60.0
+
+
+async def run_undo(node: Node, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run one undo step shielded from cancellation, under UNDO_TIMEOUT."""
+    async def guarded() -> None:
+        try:
+            async with asyncio.timeout(UNDO_TIMEOUT):
+                await fn(*args)
+        except CribError as exc:
+            # A peer (netd, imaged) down: the record goes with the failed create, and
+            # the sweep removes what the step left there once the peer is back.
+            log.warning("undo step failed; the sweep finishes it", step=fn.__name__,
+                        error=exc.message)
+            node.sweep_wanted.set()
+        except Exception:
+            log.exception("undo step failed", step=fn.__name__)
+            node.sweep_wanted.set()
+
+    await asyncio.shield(asyncio.ensure_future(guarded()))
+
+
+async def rollback(node: Node, teardown: Callable[[Any], Awaitable[None]], rec: Any) -> None:
+    """Tear down a half-done create found at start. Its record goes either way: what a
+    peer that is not up yet still holds, or a directory that would not unmount, is left
+    to the sweep, which finds it once nothing names it."""
+    try:
+        await teardown(rec)
+    except Exception as exc:  # noqa: BLE001 - the sweep takes over
+        log.warning("rollback incomplete; the sweep finishes it", id=rec.meta.id,
+                    error=str(exc))
+        node.sweep_wanted.set()
+
+
+async def attempt(failed: list[Exception], step: str, work: Awaitable[Any],
+                  **where: str) -> None:
+    """Await one teardown step; a failure is logged and kept in `failed`, not raised."""
+    try:
+        await work
+    except (CribError, OSError) as exc:
+        failed.append(exc)
+        log.warning("teardown step failed", step=step, error=str(exc), **where)
+
+
+async def unmount_and_remove(node: Node, failed: list[Exception], path: str,
+                             snapshots: list[str], first: Callable[[], None] | None = None,
+                             **where: str) -> None:
+    """Unmount everything under `path` (after `first`), then remove the snapshots and
+    the directory. Only once nothing is mounted: taking a mounted overlay's upper
+    directory would pull it from under the kernel, so after a failed unmount both wait
+    for the next try. Failures go to `failed`, as with `attempt`."""
+    try:
+        if first is not None:
+            first()
+        node.host.unmount_under(path)
+    except OSError as exc:
+        failed.append(exc)
+        log.warning("teardown step failed", step="unmount", error=str(exc), **where)
+        return
+    for key in snapshots:
+        if key:
+            await attempt(failed, "remove snapshot", node.imaged.remove_snapshot(key), **where)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,73 @@
+"""What the rooms need from outside runtimed, as Protocols: the host (mounts, namespaces,
+pod files, cgroups) and the two peer daemons. The OCI runtime and the container monitor
+have theirs beside their implementations (`oci.runtime.RuntimeImpl`,
+`conmon.monitor.Monitor`). `host.LinuxHost` and the `crib_common` clients are the real
+ones; unit tests drive the lifecycles with small fakes of all of them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from crib_common.models.imaged import (
+    ImageInfo,
+    Mount,
+    PullEvent,
+    PullRequest,
+    Snapshot,
+    SnapshotCreate,
+    SnapshotUsage,
+)
+from crib_common.models.netd import PodNetwork, PodNetworkCreate
+
+from .cgroups import CgroupStats
+
+__all__ = ["Host", "ImagedPeer", "NetdPeer"]
+
+
+class Host(Protocol):
+    """The node's kernel and filesystems, as the lifecycles change them. Every removal
+    tolerates what it removes being gone already."""
+
+    swap_controller: bool
+
+    def mount_all(self, mounts: list[Mount], target: Path) -> None: ...
+    def unmount_under(self, path: str) -> None:
+        """Unmount everything at or below `path`; OSError when one stays mounted."""
+    async def pin_namespaces(self, ns_dir: Path, *, ipc: bool, uts: bool,
+                             hostname: str) -> dict[str, str]: ...
+    def unpin_namespaces(self, ns_dir: Path) -> None: ...
+    def write_pod_files(self, pod_dir: Path, hostname: str, dns: Any, ips: list[str],
+                        host_network: bool) -> None: ...
+    def mount_shm(self, target: Path) -> None: ...
+    def apply_pod_resources(self, cgroup_path: str, res: dict[str, Any]) -> None: ...
+    def remove_cgroup(self, cgroup_path: str) -> list[str]: ...
+    def read_stats(self, cgroup_path: str) -> CgroupStats: ...
+    def oom_killed(self, cgroup_path: str) -> bool: ...
+
+
+class ImagedPeer(Protocol):
+    """What runtimed asks of imaged (`crib_common.clients.imaged.ImagedClient`)."""
+
+    async def resolve_image(self, ref: str, *, timeout: float | None = ...) -> ImageInfo: ...
+    def pull(self, request: PullRequest, *,
+             timeout: float | None = ...) -> AsyncIterator[PullEvent]: ...
+    async def create_snapshot(self, request: SnapshotCreate, *,
+                              timeout: float | None = ...) -> Snapshot: ...
+    async def list_snapshots(self, *, timeout: float | None = ...) -> list[Snapshot]: ...
+    async def snapshot_usage(self, key: str, *,
+                             timeout: float | None = ...) -> SnapshotUsage: ...
+    async def remove_snapshot(self, key: str, *, timeout: float | None = ...) -> None: ...
+    async def close(self) -> None: ...
+
+
+class NetdPeer(Protocol):
+    """What runtimed asks of netd (`crib_common.clients.netd.NetdClient`)."""
+
+    async def create_pod_network(self, request: PodNetworkCreate, *,
+                                 timeout: float | None = ...) -> PodNetwork: ...
+    async def list_pod_networks(self, *, timeout: float | None = ...) -> list[PodNetwork]: ...
+    async def remove_pod_network(self, pod_id: str, *,
+                                 timeout: float | None = ...) -> None: ...
+    async def close(self) -> None: ...
