@@ -119,7 +119,13 @@ class RuntimedSection(BaseModel):
     # Empty: sandboxes hold namespaces by bind mounts, no infra container (CRI-O's
     # drop_infra_ctr). Set an image to run a pause container instead.
     pause_image: str = ""
+    # Parent of the pods that name none (the kubelet always names one, used as given):
+    # a cgroupfs path, or with the systemd driver a slice ("/crib" stands for crib.slice).
     cgroup_parent: str = "/crib"
+    # How pod and container cgroups are named and made: "cgroupfs" paths, or systemd
+    # slices and scopes through runc/crun's systemd cgroup manager. Must match the
+    # kubelet's cgroupDriver; "systemd" needs systemd as PID 1.
+    cgroup_driver: Literal["cgroupfs", "systemd"] = "cgroupfs"
     # pids.max of every container (0: unlimited); the CRI has no per-container field.
     pids_limit: int = Field(default=0, ge=0)
     # conmon --log-size-max per container log file (0: unlimited; kubelet rotates).

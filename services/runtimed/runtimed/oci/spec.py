@@ -25,6 +25,7 @@ from crib_common.cri.runtime.v1 import (
 )
 from crib_common.errors import InvalidArgument
 
+from ..oom import oom_policy
 from ..store.records import SandboxMeta
 from .seccomp import default_profile, load_localhost_profile
 from .user import ResolvedUser
@@ -401,10 +402,9 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     ambient = [_cap_name(c) for c in (sc.capabilities.add_ambient_capabilities
                                       if sc and is_set(sc.capabilities) else [])]
     res = resources_to_dict(linux.resources if is_set(linux) else None)
-    oom = int(res.get("oom_score_adj") or 0)
-    # runtimed has no CAP_SYS_RESOURCE here: a negative oom_score_adj would make the
-    # runtime's write fail, so it is clamped at 0 (kubelet sends -997 for Guaranteed pods).
-    oom = min(max(oom, 0), 1000)
+    # As the kubelet asks (-997 Guaranteed), raised only where the daemon lacks
+    # CAP_SYS_RESOURCE (runtimed.oom).
+    oom = oom_policy().apply(int(res.get("oom_score_adj") or 0))
     process: dict[str, Any] = {
         "terminal": bool(cfg.tty),
         "user": {"uid": inp.user.uid, "gid": inp.user.gid},
