@@ -111,6 +111,8 @@ class Monitor(Protocol):
     async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
         """Start it; (monitor pid, container pid) once the container is created."""
     def alive(self, pid: int) -> bool: ...
+    async def wait(self, pid: int) -> None:
+        """Return once process `pid` has ended (at once when there is none)."""
     def kill(self, pid: int) -> None:
         """SIGKILL the monitor with this pid, if it still is one."""
     def control(self, bundle: Path, msg_type: int) -> None: ...
@@ -124,6 +126,28 @@ class Conmon:
 
     def alive(self, pid: int) -> bool:
         return process_alive(pid)
+
+    async def wait(self, pid: int) -> None:
+        """Through a pidfd, which works for processes that are not our children (conmon
+        double-forks away; a container's process is conmon's child)."""
+        if pid <= 0:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return  # ESRCH: gone already
+        try:
+            if not process_alive(pid):
+                return  # a zombie has ended too
+            loop = asyncio.get_running_loop()
+            ended: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+            try:
+                await ended
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
 
     def kill(self, pid: int) -> None:
         """Only a live process whose command is conmon: a pid recorded long ago may
