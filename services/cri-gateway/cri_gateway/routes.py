@@ -50,7 +50,6 @@ ROUTES: dict[str, str] = {
     RUNTIME + "ListPodSandboxMetrics": RUNTIMED,
     RUNTIME + "StreamPodSandboxMetrics": RUNTIMED,
     RUNTIME + "RuntimeConfig": RUNTIMED,
-    RUNTIME + "CheckpointContainer": RUNTIMED,
     RUNTIME + "UpdatePodSandboxResources": RUNTIMED,
     IMAGE + "ListImages": IMAGED,
     IMAGE + "StreamImages": IMAGED,

@@ -112,6 +112,7 @@ class Containers:
                 node.drop_container(cid)
             raise
         log.info("container created", container=cid, pid=rec.status.pid)
+        self.exits.watch(rec)
         node.emit(cid, "created")
         return cid
 

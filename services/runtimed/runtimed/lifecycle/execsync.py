@@ -77,9 +77,10 @@ class ExecSync:
                         read_fd(child.stdout.fileno(), MAX_EXEC_OUTPUT),
                         read_fd(child.stderr.fileno(), MAX_EXEC_OUTPUT), child.wait())
             except BaseException as exc:
-                # The runtime's exec waits for the process it started: kill that too.
-                with contextlib.suppress(Exception):
-                    os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                # The runtime's exec waits for the process it started: kill that, and
+                # everything it started in the container (a probe's `sh -c 'a | b'`).
+                with contextlib.suppress(OSError, ValueError):
+                    await asyncio.to_thread(kill_tree, int(pidfile.read_text().strip()))
                 await child.reap()
                 if isinstance(exc, TimeoutError):
                     raise DeadlineExceeded(f"command {cmd[0]!r} in {rec.meta.id} timed out "
@@ -96,3 +97,45 @@ class ExecSync:
         if code < 0:
             code = 128 - code
         return out, err, code
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc/<pid>/stat (field 4 after the comm)."""
+    out: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = raw.rsplit(")", 1)[-1].split()
+        if len(fields) > 1:
+            out.setdefault(int(fields[1]), []).append(int(entry.name))
+    return out
+
+
+def kill_tree(pid: int) -> int:
+    """SIGKILL `pid` and all its descendants; returns how many were signalled. Each is
+    stopped first (a stopped process cannot fork, and its children keep it as their
+    parent, so the tree holds still) until no new one appears."""
+    seen: set[int] = set()
+    for _ in range(20):
+        tree = _children()
+        found, todo = set(), [pid]
+        while todo:
+            p = todo.pop()
+            if p not in found:
+                found.add(p)
+                todo.extend(tree.get(p, []))
+        new = found - seen
+        if not new:
+            break
+        for p in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        seen |= new
+    for p in seen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    return len(seen)

@@ -10,6 +10,14 @@ process ends; `ExitWatcher` sees the file and calls `on_exit`:
 An exit file named after a pod is its infra's (catatonit or pause): the pod goes
 ready -> notready, since it can no longer hold its namespaces. Exits that happened while
 runtimed was down are found by recovery through the same `settle`.
+
+A monitor can be lost (kill -9 of conmon): nothing would then write the exit file. Each
+created or running container's monitor is watched (`watch`, a pidfd); when it ends
+without an exit file, the container's own process is watched instead, and its end is
+recorded as exit code 255 with reason MonitorLost (containerd does the same for a lost
+shim). Its status message says that its log is no longer written.
+
+    created | running ──monitor lost──> (message set) ──process ends──> exited (255)
 """
 
 from __future__ import annotations
@@ -28,6 +36,13 @@ __all__ = ["Exits"]
 
 log = structlog.get_logger("crib.runtimed")
 
+LOST_REASON = "MonitorLost"
+LOST_MESSAGE = ("the container's monitor (conmon) was lost: its output is no longer logged "
+                "and its exit code is unknown")
+# conmon writes the exit file before it exits; how long a watcher that saw it go waits
+# for the file before calling the monitor lost.
+EXIT_FILE_GRACE = 1.0
+
 
 class Exits:
     """Records exits, wakes whoever waits for one, and releases the runtime's state."""
@@ -38,16 +53,23 @@ class Exits:
         self._exited: dict[str, asyncio.Event] = {}
         # Runtime deletes started when a container exited (see `release`).
         self._releases: dict[str, asyncio.Future[bool]] = {}
+        # Per container: the task watching its monitor (then its process).
+        self._watches: dict[str, asyncio.Task[None]] = {}
         node.on_drop.append(self._forget)
 
     def _forget(self, oid: str) -> None:
         self._exited.pop(oid, None)
         self._releases.pop(oid, None)
+        watch = self._watches.pop(oid, None)
+        if watch is not None:
+            watch.cancel()
 
     async def start(self) -> None:
         await self.watcher.start()
 
     async def close(self) -> None:
+        for watch in list(self._watches.values()):
+            watch.cancel()
         await self.watcher.close()
         if self._releases:
             # Let runtime deletes under way finish; one cut short is done again by
@@ -77,9 +99,9 @@ class Exits:
         await self.settle(rec)
 
     async def settle(self, rec: ContainerRecord, fallback_code: int | None = None,
-                     message: str = "") -> bool:
+                     message: str = "", reason: str = "") -> bool:
         """Record the container's exit from the monitor's exit file, or `fallback_code`
-        when there is none and one is given; True once exited."""
+        (with `reason`, if given) when there is none and one is given; True once exited."""
         node = self.node
         if rec.status.state in ("exited", "creating"):
             if rec.status.state == "exited":
@@ -91,13 +113,16 @@ class Exits:
             if fallback_code is None:
                 return False
             found = (fallback_code, now())
+        else:
+            reason = ""
         code, finished = found
         oom = any((Path(rec.meta.bundle) / p).exists() for p in ("persist/oom", "oom")) or (
             code == 137 and node.host.oom_killed(rec.meta.cgroup_path))
         rec.status.state = "exited"
         rec.status.exit_code = code
         rec.status.finished_at = finished
-        rec.status.reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+        rec.status.reason = reason or (
+            "OOMKilled" if oom else ("Completed" if code == 0 else "Error"))
         if message:
             rec.status.message = message
         node.put_container(rec)
@@ -107,6 +132,44 @@ class Exits:
                  reason=rec.status.reason)
         node.emit(rec.meta.id, "stopped")
         return True
+
+    def watch(self, rec: ContainerRecord) -> None:
+        """Watch the monitor of a created or running container (see the module doc)."""
+        cid = rec.meta.id
+        if cid in self._watches or rec.status.state not in ("created", "running"):
+            return
+        task = asyncio.ensure_future(self._watch(rec))
+        self._watches[cid] = task
+        task.add_done_callback(lambda t: self._watches.get(cid) is t and self._watches.pop(cid))
+
+    async def _watch(self, rec: ContainerRecord) -> None:
+        node = self.node
+        await node.monitor.wait(rec.status.conmon_pid)
+        end = time.monotonic() + EXIT_FILE_GRACE
+        while True:
+            if rec.meta.id not in node.containers or await self.settle(rec):
+                return
+            if time.monotonic() >= end:
+                break
+            await asyncio.sleep(0.05)
+        await self.monitor_lost(rec)
+
+    async def monitor_lost(self, rec: ContainerRecord) -> None:
+        """The monitor is gone and wrote no exit file: say so, wait for the container's
+        own process, record its end as 255 (MonitorLost)."""
+        node = self.node
+        if rec.status.state not in ("created", "running"):
+            return
+        log.warning("container monitor lost", container=rec.meta.id,
+                    conmon_pid=rec.status.conmon_pid, pid=rec.status.pid)
+        if rec.status.message != LOST_MESSAGE:
+            rec.status.message = LOST_MESSAGE
+            node.put_container(rec)
+        if rec.status.state == "running":
+            # A created container's process only waits for a start that can no longer
+            # be served: it ends now (the runtime delete at exit takes it).
+            await node.monitor.wait(rec.status.pid)
+        await self.settle(rec, fallback_code=255, message=LOST_MESSAGE, reason=LOST_REASON)
 
     def release(self, rec: ContainerRecord) -> None:
         """Delete an exited container's runtime state (and with it its cgroup) at once,
@@ -153,6 +216,10 @@ class Exits:
                 # inotify may be slower than the poll; check the file ourselves too.
                 if await self.settle(rec):
                     return True
-                if rec.status.conmon_pid and not self.node.monitor.alive(rec.status.conmon_pid):
-                    return await self.settle(rec, fallback_code=137)
+                monitor = self.node.monitor
+                if rec.status.conmon_pid and not monitor.alive(rec.status.conmon_pid) \
+                        and not monitor.alive(rec.status.pid):
+                    # Monitor and process both gone, no exit file: the monitor was lost.
+                    return await self.settle(rec, fallback_code=255, message=LOST_MESSAGE,
+                                             reason=LOST_REASON)
         return await self.settle(rec)

@@ -28,7 +28,7 @@ import structlog
 from ..node import Node, now
 from ..store.records import ContainerRecord, SandboxRecord
 from .containers import Containers
-from .exits import Exits
+from .exits import LOST_MESSAGE, LOST_REASON, Exits
 from .sandboxes import Sandboxes
 from .undo import rollback
 
@@ -94,11 +94,14 @@ async def _container(node: Node, containers: Containers, exits: Exits,
             c.status.state = "running"
             c.status.started_at = c.status.started_at or now()
             node.put_container(c)
+        exits.watch(c)
         return
     # The monitor is gone and left no exit file: the exit code is lost.
     if status in ("stopped", "") or st is None:
-        await exits.settle(c, fallback_code=255,
-                           message="conmon exited without recording the exit code")
+        await exits.settle(c, fallback_code=255, message=LOST_MESSAGE, reason=LOST_REASON)
+    elif status == "running" and c.status.state == "running" and node.monitor.alive(c.status.pid):
+        # Still running without its monitor: recorded when its process ends.
+        exits.watch(c)
     else:
         c.status.state = "unknown"
         node.put_container(c)
