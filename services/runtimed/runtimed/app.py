@@ -35,6 +35,7 @@ from .cri import (
     sandbox_update_resources,
 )
 from .containers import RuntimeTargets
+from .oci import security
 from .api import records
 from .service import Runtime
 from .streaming import StreamServer
@@ -55,6 +56,12 @@ _MODULES = (
 
 
 def create_app(settings: CribSettings) -> web.Application:
+    try:
+        # Before anything listens: a RuntimeDefault that cannot be honoured stops the
+        # daemon here rather than running containers with less than they asked for.
+        security.install(security.load_security(settings.runtimed))
+    except security.SecurityError as exc:
+        raise SystemExit(f"crib-runtimed: {exc}") from None
     rt = Runtime(settings)
     cri = CriTable()
     runtime_version.register(cri)
