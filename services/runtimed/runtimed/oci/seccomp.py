@@ -205,7 +205,8 @@ class SeccompProfile:
         caller gets its own copy, free to change."""
         cached = _evaluate(self, frozenset(caps), arch or host_arch(),
                            kernel or host_kernel())
-        return _copy_json(cached)
+        copied: dict[str, Any] = _copy_json(cached)
+        return copied
 
 
 @functools.lru_cache(maxsize=256)
