@@ -9,7 +9,11 @@ if [ "${1:-}" = test ]; then
     # busybox-static builds the test images; the dynamic busybox (which conflicts with it as
     # a package) is only downloaded and unpacked by the tests, never installed.
     # containerd is the peer the conformance tests compare crib with.
-    want+=(docker-registry busybox-static apache2-utils zstd containerd)
+    # apparmor: apparmor_parser compiles crib's AppArmor profile in the tests; gcc and
+    # libc6-dev build the static syscall probe; containers-common ships podman's seccomp
+    # profile, loaded as a RuntimeDefault in a test.
+    want+=(docker-registry busybox-static apache2-utils zstd containerd apparmor gcc libc6-dev
+           golang-github-containers-common)
 fi
 missing=()
 for pkg in "${want[@]}"; do

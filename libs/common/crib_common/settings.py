@@ -142,6 +142,21 @@ class RuntimedSection(BaseModel):
     # A session with no byte either way for this long is closed and its process killed
     # (containerd's stream_idle_timeout, 4h; 0: never).
     stream_idle_timeout: float = Field(default=4 * 3600.0, ge=0)
+    # RuntimeDefault seccomp profile: a file in the Docker/containerd/CRI-O format (e.g.
+    # /usr/share/containers/seccomp.json); unset: crib's own allow-list. A missing or
+    # invalid file stops runtimed at start.
+    seccomp_profile: Path | None = None
+    # AppArmor profile of RuntimeDefault on AppArmor hosts: loaded from crib's template
+    # under this name when the kernel does not hold it yet.
+    apparmor_profile: str = "crib-default"
+
+    @field_validator("apparmor_profile")
+    @classmethod
+    def _apparmor_name(cls, value: str) -> str:
+        # A profile name in apparmor.d(5) syntax, kept to what needs no quoting.
+        if not value or not all(c.isalnum() or c in "-_.+" for c in value):
+            raise ValueError("must be a profile name of letters, digits and -_.+")
+        return value
 
     @field_validator("default_handler")
     @classmethod

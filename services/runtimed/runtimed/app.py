@@ -34,6 +34,7 @@ from .cri import (
     sandbox_stop,
     sandbox_update_resources,
 )
+from .oci import security
 from .api import records
 from .daemon import Runtimed
 from .messages.listing import forget_item
@@ -56,6 +57,12 @@ _MODULES = (
 
 
 def create_app(settings: CribSettings) -> web.Application:
+    try:
+        # Before anything listens: a RuntimeDefault that cannot be honoured stops the
+        # daemon here rather than running containers with less than they asked for.
+        security.install(security.load_security(settings.runtimed))
+    except security.SecurityError as exc:
+        raise SystemExit(f"crib-runtimed: {exc}") from None
     runtimed = Runtimed(settings)
     runtimed.node.on_drop.append(forget_item)
     cri = CriTable()
@@ -70,8 +77,13 @@ def create_app(settings: CribSettings) -> web.Application:
 
     async def health() -> Health:
         ready, reason, message, details = runtimed.health()
+        defaults = security.current()
         return Health(service="runtimed", ready=ready and runtimed.ready, reason=reason,
-                      message=message, details={"handlers": details})
+                      message=message, details={
+                          "handlers": details,
+                          "apparmor": defaults.apparmor.status().message,
+                          "selinux": "enforced labels" if defaults.selinux.enabled()
+                          else "not enabled on this host: SELinux options are ignored"})
 
     app = create_daemon_app("runtimed", routes, cri, health)
     app[RUNTIME_KEY] = runtimed

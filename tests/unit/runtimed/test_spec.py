@@ -33,8 +33,15 @@ from crib_common.cri.runtime.v1 import (
     SecurityProfileProfileType,
 )
 from crib_common.errors import InvalidArgument
+from runtimed.oci.apparmor import AppArmor
+from runtimed.oci.capabilities import ALL_CAPS, container_capabilities
+from runtimed.oci.seccomp import builtin_profile
+from runtimed.oci.security import SecurityDefaults
+from runtimed.oci.selinux import SELinux
 from runtimed.oci.spec import (
     DEFAULT_CAPS,
+    DEFAULT_MASKED,
+    DEFAULT_READONLY,
     ContainerSpecInput,
     build_container_spec,
     build_pause_spec,
@@ -136,8 +143,15 @@ def test_full_featured_container_is_schema_valid(tmp_path: Path) -> None:
     assert res["pids"] == {"limit": 100}
     assert res["hugepageLimits"] == [{"pageSize": "2MB", "limit": 0}]
     assert linux["rootfsPropagation"] == "slave"
-    assert linux["seccomp"]["defaultAction"] == "SCMP_ACT_ALLOW"
-    assert "kexec_load" in linux["seccomp"]["syscalls"][0]["names"]
+    # RuntimeDefault: the allow-list, unlisted syscalls ENOSYS.
+    assert linux["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert linux["seccomp"]["defaultErrnoRet"] == 38
+    allowed = {n for r in linux["seccomp"]["syscalls"] if r["action"] == "SCMP_ACT_ALLOW"
+               for n in r["names"]}
+    assert "read" in allowed and "kexec_load" not in allowed
+    # The kubelet's lists, as sent.
+    assert linux["maskedPaths"] == ["/proc/kcore"]
+    assert linux["readonlyPaths"] == ["/proc/sys"]
     assert linux["devices"][0]["path"] == "/dev/xnull"
     assert linux["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
     data = next(m for m in spec["mounts"] if m["destination"] == "/data")
@@ -361,7 +375,12 @@ def test_user_namespaces_and_idmapped_mounts_are_refused(tmp_path: Path) -> None
         build_container_spec(idmapped, _input(tmp_path))
 
 
-def test_named_apparmor_profile_is_refused_not_dropped(tmp_path: Path) -> None:
+def test_named_apparmor_profile_is_refused_without_apparmor(tmp_path: Path) -> None:
+    """On a host without AppArmor a Localhost profile cannot be honoured: refused, never
+    silently dropped (tests/unit/runtimed/test_apparmor.py has the AppArmor host)."""
+    off = SecurityDefaults(seccomp=builtin_profile(),
+                           apparmor=AppArmor(securityfs=tmp_path / "no-apparmor"))
+
     def config(**sc: Any) -> ContainerConfig:
         return ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
                                linux=LinuxContainerConfig(
@@ -373,9 +392,117 @@ def test_named_apparmor_profile_is_refused_not_dropped(tmp_path: Path) -> None:
         old_style = config(apparmor_profile="localhost/my-profile")
     for cfg in (named, old_style):
         with pytest.raises(InvalidArgument, match="my-profile"):
-            build_container_spec(cfg, _input(tmp_path))
-    # Unconfined, and the runtime default the kubelet sends on AppArmor hosts, run.
+            build_container_spec(cfg, _input(tmp_path, security=off))
+    # Unconfined, and RuntimeDefault, run, without a profile.
     for kind in (SecurityProfileProfileType.Unconfined,
                  SecurityProfileProfileType.RuntimeDefault):
-        build_container_spec(config(apparmor=SecurityProfile(profile_type=kind)),
-                             _input(tmp_path))
+        spec = build_container_spec(config(apparmor=SecurityProfile(profile_type=kind)),
+                                    _input(tmp_path, security=off))
+        assert "apparmorProfile" not in spec["process"]
+
+
+def _with_sc(**sc: Any) -> ContainerConfig:
+    return ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                           linux=LinuxContainerConfig(
+                               security_context=LinuxContainerSecurityContext(**sc)))
+
+
+def test_masked_and_readonly_paths_are_the_kubelets(tmp_path: Path) -> None:
+    # No security context at all (crictl without one): crib's (containerd's) defaults.
+    bare = build_container_spec(ContainerConfig(metadata=ContainerMetadata(name="c"),
+                                                image=ImageSpec(image="i")), _input(tmp_path))
+    assert bare["linux"]["maskedPaths"] == DEFAULT_MASKED
+    assert bare["linux"]["readonlyPaths"] == DEFAULT_READONLY
+    # procMount Unmasked: the kubelet sends empty lists, and nothing is masked.
+    unmasked = build_container_spec(_with_sc(run_as_user=Int64Value(value=0)),
+                                    _input(tmp_path))
+    _assert_valid(unmasked)
+    assert "maskedPaths" not in unmasked["linux"]
+    assert "readonlyPaths" not in unmasked["linux"]
+    # procMount Default: exactly its lists, not crib's.
+    sent = build_container_spec(_with_sc(masked_paths=["/proc/x"], readonly_paths=["/proc/y"]),
+                                _input(tmp_path))
+    assert sent["linux"]["maskedPaths"] == ["/proc/x"]
+    assert sent["linux"]["readonlyPaths"] == ["/proc/y"]
+
+
+def test_capabilities_all_as_the_kubelet_means_it() -> None:
+    host = list(ALL_CAPS)
+    assert container_capabilities([], [], False, host) == list(DEFAULT_CAPS)
+    everything_but = container_capabilities(["ALL"], ["CHOWN"], False, host)
+    assert "CAP_CHOWN" not in everything_but and len(everything_but) == len(ALL_CAPS) - 1
+    assert container_capabilities(["NET_BIND_SERVICE"], ["ALL"], False, host) == \
+        ["CAP_NET_BIND_SERVICE"]
+    assert container_capabilities([], ["ALL"], False, host) == []
+    assert container_capabilities(["ALL"], ["ALL"], False, host) == []
+    assert container_capabilities(["cap_sys_admin"], ["KILL"], False, host) == \
+        [c for c in DEFAULT_CAPS if c != "CAP_KILL"] + ["CAP_SYS_ADMIN"]
+    # What the host's runtimed lacks is never handed out (no CAP_SYS_RESOURCE here).
+    lacking = [c for c in host if c != "CAP_SYS_RESOURCE"]
+    assert "CAP_SYS_RESOURCE" not in container_capabilities(["ALL"], [], False, lacking)
+    assert container_capabilities([], [], True, lacking) == lacking
+    with pytest.raises(InvalidArgument, match="CAP_NOPE"):
+        container_capabilities(["NOPE"], [], False, host)
+
+
+def test_privileged_has_every_host_capability_and_no_filters(tmp_path: Path) -> None:
+    from runtimed.oci.capabilities import host_capabilities
+
+    cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    bnd = int(next(line.split()[1] for line in Path("/proc/self/status").read_text()
+                   .splitlines() if line.startswith("CapBnd:")), 16)
+    want = [c for i, c in enumerate(ALL_CAPS) if i <= cap_last and bnd >> i & 1]
+    assert host_capabilities() == want
+    spec = build_container_spec(_with_sc(
+        privileged=True, seccomp=SecurityProfile(
+            profile_type=SecurityProfileProfileType.RuntimeDefault)), _input(tmp_path))
+    assert spec["process"]["capabilities"]["bounding"] == want
+    assert "seccomp" not in spec["linux"] and "maskedPaths" not in spec["linux"]
+    sys_mount = next(m for m in spec["mounts"] if m["destination"] == "/sys")
+    assert "rw" in sys_mount["options"]
+
+
+def test_seccomp_follows_the_capabilities(tmp_path: Path) -> None:
+    def allowed(spec: dict[str, Any]) -> set[str]:
+        return {n for r in spec["linux"]["seccomp"]["syscalls"]
+                if r["action"] == "SCMP_ACT_ALLOW" and not r.get("args") for n in r["names"]}
+
+    rd = SecurityProfile(profile_type=SecurityProfileProfileType.RuntimeDefault)
+    plain = build_container_spec(_with_sc(seccomp=rd), _input(tmp_path))
+    admin = build_container_spec(_with_sc(seccomp=rd, capabilities=Capability(
+        add_capabilities=["SYS_ADMIN"])), _input(tmp_path))
+    assert "mount" not in allowed(plain) and "mount" in allowed(admin)
+    assert "unshare" in allowed(admin) and "clone3" in allowed(admin)
+    # The deprecated string form says the same.
+    with pytest.warns(DeprecationWarning):
+        old = _with_sc(seccomp_profile_path="runtime/default")
+    assert build_container_spec(old, _input(tmp_path))["linux"]["seccomp"] == \
+        plain["linux"]["seccomp"]
+    unconfined = build_container_spec(_with_sc(seccomp=SecurityProfile(
+        profile_type=SecurityProfileProfileType.Unconfined)), _input(tmp_path))
+    assert "seccomp" not in unconfined["linux"]
+
+
+def test_selinux_labels_only_where_selinux_is_on(tmp_path: Path) -> None:
+    from crib_common.cri.runtime.v1 import SeLinuxOption
+
+    fs = tmp_path / "selinuxfs"
+    fs.mkdir()
+    off = SecurityDefaults(seccomp=builtin_profile(), apparmor=AppArmor(
+        securityfs=tmp_path / "none"), selinux=SELinux(fs))
+    cfg = _with_sc(selinux_options=SeLinuxOption(type="my_t", level="s0:c1,c2"))
+    spec = build_container_spec(cfg, _input(tmp_path, security=off))
+    assert "selinuxLabel" not in spec["process"] and "mountLabel" not in spec["linux"]
+    (fs / "enforce").write_text("1")
+    spec = build_container_spec(cfg, _input(tmp_path, security=off, pod_selinux=SeLinuxOption(
+        user="pod_u", level="s0:c7,c8")))
+    _assert_valid(spec)
+    # The container's fields win, the pod's fill in, the policy's defaults do the rest.
+    assert spec["process"]["selinuxLabel"] == "pod_u:system_r:my_t:s0:c1,c2"
+    assert spec["linux"]["mountLabel"] == "pod_u:object_r:container_file_t:s0:c1,c2"
+    bare = build_container_spec(_with_sc(), _input(tmp_path, security=off))
+    label = bare["process"]["selinuxLabel"]
+    assert label.startswith("system_u:system_r:container_t:s0:c")
+    # The level is the pod's: the same for every container of the pod.
+    assert label == build_container_spec(_with_sc(), _input(tmp_path, security=off))[
+        "process"]["selinuxLabel"]

@@ -27,13 +27,19 @@ from typing import Any
 
 import structlog
 
-from crib_common.cri.runtime.v1 import ContainerConfig, SupplementalGroupsPolicy
+from crib_common.cri.runtime.v1 import (
+    ContainerConfig,
+    PodSandboxConfig,
+    SeLinuxOption,
+    SupplementalGroupsPolicy,
+)
 from crib_common.errors import CribError, DeadlineExceeded, FailedPrecondition
 from crib_common.models.imaged import ImageInfo, SnapshotCreate
 
 from ..bundle import write_config
 from ..conmon.monitor import REOPEN_LOGS_EVENT, ConmonSpec
 from ..node import Node, container_name, failpoint, new_id, now
+from ..oci import security
 from ..oci.runtime import RuntimeImpl, signal_number
 from ..oci.spec import (
     ContainerSpecInput,
@@ -155,13 +161,15 @@ class Containers:
         })
         image_sources = await mount_image_volumes(node, rec, config)
         await asyncio.to_thread(_make_host_paths, config, image_sources)
-        spec = build_container_spec(config, ContainerSpecInput(
+        defaults = security.current()
+        spec = await asyncio.to_thread(build_container_spec, config, ContainerSpecInput(
             cid=meta.id, rootfs=rootfs, sandbox=pod.meta, image_config=image_config,
             user=user, cgroup_path=meta.cgroup_path, infra_pid=pod.status.infra_pid,
             pids_limit=node.cfg.pids_limit, swap_controller=node.host.swap_controller,
             annotations=annotations, target_pids=target_pids,
             recursive_read_only=rt.recursive_read_only, handler=rt.name,
-            image_sources=image_sources))
+            image_sources=image_sources, security=defaults,
+            pod_selinux=_pod_selinux(pod) if defaults.selinux.enabled() else None))
         write_config(bundle, spec)
         node.put_container(rec)
         monitor = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=meta.name,
@@ -280,6 +288,17 @@ class Containers:
             end = time.monotonic() + 5
             while time.monotonic() < end and not os.path.exists(rec.meta.log_path):
                 await asyncio.sleep(0.02)
+
+
+def _pod_selinux(pod: SandboxRecord) -> SeLinuxOption | None:
+    """The pod's SELinux options, which the container's fall back to (from the pod's
+    stored config: read only where SELinux is on)."""
+    config = PodSandboxConfig().parse(bytes.fromhex(pod.meta.config))
+    linux = config.linux if is_set(config.linux) else None
+    if linux is None or not is_set(linux.security_context) \
+            or not is_set(linux.security_context.selinux_options):
+        return None
+    return linux.security_context.selinux_options
 
 
 def _resources(config: ContainerConfig) -> dict[str, Any]:

@@ -21,17 +21,21 @@ from crib_common.cri.runtime.v1 import (
     MountPropagation,
     NamespaceMode,
     NamespaceOption,
-    SecurityProfileProfileType,
+    SeLinuxOption,
 )
 from crib_common.errors import InvalidArgument
 
 from ..oom import oom_policy
 from ..store.records import SandboxMeta
-from .seccomp import default_profile, load_localhost_profile
+from .capabilities import ALL_CAPS, DEFAULT_CAPS, cap_name, container_capabilities
+from .security import DEFAULT_MASKED, DEFAULT_READONLY, SecurityDefaults, apply_security, \
+    current
 from .user import ResolvedUser
 
 __all__ = [
     "DEFAULT_CAPS",
+    "DEFAULT_MASKED",
+    "DEFAULT_READONLY",
     "ALL_CAPS",
     "OCI_VERSION",
     "ContainerSpecInput",
@@ -46,34 +50,6 @@ __all__ = [
 ]
 
 OCI_VERSION = "1.0.2"
-
-# containerd's and CRI-O's default capability set (pkg/oci/spec.go defaultUnixCaps).
-DEFAULT_CAPS = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-]
-
-# capabilities(7) up to Linux 6.1.
-ALL_CAPS = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-]
-
-# containerd's defaults (pkg/oci/spec.go); the kubelet usually sends its own lists.
-DEFAULT_MASKED = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
-    "/proc/scsi", "/sys/devices/virtual/powercap",
-]
-DEFAULT_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -125,47 +101,6 @@ def merge_env(image_env: list[str], container_env: list[tuple[str, str]]) -> lis
         order.insert(0, "PATH")
         values["PATH"] = DEFAULT_PATH
     return [f"{k}={values[k]}" for k in order]
-
-
-def _cap_name(name: str) -> str:
-    name = name.strip().upper()
-    return name if name.startswith("CAP_") or name == "ALL" else "CAP_" + name
-
-
-def host_capabilities() -> list[str]:
-    """The capabilities runtimed itself may hand out: its bounding set (ALL_CAPS is in
-    capability-number order). A container cannot get more than the runtime holds, and
-    this machine lacks some (CAP_SYS_RESOURCE), as containerd's GetAllCapabilities."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapBnd:"):
-                mask = int(line.split()[1], 16)
-                return [c for i, c in enumerate(ALL_CAPS) if mask >> i & 1]
-    except (OSError, ValueError):
-        pass
-    return list(ALL_CAPS)
-
-
-_HOST_CAPS: list[str] = host_capabilities()
-
-
-def _capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]:
-    if privileged:
-        return list(_HOST_CAPS)
-    caps = list(DEFAULT_CAPS)
-    add_n = [_cap_name(c) for c in add]
-    drop_n = [_cap_name(c) for c in drop]
-    if "ALL" in add_n:
-        caps = list(_HOST_CAPS)
-    for c in add_n:
-        if c != "ALL" and c not in caps:
-            if c not in ALL_CAPS:
-                raise InvalidArgument(f"unknown capability {c}")
-            caps.append(c)
-    if "ALL" in drop_n:
-        # Drop ALL then add: only the explicitly added ones remain (containerd's order).
-        caps = [c for c in add_n if c != "ALL"]
-    return [c for c in caps if c not in drop_n and c in _HOST_CAPS]
 
 
 def resources_to_dict(res: LinuxContainerResources | None) -> dict[str, Any]:
@@ -234,6 +169,11 @@ class ContainerSpecInput:
     handler: str = ""
     # Host directories of the image volumes (CRI Mount.image), by container path.
     image_sources: dict[str, str] = field(default_factory=dict)
+    # The host side of seccomp, AppArmor and SELinux (None: the ones installed at start,
+    # security.install), and the pod's SELinux options (its sandbox config's
+    # linux.security_context.selinux_options), which the container's fall back to.
+    security: SecurityDefaults | None = None
+    pod_selinux: SeLinuxOption | None = None
 
 
 def _base_mounts(shm: str, privileged: bool) -> list[dict[str, Any]]:
@@ -394,12 +334,12 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     cwd = cfg.working_dir or img.get("WorkingDir") or "/"
     if not cwd.startswith("/"):
         raise InvalidArgument(f"working_dir {cwd!r} must be absolute")
-    caps = _capabilities(
+    caps = container_capabilities(
         list(sc.capabilities.add_capabilities) if sc and is_set(sc.capabilities) else [],
         list(sc.capabilities.drop_capabilities) if sc and is_set(sc.capabilities) else [],
         privileged,
     )
-    ambient = [_cap_name(c) for c in (sc.capabilities.add_ambient_capabilities
+    ambient = [cap_name(c) for c in (sc.capabilities.add_ambient_capabilities
                                       if sc and is_set(sc.capabilities) else [])]
     res = resources_to_dict(linux.resources if is_set(linux) else None)
     # As the kubelet asks (-997 Guaranteed), raised only where the daemon lacks
@@ -506,15 +446,8 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         spec_linux["sysctl"] = dict(pod.sysctls)
     if rootfs_propagation:
         spec_linux["rootfsPropagation"] = rootfs_propagation
-    if not privileged:
-        masked = list(sc.masked_paths) if sc and sc.masked_paths else list(DEFAULT_MASKED)
-        ro = list(sc.readonly_paths) if sc and sc.readonly_paths else list(DEFAULT_READONLY)
-        spec_linux["maskedPaths"] = masked
-        spec_linux["readonlyPaths"] = ro
-        seccomp = _seccomp(sc, set(caps))
-        if seccomp is not None:
-            spec_linux["seccomp"] = seccomp
-        _check_apparmor(sc)
+    apply_security(sc, caps, privileged, inp.security or current(), inp.pod_selinux,
+                   pod.id, process, spec_linux)
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
@@ -524,46 +457,6 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         "linux": spec_linux,
     }
     return spec
-
-
-def _check_apparmor(sc: Any) -> None:
-    """crib loads no AppArmor profiles. A named (Localhost) profile is refused, never
-    silently dropped. RuntimeDefault, which the kubelet asks for on every container of an
-    AppArmor host, runs without one: refusing it would refuse every pod there (the
-    README says so)."""
-    if sc is None:
-        return
-    if is_set(sc.apparmor):
-        named = sc.apparmor.profile_type == SecurityProfileProfileType.Localhost
-        what = sc.apparmor.localhost_ref
-    else:
-        what = sc.apparmor_profile
-        named = what.startswith("localhost/")
-    if named:
-        raise InvalidArgument(f"AppArmor profile {what!r}: crib applies no AppArmor "
-                              "profiles")
-
-
-def _seccomp(sc: Any, caps: set[str]) -> dict[str, Any] | None:
-    """RuntimeDefault, Unconfined or Localhost; with nothing said, the kubelet's default
-    is Unconfined (seccompDefault is off unless the kubelet asks)."""
-    if sc is None:
-        return None
-    if is_set(sc.seccomp):
-        kind = sc.seccomp.profile_type
-        if kind == SecurityProfileProfileType.RuntimeDefault:
-            return default_profile(caps)
-        if kind == SecurityProfileProfileType.Localhost:
-            return load_localhost_profile(sc.seccomp.localhost_ref)
-        return None
-    path = sc.seccomp_profile_path
-    if path in ("runtime/default", "docker/default"):
-        return default_profile(caps)
-    if path.startswith("localhost/"):
-        return load_localhost_profile(path[len("localhost/"):])
-    if path in ("", "unconfined"):
-        return None
-    raise InvalidArgument(f"unknown seccomp profile {path!r}")
 
 
 def build_sandbox_spec(sb: SandboxMeta, rootfs: Path, catatonit_in_rootfs: str,
