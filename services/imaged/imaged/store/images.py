@@ -6,13 +6,13 @@
     <root>/snapshots/<key>/{fs,work}   writable layers of containers
 
 Invariants: memory is updated only after the StateStore committed; an image record names
-only committed blobs and recorded layers; a layer or blob is garbage once no image, no
-snapshot and no in-flight pull (a lease) names it. Mutations of records and garbage
-collection run under one asyncio lock; downloads and unpacks run outside it, holding
-leases so a concurrent collection cannot take what they are about to reference.
-
-An image record names only blobs on disk, or says in `missing` which are not and why
-(`records.py`); `commit_image` checks that under the lock before it writes.
+only blobs on disk and recorded layers, or says in `missing` which blobs are not and why
+(`records.py`), and `commit_image` checks the disk under the lock before it writes; a
+layer or blob is garbage once no image, no snapshot and no in-flight pull (a lease) names
+it. Mutations of records and garbage collection run under one asyncio lock; downloads and
+unpacks run outside it, holding leases (containerd's leases, in memory: a kill -9 ends
+every pull, and recovery collects what they left) so a concurrent collection cannot take
+what they are about to reference.
 
 Recovery (`recover`, before the daemon is ready) is in `recovery.py`: it repairs what it
 can (an image whose layers are all unpacked is kept, absent blobs marked) and reports what
