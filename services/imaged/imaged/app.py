@@ -1,12 +1,14 @@
 """create_app(settings): imaged's routes, CRI methods and resources.
 
 Resources (in `cleanup_ctx`, undone in reverse): the image store, recovered before the
-socket serves; the outbound HTTP session for registries; the puller.
+socket serves; the outbound HTTP session for registries; the puller; the repair of images
+recovery kept with blobs missing, in the background once ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,6 +19,7 @@ from crib_common.server import CriTable, Health, RouteTable, create_daemon_app
 from crib_common.settings import CribSettings
 
 from .api import images as images_api
+from .api import recovery as recovery_api
 from .api import snapshots as snapshots_api
 from .cri import register_all
 from .oci.reference import parse_reference
@@ -36,15 +39,20 @@ def create_app(settings: CribSettings) -> web.Application:
     register_all(cri, svc)
     images_api.register(routes, svc)
     snapshots_api.register(routes, svc)
+    recovery_api.register(routes, svc)
 
     async def health() -> Health:
         store = svc._store
         if store is None or not store.ready:
             return Health(service="imaged", ready=False, reason="Recovering",
                           message="loading the image store")
+        # Still ready: dropped images are the operator's to see (GET /v1/recovery, `crib
+        # status`), not a reason to stop serving the images that are there.
         return Health(service="imaged", details={
             "images": len(store.images), "layers": len(store.layer_records),
-            "snapshots": len(store.snapshots), "recovery": svc.recovery})
+            "snapshots": len(store.snapshots), "recovery": svc.recovery,
+            "images_dropped": sorted(store.dropped),
+            "images_missing_blobs": sorted(i.id for i in store.images.values() if i.missing)})
 
     app = create_daemon_app("imaged", routes, cri, health)
     app[SERVICE_KEY] = svc
@@ -66,12 +74,27 @@ def create_app(settings: CribSettings) -> web.Application:
             store.pinned_names = {str(parse_reference(settings.runtimed.pause_image))}
         svc._puller = Puller(store, settings.imaged, http)
         svc._store = store
+        repair = asyncio.ensure_future(_repair_all(svc))
         try:
             yield
         finally:
+            repair.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await repair
             svc._store = None
             await http.close()
             store.close()
 
     app.cleanup_ctx.append(resources)
     return app
+
+
+async def _repair_all(svc: ImageService) -> None:
+    """Fetch again, one image after another, the blobs recovery found missing. Best
+    effort and anonymous: what fails stays marked until the next pull of the image."""
+    for image_id in [i.id for i in svc.store.images.values() if i.missing]:
+        try:
+            async with asyncio.timeout(svc.settings.pull_timeout):
+                await svc.puller.repair(image_id)
+        except TimeoutError:
+            log.warning("repair timed out", image=image_id)

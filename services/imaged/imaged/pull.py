@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import aiohttp
 import structlog
 
-from crib_common.errors import InvalidArgument
+from crib_common.errors import CribError, InvalidArgument
 from crib_common.models.imaged import LayerProgress, PullEvent
 from crib_common.settings import ImagedSection
 
@@ -114,6 +114,27 @@ class Puller:
         log.info("pull done", image=str(ref), image_id=img.id,
                  seconds=round(time.monotonic() - start, 3))
         return img
+
+    async def repair(self, image_id: str, creds: Credentials | None = None) -> bool:
+        """Fetch again the blobs a stored image has marked missing (recovery found them
+        gone), by pulling it once more by each digest it was pulled by; tags stay as they
+        are. True once nothing is missing; a failure is logged and leaves the marks for
+        the next pull (a private registry needs the kubelet's credentials)."""
+        for ref in list(self.store.images[image_id].repo_digests
+                        if image_id in self.store.images else []):
+            img = self.store.images.get(image_id)
+            if img is None or not img.missing:
+                break
+            try:
+                await self.pull(ref, creds or Credentials())
+            except CribError as exc:
+                log.warning("repair failed", image=image_id, ref=ref, error=exc.message[:300])
+        img = self.store.images.get(image_id)
+        done = img is None or not img.missing
+        if img is not None:
+            log.info("image repaired" if done else "image still missing blobs",
+                     image=image_id, missing=sorted(img.missing)[:3])
+        return done
 
     def _release(self, leased: list[str]) -> None:
         for name in leased:
@@ -221,7 +242,16 @@ class Puller:
                             progress: PullProgress) -> None:
         lp = progress.layers[desc.digest]
         if self.store.layer_exists(diff_id):
-            lp.status, lp.downloaded = "exists", lp.size
+            if not self.store.content.has(desc.digest):
+                # Unpacked for a container whose image was removed, so its compressed
+                # blob went with the image: fetch it again, or the image would name a
+                # blob that is not there (issue 11: recovery then dropped it).
+                await _shared(self._blob_tasks, desc.digest,
+                              lambda: self._download(session, desc, progress))
+                lp.status = "done"
+            else:
+                lp.status = "exists"
+            lp.downloaded = lp.size
             progress.update()
             return
         await _shared(self._layer_tasks, diff_id,

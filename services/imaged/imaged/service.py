@@ -41,7 +41,8 @@ def image_info(img: ImageRecord) -> ImageInfo:
     return ImageInfo(id=img.id, repo_tags=list(img.repo_tags),
                      repo_digests=list(img.repo_digests), size=img.size,
                      manifest_digest=img.manifest_digest, config=img.config,
-                     pinned=img.pinned, created_at=img.created_at)
+                     pinned=img.pinned, created_at=img.created_at,
+                     missing=dict(img.missing))
 
 
 def snapshot_model(store: ImageStore, rec: SnapshotRecord) -> Snapshot:
@@ -67,5 +68,6 @@ def verbose_info(img: ImageRecord) -> dict[str, str]:
         "id": img.id,
         "manifestDigest": img.manifest_digest,
         "layers": [lay.model_dump() for lay in img.layers],
+        "missing": img.missing,
         "imageSpec": img.config,
     })}

@@ -16,6 +16,7 @@ from ..models.imaged import (
     PruneResult,
     PullEvent,
     PullRequest,
+    RecoveryReport,
     RemoveResult,
     Snapshot,
     SnapshotCreate,
@@ -78,6 +79,15 @@ class ImagedClient(DaemonClient):
             "POST", "/v1/images/prune", params={"all": "1" if all_images else "0"},
             timeout=timeout)
         return PruneResult.model_validate_json(body)
+
+    async def recovery(self, *, timeout: float | None = 10.0) -> RecoveryReport:
+        """What the last recovery did, the images it dropped and those missing blobs."""
+        return await self.get_model("/v1/recovery", RecoveryReport, timeout=timeout)
+
+    async def clear_dropped(self, *, timeout: float | None = 10.0) -> RecoveryReport:
+        """Forget the dropped images recovery reported; answers the report after."""
+        _, body = await self.request_bytes("DELETE", "/v1/recovery/dropped", timeout=timeout)
+        return RecoveryReport.model_validate_json(body)
 
     async def image_fs(self, *, timeout: float | None = 30.0) -> ImageFsUsage:
         return await self.get_model("/v1/imagefs", ImageFsUsage, timeout=timeout)

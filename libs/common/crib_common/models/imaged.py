@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DroppedImage",
     "ImageFsUsage",
     "ImageInfo",
     "LayerProgress",
@@ -18,6 +19,7 @@ __all__ = [
     "PruneResult",
     "PullEvent",
     "PullRequest",
+    "RecoveryReport",
     "RemoveResult",
     "Snapshot",
     "SnapshotCreate",
@@ -41,6 +43,31 @@ class ImageInfo(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     pinned: bool = False
     created_at: int = 0  # unix nanoseconds
+    # Blob digest -> why it is not on disk (recovery found it gone; the next pull or
+    # imaged's repair fetches it again). The image runs: its layers are all unpacked.
+    missing: dict[str, str] = Field(default_factory=dict)
+
+
+class DroppedImage(BaseModel):
+    """An image recovery could not keep (an unpacked layer was gone)."""
+
+    model_config = _Peer
+    id: str
+    repo_tags: list[str] = Field(default_factory=list)
+    repo_digests: list[str] = Field(default_factory=list)
+    reason: str = ""
+    missing: list[str] = Field(default_factory=list)
+    dropped_at: int = 0  # unix nanoseconds
+
+
+class RecoveryReport(BaseModel):
+    """What imaged's last recovery did (`counts`), the images it dropped (kept until
+    cleared, over restarts) and the images it kept with blobs missing."""
+
+    model_config = _Peer
+    counts: dict[str, int] = Field(default_factory=dict)
+    dropped: list[DroppedImage] = Field(default_factory=list)
+    incomplete: list[ImageInfo] = Field(default_factory=list)
 
 
 class Mount(BaseModel):

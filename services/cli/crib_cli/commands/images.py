@@ -1,5 +1,5 @@
-"""`crib images`, `crib pull IMAGE`, `crib rmi IMAGE...`, `crib images prune|fs`: imaged's
-operator API over its UNIX socket."""
+"""`crib images`, `crib pull IMAGE`, `crib rmi IMAGE...`, `crib images prune|fs|recovery`:
+imaged's operator API over its UNIX socket."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import sys
 from typing import Any
 
 from crib_common.clients.imaged import ImagedClient
-from crib_common.models.imaged import LayerProgress, PullEvent, PullRequest
+from crib_common.models.imaged import LayerProgress, PullEvent, PullRequest, RecoveryReport
 from crib_common.settings import CribSettings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("images", help="list images (or: images prune | images fs)")
-    p.add_argument("action", nargs="?", choices=["list", "prune", "fs"], default="list")
+    p = sub.add_parser("images", help="list images (or: images prune | fs | recovery)")
+    p.add_argument("action", nargs="?", choices=["list", "prune", "fs", "recovery"],
+                   default="list")
+    p.add_argument("--clear", action="store_true",
+                   help="recovery: forget the dropped images once seen")
     p.add_argument("-q", "--quiet", action="store_true", help="IDs only")
     p.add_argument("--all", action="store_true", help="prune: also tagged unused images")
     p.add_argument("--no-trunc", action="store_true", help="full image IDs")
@@ -60,6 +63,14 @@ async def images(args: argparse.Namespace, settings: CribSettings) -> int:
             fs = await client.image_fs()
             print(f"{fs.mountpoint}: {_size(fs.used_bytes)}, {fs.inodes_used} inodes, "
                   f"{fs.images} images, {fs.layers} layers, {fs.blobs} blobs")
+            return 0
+        if args.action == "recovery":
+            report = await (client.clear_dropped() if args.clear else client.recovery())
+            lines = recovery_lines(report)
+            print("\n".join(lines) if lines else "imaged recovery: nothing dropped, "
+                  "nothing missing")
+            print("counts at the last start: " + (", ".join(
+                f"{k} {v}" for k, v in sorted(report.counts.items()) if v) or "nothing to do"))
             return 0
         listed = await client.list_images()
     if args.quiet:
@@ -131,3 +142,23 @@ async def rmi(args: argparse.Namespace, settings: CribSettings) -> int:
             for name in result.removed:
                 print(f"untagged/deleted {name}")
     return code
+
+
+def recovery_lines(report: RecoveryReport) -> list[str]:
+    """What `crib status` and `crib images recovery` say about imaged's recovery: the
+    images it dropped and the images it kept with blobs missing."""
+    lines = []
+    if report.dropped:
+        lines.append(f"imaged: {len(report.dropped)} image(s) dropped at recovery "
+                     "(pull again; `crib images recovery --clear` forgets them):")
+        for d in report.dropped:
+            when = dt.datetime.fromtimestamp(d.dropped_at / 1e9).strftime("%Y-%m-%d %H:%M")
+            names = ", ".join(d.repo_tags or d.repo_digests) or "<none>"
+            lines.append(f"  {d.id} ({names}) at {when}: {d.reason}")
+    if report.incomplete:
+        lines.append(f"imaged: {len(report.incomplete)} image(s) kept with blobs missing "
+                     "(fetched again by the next pull):")
+        for img in report.incomplete:
+            names = ", ".join(img.repo_tags or img.repo_digests) or "<none>"
+            lines.append(f"  {img.id} ({names}): {len(img.missing)} blob(s) missing")
+    return lines

@@ -13,13 +13,15 @@ from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 
 from crib_common.cri.runtime.v1 import RuntimeServiceStub, StatusRequest, VersionRequest
+from crib_common.errors import CribError
 from crib_common.settings import CribSettings
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("version", help="CRI Version through the gateway")
     p.set_defaults(func=version)
-    p = sub.add_parser("status", help="CRI Status: RuntimeReady and NetworkReady")
+    p = sub.add_parser("status", help="CRI Status (RuntimeReady, NetworkReady) and what "
+                                      "imaged's recovery dropped or kept incomplete")
     p.set_defaults(func=status)
     p = sub.add_parser("wait", help="wait until the CRI socket answers")
     p.add_argument("--timeout", type=float, default=60.0)
@@ -47,19 +49,36 @@ async def version(args: argparse.Namespace, settings: CribSettings) -> int:
 
 
 async def status(args: argparse.Namespace, settings: CribSettings) -> int:
+    ok = True
     channel, stub = _stub(settings)
     try:
         reply = await stub.status(StatusRequest(), timeout=5)
+    except (OSError, GRPCError, asyncio.TimeoutError) as exc:
+        print(f"CRI: no answer on {settings.gateway.socket}: {exc}")
+        ok = False
+    else:
+        for cond in reply.status.conditions:
+            ok = ok and cond.status
+            line = f"{cond.type}: {'true' if cond.status else 'false'}"
+            if not cond.status:
+                line += f" ({cond.reason}: {cond.message})"
+            print(line)
     finally:
         channel.close()
-    ok = True
-    for cond in reply.status.conditions:
-        ok = ok and cond.status
-        line = f"{cond.type}: {'true' if cond.status else 'false'}"
-        if not cond.status:
-            line += f" ({cond.reason}: {cond.message})"
+    # Images recovery dropped are reported here, not only in imaged's log (issue 11).
+    from crib_common.clients.imaged import ImagedClient
+
+    from .images import recovery_lines
+
+    try:
+        async with ImagedClient(settings.imaged.socket) as client:
+            report = await client.recovery(timeout=5)
+    except CribError as exc:
+        print(f"imaged: {exc.kind}: {exc.message}")
+        return 1
+    for line in recovery_lines(report):
         print(line)
-    return 0 if ok else 1
+    return 0 if ok and not report.dropped else 1
 
 
 async def wait(args: argparse.Namespace, settings: CribSettings) -> int:

@@ -6,16 +6,17 @@
     <root>/snapshots/<key>/{fs,work}   writable layers of containers
 
 Invariants: memory is updated only after the StateStore committed; an image record names
-only committed blobs and recorded layers; a layer or blob is garbage once no image, no
-snapshot and no in-flight pull (a lease) names it. Mutations of records and garbage
-collection run under one asyncio lock; downloads and unpacks run outside it, holding
-leases so a concurrent collection cannot take what they are about to reference.
+only blobs on disk and recorded layers, or says in `missing` which blobs are not and why
+(`records.py`), and `commit_image` checks the disk under the lock before it writes; a
+layer or blob is garbage once no image, no snapshot and no in-flight pull (a lease) names
+it. Mutations of records and garbage collection run under one asyncio lock; downloads and
+unpacks run outside it, holding leases (containerd's leases, in memory: a kill -9 ends
+every pull, and recovery collects what they left) so a concurrent collection cannot take
+what they are about to reference.
 
-Recovery (`recover`, before the daemon is ready) assumes only imaged writes under its
-root, and that imaged may have been killed at any instant: partial downloads (except
-resumable ones with a matching record, see `content.py`), half unpacked or half removed
-layer dirs are dropped, records without their files are dropped,
-files without records are removed, tags are made unique, then garbage is collected.
+Recovery (`recover`, before the daemon is ready) is in `recovery.py`: it repairs what it
+can (an image whose layers are all unpacked is kept, absent blobs marked) and reports what
+it drops.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import structlog
 from crib_common.errors import (
     AlreadyExists,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -46,7 +48,8 @@ from crib_common.state import StateStore
 from ..oci.reference import parse_reference
 from .content import ContentStore
 from .layers import LayerDirs, disk_usage
-from .records import ImageRecord, LayerRecord, SnapshotRecord
+from .records import DroppedImage, ImageRecord, LayerRecord, SnapshotRecord
+from .recovery import recover
 
 __all__ = ["ImageStore", "SNAPSHOT_KEY"]
 
@@ -74,6 +77,8 @@ class ImageStore:
         self.images: dict[str, ImageRecord] = {}
         self.layer_records: dict[str, LayerRecord] = {}
         self.snapshots: dict[str, SnapshotRecord] = {}
+        # Images recovery could not keep, until an operator clears them (`clear_dropped`).
+        self.dropped: dict[str, DroppedImage] = {}
         self.lock = asyncio.Lock()
         # Names of images the kubelet must not garbage-collect (the pause image).
         self.pinned_names: set[str] = set()
@@ -102,64 +107,23 @@ class ImageStore:
 
     # ---------------------------------------------------------------- recovery
     def recover(self) -> dict[str, int]:
-        """Reconcile records with the disk (see module docstring); blocking."""
-        report = collections.Counter[str]()
-        report["ingest_swept"], report["ingest_kept"] = self.content.sweep_ingest()
-        report["layer_dirs_swept"] = len(self.layers.sweep())
-        for entry in self.snapshot_dir.iterdir():
-            if entry.name.startswith(".rm-"):
-                shutil.rmtree(entry, ignore_errors=True)
-                report["snapshot_dirs_swept"] += 1
-        for rec in self.state.list("layer", LayerRecord):
-            if not self.layers.exists(rec.diff_id):
-                self.state.delete("layer", rec.diff_id)
-                report["layer_records_dropped"] += 1
-                continue
-            link = self.layers.link_path(rec.link)
-            if not os.path.lexists(link):
-                link.symlink_to(self.layers.link_target(rec.diff_id))
-            self.layer_records[rec.diff_id] = rec
-        for diff_id in self.layers.on_disk() - set(self.layer_records):
-            shutil.rmtree(self.layers.path(diff_id), ignore_errors=True)
-            report["layer_dirs_orphaned"] += 1
-        keep_links = {r.link for r in self.layer_records.values()}
-        for name in self.layers.dangling_links(keep_links):
-            with contextlib.suppress(FileNotFoundError):
-                self.layers.link_path(name).unlink()
-        for img in self.state.list("image", ImageRecord):
-            missing = [d for d in img.content if not self.content.has(d)]
-            missing += [lay.diff_id for lay in img.layers if lay.diff_id not in self.layer_records]
-            if missing:
-                log.warning("image dropped at recovery", image=img.id, missing=missing[:3])
-                self.state.delete("image", img.id)
-                report["images_dropped"] += 1
-                continue
-            self.images[img.id] = img
-        # A tag names one image: keep it on the newest.
-        owner: dict[str, ImageRecord] = {}
-        for img in sorted(self.images.values(), key=lambda i: i.created_at, reverse=True):
-            kept = [t for t in img.repo_tags if t not in owner]
-            for t in kept:
-                owner[t] = img
-            if kept != img.repo_tags:
-                img.repo_tags = kept
-                self.state.put("image", img.id, img)
-                report["tags_fixed"] += 1
-        for snap in self.state.list("snapshot", SnapshotRecord):
-            if not (self.snapshot_dir / snap.key).is_dir():
-                self.state.delete("snapshot", snap.key)
-                report["snapshots_dropped"] += 1
-                continue
-            self.snapshots[snap.key] = snap
-        for entry in self.snapshot_dir.iterdir():
-            if entry.name not in self.snapshots and not entry.name.startswith("."):
-                shutil.rmtree(entry, ignore_errors=True)
-                report["snapshot_dirs_orphaned"] += 1
-        collected = self._collect_sync()
-        report["blobs_collected"] = collected[0]
-        report["layers_collected"] = collected[1]
+        """Reconcile records with the disk (see `recovery.py`); blocking."""
+        report = recover(self)
         self.ready = True
-        return dict(report)
+        return report
+
+    def clear_dropped(self) -> list[str]:
+        """Forget the images recovery dropped (an operator has seen the report)."""
+        ids = list(self.dropped)
+        with self.state.transaction():
+            for image_id in ids:
+                self.state.delete("dropped", image_id)
+        self.dropped.clear()
+        return ids
+
+    def absent(self, img: ImageRecord) -> list[str]:
+        """Blobs `img` names that are not on disk, whether marked missing or not."""
+        return [d for d in img.content if not self.content.has(d)]
 
     # ---------------------------------------------------------------- lookup
     def resolve(self, ref: str) -> ImageRecord:
@@ -224,15 +188,40 @@ class ImageStore:
             if repo_digest and repo_digest not in img.repo_digests:
                 img.repo_digests.append(repo_digest)
             img.pinned = bool(self.pinned_names & set(img.repo_tags + img.repo_digests))
+            img.missing = self._check_whole(img, current)
+            was_dropped = img.id in self.dropped
             with self.state.transaction():
                 for other in changed:
                     self.state.put("image", other.id, other)
                 self.state.put("image", img.id, img)
+                if was_dropped:
+                    self.state.delete("dropped", img.id)
+            if was_dropped:
+                del self.dropped[img.id]
+                log.info("dropped image pulled again", image=img.id)
             for other in changed:
                 self.images[other.id] = other
                 log.info("tag moved", tag=tag, old_image=other.id, new_image=img.id)
             self.images[img.id] = img
             return img
+
+    def _check_whole(self, img: ImageRecord, current: ImageRecord | None) -> dict[str, str]:
+        """The invariant (`records.py`), checked on the disk before a record is written:
+        every blob the image names is on disk, or was already marked missing in the
+        stored record (a blob of another pull path the new pull did not touch). Anything
+        else is a bug in the pull, refused rather than stored. Returns the marks that
+        still hold."""
+        known = current.missing if current is not None else {}
+        absent = self.absent(img)
+        unexplained = [d for d in absent if d not in known]
+        if unexplained:
+            raise Internal(f"image {img.id} would name blobs not on disk: "
+                           f"{', '.join(unexplained[:3])}")
+        lost = [lay.diff_id for lay in img.layers if lay.diff_id not in self.layer_records]
+        if lost:
+            raise Internal(f"image {img.id} would name layers not unpacked: "
+                           f"{', '.join(lost[:3])}")
+        return {d: known[d] for d in absent}
 
     async def remove_image(self, ref: str, untag_only: bool = False,
                            collect: bool = True) -> list[str]:
@@ -278,7 +267,8 @@ class ImageStore:
             log.info("garbage collected", blobs=len(blobs), layers=len(doomed_layers))
         return len(blobs), len(doomed_layers)
 
-    def _collect_sync(self) -> tuple[int, int]:
+    def collect_sync(self) -> tuple[int, int]:
+        """`collect` without the lock, for recovery before the daemon serves (blocking)."""
         blobs, doomed_layers = self._garbage()
         for digest in blobs:
             self.content.delete(digest)

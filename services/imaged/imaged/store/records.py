@@ -3,12 +3,22 @@
     kind "image"     key image ID (config digest)   ImageRecord
     kind "layer"     key diff_id                    LayerRecord
     kind "snapshot"  key snapshot key               SnapshotRecord
+    kind "dropped"   key image ID                   DroppedImage
 
-An image record is written only after every blob it names is committed and every layer it
-needs is unpacked and recorded, so a stored image is always complete. A layer record is
-written only after its directory was renamed into place. What may change while imaged is
-down: nothing but crashes of imaged itself; recovery (`ImageStore.recover`) reconciles
-records with the directories and drops what does not match.
+The invariant, at every step: an image record exists only when every blob it names
+(`content`) is on disk, except the ones its `missing` names, each with the reason. A pull
+writes the record only after every blob it names is committed (a layer found unpacked
+whose compressed blob is gone is fetched again) and every layer it needs is unpacked and
+recorded, and `ImageStore.commit_image` checks the disk under the store lock before it
+writes. A layer record is written only after its directory was renamed into place.
+
+What may change while imaged is down: nothing but crashes of imaged itself (and an
+operator deleting files by hand). Recovery (`store/recovery.py`) repairs rather than
+discards: an image whose unpacked layers are all present is kept and its absent blobs are
+marked in `missing` (fetched again by the next pull, or by the repair imaged starts after
+recovery); only an image whose unpacked layer is gone is dropped, and each drop is kept
+as a "dropped" record that `GET /v1/recovery` and `crib status` report until an operator
+clears it.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from pydantic import Field
 
 from crib_common.state import Record
 
-__all__ = ["ImageLayer", "ImageRecord", "LayerRecord", "SnapshotRecord"]
+__all__ = ["DroppedImage", "ImageLayer", "ImageRecord", "LayerRecord", "SnapshotRecord"]
 
 
 class ImageLayer(Record):
@@ -41,6 +51,8 @@ class ImageRecord(Record):
     config: dict[str, Any] = Field(default_factory=dict)
     created_at: int = 0
     pinned: bool = False
+    # Blob digest -> why it is not on disk (see the invariant above); empty when whole.
+    missing: dict[str, str] = Field(default_factory=dict)
 
 
 class LayerRecord(Record):
@@ -57,3 +69,14 @@ class SnapshotRecord(Record):
     diff_ids: list[str] = Field(default_factory=list)  # bottom first
     created_at: int = 0
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+class DroppedImage(Record):
+    """An image recovery could not keep, reported until an operator clears it."""
+
+    id: str
+    repo_tags: list[str] = Field(default_factory=list)
+    repo_digests: list[str] = Field(default_factory=list)
+    reason: str
+    missing: list[str] = Field(default_factory=list)  # blobs and layers not on disk
+    dropped_at: int = 0  # unix nanoseconds
