@@ -212,7 +212,8 @@ def leftovers(stack: Stack) -> dict[str, list[str]]:
                              con.execute("SELECT kind, key FROM records").fetchall()]
         con.close()
     run = Path(root) / "run/runtimed"
-    out["run_files"] = [str(p) for d in ("c", "p", "exits") for p in (run / d).glob("*")] \
+    # c: bundles, p: pod directories, exits: exit files, s: the monitors' socket links.
+    out["run_files"] = [str(p) for d in ("c", "p", "exits", "s") for p in (run / d).glob("*")] \
         if run.is_dir() else []
     ns = Path(root) / "run/ns"
     out["ns_pins"] = [str(p) for p in ns.iterdir()] if ns.is_dir() else []

@@ -78,3 +78,18 @@ def test_hostname_and_log_path_checks() -> None:
     assert log_path("", "") == ""
     with pytest.raises(InvalidArgument):
         log_path("/var/log/pods/x", "../../../etc/cron.d/evil")
+
+
+def test_runtime_warnings_are_not_passed_on() -> None:
+    from runtimed.oci.runtime import without_warnings
+
+    raw = ('time="2026-12-01T00:00:00Z" level=warning msg="cannot toggle freezer: cgroups '
+           'not configured for container"\n'
+           'time="2026-12-01T00:00:00Z" level=error msg="runc create failed: sysctl '
+           '\\"kernel.panic\\" is not in a separate kernel namespace"\n')
+    assert without_warnings(raw).startswith('time="2026-12-01T00:00:00Z" level=error')
+    assert "freezer" not in without_warnings(raw)
+    assert without_warnings('{"level":"warning","msg":"x"}\n{"level":"error","msg":"y"}') \
+        == '{"level":"error","msg":"y"}'
+    assert without_warnings("WARN[0000] something\nreal error") == "real error"
+    assert without_warnings("plain failure") == "plain failure"

@@ -28,6 +28,8 @@ import structlog
 from crib_common.errors import DeadlineExceeded, FailedPrecondition
 from crib_common.proc import DEVNULL, Child, wait_fd
 
+from ..oci.runtime import without_warnings
+
 __all__ = [
     "Conmon",
     "ConmonSpec",
@@ -217,7 +219,7 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
     pid = int(msg.get("data", -1)) if isinstance(msg, dict) else -1
     conmon_pid = _read_int(spec.conmon_pidfile)
     if pid <= 0:
-        text = str(msg.get("message", "")) if isinstance(msg, dict) else ""
+        text = without_warnings(str(msg.get("message", ""))) if isinstance(msg, dict) else ""
         if not text:
             text = line.decode(errors="replace").strip() or (
                 "conmon closed the sync pipe: " + _tail(spec.bundle / "conmon.err"))

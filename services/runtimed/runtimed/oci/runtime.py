@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal as _signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "RuntimeImpl",
     "check_hybrid_cgroups",
     "run_command",
+    "without_warnings",
 ]
 
 log = structlog.get_logger("crib.runtimed.oci")
@@ -74,13 +76,24 @@ class RuntimeImpl(Protocol):
 
 
 def _msg(res: CommandResult) -> str:
-    text = (res.stderr or res.stdout).decode("utf-8", "replace").strip()
+    text = without_warnings((res.stderr or res.stdout).decode("utf-8", "replace"))
     # runc and crun log JSON lines or "time=... level=error msg=..."; keep the last line.
     last = text.splitlines()[-1] if text else f"exit status {res.returncode}"
     try:
         return str(json.loads(last).get("msg", last))
     except (ValueError, AttributeError):
         return last
+
+
+_WARNING = re.compile(r'(^|\s)level=("?)warn(ing)?\2(\s|$)|"level"\s*:\s*"warn(ing)?"'
+                      r'|^(warn(ing)?)\b[:\[]?', re.IGNORECASE)
+
+
+def without_warnings(text: str) -> str:
+    """A runtime's error output without its warning lines (runc prefixes a cgroup
+    freezer warning to unrelated errors): what is passed on is the error itself."""
+    return "\n".join(line for line in text.strip().splitlines()
+                     if line.strip() and not _WARNING.search(line.strip())).strip()
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
