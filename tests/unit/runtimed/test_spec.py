@@ -156,7 +156,9 @@ def test_full_featured_container_is_schema_valid(tmp_path: Path) -> None:
     assert linux["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
     data = next(m for m in spec["mounts"] if m["destination"] == "/data")
     assert data["options"] == ["rbind", "rslave", "ro"]
-    assert (tmp_path / "data").is_dir()  # a missing host path is created, as containerd
+    # The builder never touches the host: the container room creates a missing host
+    # path first, as containerd does (test_missing_host_path_is_created_by_the_room).
+    assert not (tmp_path / "data").exists()
     assert any(m["destination"] == "/etc/resolv.conf" for m in spec["mounts"])
 
 
@@ -506,3 +508,15 @@ def test_selinux_labels_only_where_selinux_is_on(tmp_path: Path) -> None:
     # The level is the pod's: the same for every container of the pod.
     assert label == build_container_spec(_with_sc(), _input(tmp_path, security=off))[
         "process"]["selinuxLabel"]
+
+
+def test_missing_host_path_is_created_by_the_room(tmp_path: Path) -> None:
+    from crib_common.cri.runtime.v1 import ContainerConfig, ImageSpec, Mount
+    from runtimed.lifecycle.containers import _make_host_paths
+
+    config = ContainerConfig(image=ImageSpec(image="x"), mounts=[
+        Mount(container_path="/data", host_path=str(tmp_path / "data" / "deep")),
+        Mount(container_path="/vol", image=ImageSpec(image="img"))])
+    _make_host_paths(config, {"/vol": str(tmp_path / "image")})
+    assert (tmp_path / "data" / "deep").is_dir()
+    assert not (tmp_path / "image").exists()

@@ -7,8 +7,6 @@ Every document validates against the runtime-spec JSON schema
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from crib_common.errors import InvalidArgument
 
 from ..oom import oom_policy
 from ..store.records import SandboxMeta
+from .devices import DEFAULT_ALLOW, device, host_devices
 from .capabilities import ALL_CAPS, DEFAULT_CAPS, cap_name, container_capabilities
 from .security import DEFAULT_MASKED, DEFAULT_READONLY, SecurityDefaults, apply_security, \
     current
@@ -223,85 +222,6 @@ def _namespaces(sb: SandboxMeta, mode_pid: int, infra_pid: int, target_id: str,
     return ns
 
 
-def _device(path: str, dest: str, perms: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise InvalidArgument(f"device {path}: {exc.strerror}") from None
-    if stat.S_ISCHR(st.st_mode):
-        kind = "c"
-    elif stat.S_ISBLK(st.st_mode):
-        kind = "b"
-    else:
-        raise InvalidArgument(f"{path} is not a device")
-    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    perms = perms or "rwm"
-    if any(ch not in "rwm" for ch in perms):
-        raise InvalidArgument(f"device {path}: bad permissions {perms!r}")
-    dev = {"path": dest or path, "type": kind, "major": major, "minor": minor,
-           "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-    rule = {"allow": True, "type": kind, "major": major, "minor": minor, "access": perms}
-    return dev, rule
-
-
-# Directories of /dev whose nodes a privileged container does not get from the host: they
-# are mounted fresh (pts, shm, mqueue) or are the host's own per-process or tool state (the
-# same list as runc's libcontainer/devices GetDevices, which containerd's HostDevices uses).
-_HOST_DEV_SKIP_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts",
-                                 ".udev"})
-
-
-def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
-    """Every character and block device node under the host's /dev, as OCI
-    `linux.devices` entries (config-linux.md "Devices"): what a privileged container gets,
-    as containerd's WithDevices(HostDevices()) for privileged. /dev/console is skipped
-    (the runtime sets up the console), symlinks are not followed, and a node that
-    vanishes while walking is ignored."""
-    out: list[dict[str, Any]] = []
-
-    def walk(directory: str) -> None:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name not in _HOST_DEV_SKIP_DIRS:
-                        walk(entry.path)
-                    continue
-                if entry.is_symlink() or entry.path == os.path.join(root, "console"):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode):
-                kind = "c"
-            elif stat.S_ISBLK(st.st_mode):
-                kind = "b"
-            else:
-                continue
-            out.append({"path": entry.path, "type": kind, "major": os.major(st.st_rdev),
-                        "minor": os.minor(st.st_rdev), "fileMode": stat.S_IMODE(st.st_mode),
-                        "uid": st.st_uid, "gid": st.st_gid})
-
-    walk(root)
-    return out
-
-
-# Devices every container gets (runc adds them too; listing them keeps crun equal).
-_DEFAULT_ALLOW = [
-    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},   # null
-    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},   # zero
-    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},   # full
-    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},   # random
-    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},   # urandom
-    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},   # tty
-    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},   # ptmx
-    {"allow": True, "type": "c", "major": 136, "access": "rwm"},             # pts
-]
-
-
 def check_host_userns(ns_opts: NamespaceOption) -> None:
     """Refuse a pod user namespace (hostUsers: false): runtimed runs every container in
     the host's, and running it there silently would drop the isolation the pod asked
@@ -362,10 +282,11 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     mounts = _base_mounts(str(Path(pod.pod_dir) / "shm") if not pod.host_ipc else "/dev/shm",
                           privileged)
     wanted = {m.container_path for m in cfg.mounts}
+    # The pod's files, which its setup always writes (lifecycle.sandboxes).
     for name in ("hostname", "resolv.conf", "hosts"):
         dest = f"/etc/{name}"
         src = Path(pod.pod_dir) / name
-        if dest not in wanted and src.exists():
+        if dest not in wanted:
             mounts.append({"destination": dest, "type": "bind", "source": str(src),
                            "options": ["rbind", "rprivate",
                                        "ro" if (sc and sc.readonly_rootfs) else "rw"]})
@@ -382,9 +303,6 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
             continue
         if not m.host_path:
             raise InvalidArgument(f"mount {m.container_path}: empty host_path")
-        if not os.path.exists(m.host_path):
-            # The kubelet expects a missing host directory to be created (containerd does).
-            os.makedirs(m.host_path, exist_ok=True)
         prop = _PROPAGATION.get(m.propagation, "rprivate")
         # rootfsPropagation takes "shared"/"slave" (config-linux.md), not the r- forms.
         if prop == "rshared":
@@ -412,9 +330,9 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         mounts.append({"destination": m.container_path, "type": "bind",
                        "source": m.host_path, "options": opts})
     devices: list[dict[str, Any]] = []
-    rules = list(_DEFAULT_ALLOW)
+    rules = list(DEFAULT_ALLOW)
     for d in cfg.devices:
-        dev, rule = _device(d.host_path, d.container_path, d.permissions)
+        dev, rule = device(d.host_path, d.container_path, d.permissions)
         devices.append(dev)
         rules.append(rule)
     oci_res = resources_to_oci(res, pids_limit=inp.pids_limit,
