@@ -214,6 +214,23 @@ class Node:
         for forget in self.on_drop:
             forget(oid)
 
+    def add_sandbox(self, rec: SandboxRecord) -> None:
+        """A new pod's record: its name reserved (AlreadyExists if taken), then stored."""
+        self._add(sandbox_name(rec.meta), rec.meta.id, lambda: self.put_sandbox(rec))
+
+    def add_container(self, rec: ContainerRecord) -> None:
+        """A new container's record: its name reserved (AlreadyExists if taken), then
+        stored."""
+        self._add(container_name(rec.meta), rec.meta.id, lambda: self.put_container(rec))
+
+    def _add(self, name: str, oid: str, put: Callable[[], None]) -> None:
+        self.reserve(name, oid)
+        try:
+            put()
+        except BaseException:
+            self.release(name, oid)
+            raise
+
     def reserve(self, name: str, oid: str) -> None:
         owner = self.names.get(name)
         if owner is not None and owner != oid:

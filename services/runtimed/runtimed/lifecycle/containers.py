@@ -38,7 +38,7 @@ from crib_common.models.imaged import ImageInfo, SnapshotCreate
 
 from ..bundle import write_config
 from ..conmon.monitor import REOPEN_LOGS_EVENT, ConmonSpec
-from ..node import Node, container_name, failpoint, new_id, now
+from ..node import Node, failpoint, new_id, now
 from ..oci import security
 from ..oci.runtime import RuntimeImpl, signal_number
 from ..oci.spec import (
@@ -95,15 +95,9 @@ class Containers:
             mounts=[mount_record(m) for m in config.mounts],
             cgroup_path=f"{pod.meta.cgroup_parent}/crib-{cid}",
         )
-        name = container_name(meta)
-        node.reserve(name, cid)
         rec = ContainerRecord(meta=meta)
         rec.status.resources = _resources(config)
-        try:
-            node.put_container(rec)
-        except BaseException:
-            node.release(name, cid)
-            raise
+        node.add_container(rec)
         log.info("container creating", container=cid, pod=pod.meta.id, name=md.name,
                  image=config.image.image)
         try:

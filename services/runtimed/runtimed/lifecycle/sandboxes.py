@@ -30,7 +30,7 @@ from crib_common.models.netd import DnsConfig as NetDns
 from crib_common.models.netd import PodNetworkCreate, PortMapping
 
 from .. import cgroups
-from ..node import Node, failpoint, new_id, now, sandbox_name
+from ..node import Node, failpoint, new_id, now
 from ..oci.runtime import RuntimeImpl
 from ..store.records import SandboxMeta, SandboxRecord
 from .containers import Containers
@@ -70,15 +70,9 @@ class Sandboxes:
         meta = SandboxMeta(id=sid, handler=rt.name, created_at=now(),
                            cgroup_parent=self._cgroup_parent(sid, req.cgroup_parent),
                            pod_dir=str(node.pods_dir / sid), **req.meta)
-        name = sandbox_name(meta)
-        node.reserve(name, sid)
         rec = SandboxRecord(meta=meta)
         rec.status.resources = req.resources
-        try:
-            node.put_sandbox(rec)
-        except BaseException:
-            node.release(name, sid)
-            raise
+        node.add_sandbox(rec)
         log.info("sandbox creating", pod=sid, name=meta.name, namespace=meta.namespace,
                  handler=rt.name)
         try:
