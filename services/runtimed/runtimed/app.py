@@ -71,7 +71,8 @@ def create_app(settings: CribSettings) -> web.Application:
     async def health() -> Health:
         ready, reason, message, details = runtimed.health()
         return Health(service="runtimed", ready=ready and runtimed.ready, reason=reason,
-                      message=message, details={"handlers": details})
+                      message=message, details={"handlers": details,
+                                                "cgroups": runtimed.cgroup_info()})
 
     app = create_daemon_app("runtimed", routes, cri, health)
     app[RUNTIME_KEY] = runtimed

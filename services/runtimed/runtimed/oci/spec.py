@@ -25,7 +25,7 @@ from crib_common.cri.runtime.v1 import (
 )
 from crib_common.errors import InvalidArgument
 
-from ..oom import oom_policy
+from ..oom import SANDBOX_OOM_SCORE_ADJ, oom_policy
 from ..store.records import SandboxMeta
 from .seccomp import default_profile, load_localhost_profile
 from .user import ResolvedUser
@@ -609,7 +609,9 @@ def _infra_spec(sb: SandboxMeta, rootfs: Path, argv: list[str], env: list[str], 
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
-            "oomScoreAdj": 0,
+            # The kubelet's PodInfraOOMAdj: the last thing of the pod the OOM killer
+            # should pick, within what the daemon may grant (runtimed.oom).
+            "oomScoreAdj": oom_policy().apply(SANDBOX_OOM_SCORE_ADJ),
         },
         "root": {"path": str(rootfs), "readonly": readonly},
         "mounts": [
