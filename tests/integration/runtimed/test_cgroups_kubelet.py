@@ -34,44 +34,50 @@ CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "hugetlb", "cpuset",
 
 @contextlib.contextmanager
 def kubelet_pod_cgroup(memory_limit: int) -> Iterator[str]:
-    """/kubepods/burstable/pod<uid> made the kubelet's way, with a memory limit; the
-    directories this made are removed afterwards (children first; a container left
-    behind is killed first)."""
+    """/kubepods/burstable/pod<uid> made the kubelet's way, with a memory limit. Afterwards
+    the pod cgroup is removed from every hierarchy (runc also makes the containers' in
+    the hybrid cgroup2 tree), and so are /kubepods/burstable and /kubepods where this
+    made them (children first; a process left behind is killed first)."""
     uid = uuid.uuid4()
-    path = f"/kubepods/burstable/pod{uid}"
-    made: list[Path] = []
+    parts = ["kubepods", "burstable", f"pod{uid}"]
+    path = "/" + "/".join(parts)
+    ancestors = ["/".join(parts[:i]) for i in (1, 2)]
+    made_ancestors = [a for a in ancestors if not (V1 / "memory" / a).is_dir()]
     for ctrl in CONTROLLERS:
         h = V1 / ctrl
         if not h.is_dir() or not (h / "cgroup.procs").exists():
             continue
         d = h
-        for part in path.strip("/").split("/"):
+        for part in parts:
             d = d / part
-            if not d.is_dir():
-                d.mkdir()
-                made.append(d)
-        if ctrl == "cpuset":
-            # A new cpuset cgroup starts empty; the kubelet copies its parent's.
-            for name in ("cpuset.cpus", "cpuset.mems"):
-                for p in reversed([d, *d.parents][: len(path.strip("/").split("/"))]):
-                    f = p / name
-                    if not f.read_text().strip():
-                        f.write_text((p.parent / name).read_text())
+            if d.is_dir():
+                continue
+            d.mkdir()
+            if ctrl == "cpuset":
+                # A new cpuset cgroup starts empty; the kubelet copies its parent's.
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    (d / name).write_text((d.parent / name).read_text())
     (V1 / "memory" / path.strip("/") / "memory.limit_in_bytes").write_text(str(memory_limit))
     try:
         yield path
     finally:
-        for d in sorted(made, key=lambda p: len(p.parts), reverse=True):
-            for procs in d.rglob("cgroup.procs"):
+        for h in V1.iterdir():
+            top = h / path.strip("/")
+            if not top.is_dir():
+                continue
+            for procs in top.rglob("cgroup.procs"):
                 for pid in procs.read_text().split():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
-            for sub in sorted((p for p in d.rglob("*") if p.is_dir()),
+            for sub in sorted((p for p in top.rglob("*") if p.is_dir()),
                               key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):
                     sub.rmdir()
             with contextlib.suppress(OSError):
-                d.rmdir()
+                top.rmdir()
+            for a in reversed(made_ancestors):
+                with contextlib.suppress(OSError):
+                    (h / a).rmdir()
 
 
 def _verbose(cri: Cri, cid: str) -> dict[str, object]:
