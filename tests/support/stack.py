@@ -36,6 +36,8 @@ class Stack:
     net_index: int = field(default_factory=lambda: _claim_net_index())
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # argv put before a daemon's own (e.g. unshare + mount for a private cgroup2 view).
+    wrappers: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, **extra_env: str) -> Stack:
@@ -111,7 +113,7 @@ class Stack:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         proc = subprocess.Popen(
-            [str(BIN / f"crib-{service}")], env=self.env(), stdout=log, stderr=log,
+            [*self.wrappers.get(service, []), str(BIN / f"crib-{service}")], env=self.env(), stdout=log, stderr=log,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         self.procs[service] = proc

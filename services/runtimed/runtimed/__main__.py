@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+
+from aiohttp import web
+
+from crib_common.errors import FailedPrecondition
 from crib_common.server import run_daemon
+from crib_common.settings import CribSettings
 
 from .app import create_app
 
 
+def _build(settings: CribSettings) -> web.Application:
+    try:
+        return create_app(settings)
+    except FailedPrecondition as exc:
+        # A setting this host cannot honour (cgroup_driver = "systemd" without systemd):
+        # one clear line and a non-zero exit, not a traceback.
+        print(f"crib-runtimed: cannot start: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
-    run_daemon("runtimed", create_app, lambda s: s.runtimed.socket)
+    run_daemon("runtimed", _build, lambda s: s.runtimed.socket)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def create_app(settings: CribSettings) -> web.Application:
         return Health(service="runtimed", ready=ready and runtimed.ready, reason=reason,
                       message=message, details={
                           "handlers": details,
+                          "cgroups": runtimed.cgroup_info(),
                           "apparmor": defaults.apparmor.status().message,
                           "selinux": "enforced labels" if defaults.selinux.enabled()
                           else "not enabled on this host: SELinux options are ignored"})

@@ -23,6 +23,7 @@ from crib_common.clients.imaged import ImagedClient
 from crib_common.clients.netd import NetdClient
 from crib_common.settings import CribSettings
 
+from .cgroups import check_cgroup_driver, runtime_global_args
 from .conmon.monitor import Conmon, Monitor
 from .host import LinuxHost
 from .lifecycle.containers import Containers
@@ -33,6 +34,7 @@ from .lifecycle.sandboxes import Sandboxes
 from .lifecycle.sweep import Sweeper
 from .node import Node
 from .oci.runtime import OciRuntime, RuntimeImpl, check_hybrid_cgroups
+from .oom import oom_policy
 from .parking import Parking
 from .ports import Host, ImagedPeer, NetdPeer
 
@@ -48,9 +50,16 @@ class Runtimed:
                  monitor: Monitor | None = None, host: Host | None = None,
                  imaged: ImagedPeer | None = None, netd: NetdPeer | None = None) -> None:
         cfg = settings.runtimed
+        # Before anything is made: the systemd driver without systemd as PID 1 would fail
+        # every container create; refuse to start instead (FailedPrecondition, the
+        # message names the setting).
+        check_cgroup_driver(cfg.cgroup_driver)
         if runtimes is None:
+            # runc and crun take --systemd-cgroup before the subcommand; conmon gets the
+            # same list as --runtime-arg (OciRuntime.global_args).
             runtimes = {name: OciRuntime(name=name, path=h.path,
-                                         root=h.root or cfg.run_dir / "rt" / name)
+                                         root=h.root or cfg.run_dir / "rt" / name,
+                                         extra=runtime_global_args(cfg.cgroup_driver))
                         for name, h in cfg.handlers.items()}
         self.node = Node(settings, runtimes=runtimes, monitor=monitor or Conmon(),
                          host=host or LinuxHost(),
@@ -103,3 +112,11 @@ class Runtimed:
 
     def health(self) -> tuple[bool, str, str, dict[str, Any]]:
         return self.node.health()
+
+    def cgroup_info(self) -> dict[str, Any]:
+        """The cgroup mode, the driver and the OOM score policy, for /healthz and
+        `crib status`."""
+        info = dict(self.node.host.describe_cgroups())
+        info["driver"] = self.node.cfg.cgroup_driver
+        info["oom_score_adj"] = oom_policy().describe()
+        return info

@@ -1,5 +1,7 @@
 """`LinuxHost`: the real `ports.Host`, over the kernel's mount, namespace and cgroup
-interfaces (`oci.mount`, `sandbox.*`, `cgroups`)."""
+interfaces (`oci.mount`, `sandbox.*`, `cgroups`). The cgroup layout (v1 hierarchies or
+the v2 unified tree) is found once, when the host is made (`cgroups.CgroupHost.detect`),
+and every cgroup call goes through that one facade."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ from typing import Any
 
 from crib_common.models.imaged import Mount
 
-from . import cgroups
-from .cgroups import CgroupStats
+from .cgroups import CgroupHost, CgroupStats
 from .oci.mount import mount_all
 from .sandbox.files import mount_shm, write_pod_files
 from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
@@ -20,8 +21,9 @@ __all__ = ["LinuxHost"]
 class LinuxHost:
     """This machine, as the lifecycles see it."""
 
-    def __init__(self) -> None:
-        self.swap_controller = cgroups.swap_controller()
+    def __init__(self, cgroups: CgroupHost | None = None) -> None:
+        self.cgroups = cgroups if cgroups is not None else CgroupHost.detect()
+        self.swap_controller = self.cgroups.swap_controller()
 
     def mount_all(self, mounts: list[Mount], target: Path) -> None:
         mount_all(mounts, target)
@@ -44,14 +46,20 @@ class LinuxHost:
     def mount_shm(self, target: Path) -> None:
         mount_shm(target)
 
+    def describe_cgroups(self) -> dict[str, Any]:
+        return self.cgroups.describe()
+
     def apply_pod_resources(self, cgroup_path: str, res: dict[str, Any]) -> None:
-        cgroups.apply_pod_resources(cgroup_path, res, swap=self.swap_controller)
+        self.cgroups.apply_pod_resources(cgroup_path, res, swap=self.swap_controller)
+
+    def kill_cgroup(self, cgroup_path: str) -> int:
+        return self.cgroups.kill(cgroup_path)
 
     def remove_cgroup(self, cgroup_path: str) -> list[str]:
-        return cgroups.remove_cgroup(cgroup_path)
+        return self.cgroups.remove(cgroup_path)
 
     def read_stats(self, cgroup_path: str) -> CgroupStats:
-        return cgroups.read_stats(cgroup_path)
+        return self.cgroups.read_stats(cgroup_path)
 
     def oom_killed(self, cgroup_path: str) -> bool:
-        return cgroups.oom_killed(cgroup_path)
+        return self.cgroups.oom_killed(cgroup_path)

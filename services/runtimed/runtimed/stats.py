@@ -1,17 +1,20 @@
-"""Usage readings of pods and containers: cgroup counters (through the host), the
-writable layer's disk use (from imaged), and the pod's network interfaces. Plain
-dataclasses; `messages.stats` turns them into CRI messages."""
+"""Usage readings of pods and containers: cgroup counters (through the host, v1 or v2),
+the writable layer's disk use (from imaged) and its filesystem's size, and the pod's
+network interfaces. Plain dataclasses; one reading feeds both the CRI stats
+(`messages.stats`) and the cAdvisor metrics (`messages.metrics`)."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cgroups import CgroupStats
+from .metrics import block_device_name
 from .node import Node
 from .store.records import ContainerRecord, SandboxRecord
 
@@ -24,6 +27,11 @@ class LayerUsage:
     mountpoint: str
     bytes: int
     inodes: int
+    # The filesystem holding the layers (statvfs): container_fs_limit_bytes and the
+    # inode gauges of the metrics. 0 when it could not be read.
+    capacity_bytes: int = 0
+    inodes_free: int = 0
+    inodes_total: int = 0
 
 
 @dataclass
@@ -31,6 +39,9 @@ class ContainerUsage:
     rec: ContainerRecord
     cgroup: CgroupStats
     layer: LayerUsage | None = None
+    # (major, minor) -> /dev/<name> for the block devices in `cgroup.io` (the metrics'
+    # `device` label).
+    device_names: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,18 +68,35 @@ class PodUsage:
 
 
 async def container_usage(node: Node, rec: ContainerRecord) -> ContainerUsage:
-    usage = ContainerUsage(rec, await asyncio.to_thread(node.host.read_stats,
-                                                        rec.meta.cgroup_path))
+    cgroup = await asyncio.to_thread(node.host.read_stats, rec.meta.cgroup_path)
+    usage = ContainerUsage(rec, cgroup, device_names={
+        (io.major, io.minor): _device_name(io.major, io.minor) for io in cgroup.io})
     try:
         layer = await node.imaged.snapshot_usage(rec.meta.snapshot_key, timeout=5)
-        usage.layer = LayerUsage(str(node.settings.imaged.root), layer.bytes, layer.inodes)
+        usage.layer = LayerUsage(str(node.settings.imaged.root), layer.bytes, layer.inodes,
+                                 *_filesystem(str(node.settings.imaged.root)))
     except Exception:  # imaged down or snapshot gone: stats without the layer
         pass
     return usage
 
 
+@functools.lru_cache(maxsize=256)
+def _device_name(major: int, minor: int) -> str:
+    # Block devices keep their names while the node runs; sysfs is read once each.
+    return block_device_name(major, minor)
+
+
+def _filesystem(path: str) -> tuple[int, int, int]:
+    """Size in bytes, free inodes and total inodes of the filesystem holding `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0, 0, 0
+    return st.f_blocks * st.f_frsize, st.f_favail, st.f_files
+
+
 async def pod_usage(node: Node, rec: SandboxRecord) -> PodUsage:
-    cgroup = await asyncio.to_thread(node.host.read_stats, rec.meta.cgroup_parent)
+    cgroup = await asyncio.to_thread(node.host.read_stats, rec.meta.pod_cgroup)
     containers = [c for c in node.pod_containers(rec.meta.id)
                   if c.status.state in ("created", "running", "exited")]
     usage = PodUsage(rec, cgroup, list(await asyncio.gather(

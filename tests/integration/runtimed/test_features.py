@@ -214,7 +214,9 @@ def test_stats_update_reopen_and_events(cri: Cri, image: str,
 def test_host_namespaces_and_sysctls(cri: Cri, image: str) -> None:
     ns = api_pb2.NamespaceOption(network=api_pb2.NODE, pid=api_pb2.NODE, ipc=api_pb2.NODE)
     config = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
-        cgroup_parent="/kubepods/besteffort/podcrib",
+        # Under the stack's own tree, so its cleanup takes it (a kubelet's parent is
+        # used as given and left to the kubelet).
+        cgroup_parent=cri.stack.cgroup_parent + "/kubepods/besteffort/podcrib",
         security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
     sid, config = cri.run_pod(config)
     try:
@@ -230,8 +232,8 @@ def test_host_namespaces_and_sysctls(cri: Cri, image: str) -> None:
         assert Path("/proc/1/comm").read_text().strip() in text  # host PID namespace
         info = json.loads(cri.rt.ContainerStatus(api_pb2.ContainerStatusRequest(
             container_id=cid, verbose=True)).info["info"])
-        assert info["cgroupPath"].startswith(
-            cri.stack.cgroup_parent + "/kubepods/besteffort/podcrib/")
+        assert info["cgroupPath"] == (
+            cri.stack.cgroup_parent + "/kubepods/besteffort/podcrib/" + cid)
     finally:
         cri.remove_pod(sid)
     # Pod-level sysctls reach every container (net.* in the pod's own netns).

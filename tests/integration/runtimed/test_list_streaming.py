@@ -98,9 +98,14 @@ def test_streams_match_the_lists(cri: Cri, image: str) -> None:
         assert a_stats.attributes.id == sid_a
         assert sorted(c.attributes.id for c in a_stats.linux.containers) == sorted(running)
 
-        # No metric descriptors, so no metrics: an empty stream that ends cleanly.
-        assert _stream(cri, "StreamPodSandboxMetrics", StreamPodSandboxMetricsRequest(),
-                       StreamPodSandboxMetricsResponse) == []
+        # Metrics of every ready pod, in pages, then EOF.
+        metrics = _stream(cri, "StreamPodSandboxMetrics", StreamPodSandboxMetricsRequest(),
+                          StreamPodSandboxMetricsResponse)
+        streamed = {m.pod_sandbox_id: m for page in metrics for m in page.pod_sandbox_metrics}
+        assert {sid_a, sid_b} <= set(streamed)
+        # Each running container of pod a has metrics (its cgroup exists).
+        assert sorted(c.container_id for c in streamed[sid_a].container_metrics) == sorted(
+            c.attributes.id for c in a_stats.linux.containers)
         # A filter matching nothing: no message at all, then EOF.
         assert _stream(cri, "StreamContainers", StreamContainersRequest(
             filter=ContainerFilter(id="f" * 64)), StreamContainersResponse) == []

@@ -296,6 +296,10 @@ class FakeHost:
         self.steps.hit("host.apply_pod_resources")
         self.cgroups[cgroup_path] = dict(res)
 
+    def kill_cgroup(self, cgroup_path: str) -> int:
+        self.steps.hit("host.kill_cgroup")
+        return 0
+
     def remove_cgroup(self, cgroup_path: str) -> list[str]:
         self.steps.hit("host.remove_cgroup")
         for path in [p for p in self.cgroups

@@ -111,12 +111,12 @@ class Daemon:
 def pod_request(name: str = "web", *, shared_pid: bool = False, cpu_shares: int = 512,
                 log_directory: str = "") -> RunPodSandboxRequest:
     """A pod with its own network, IPC and UTS; PID shared (catatonit) when asked; pod
-    resources, so the pod cgroup is set up."""
+    resources and no cgroup parent of its own, so crib makes the pod cgroup and limits it
+    (a kubelet's parent is the kubelet's to limit)."""
     return RunPodSandboxRequest(config=PodSandboxConfig(
         metadata=PodSandboxMetadata(name=name, namespace="default", uid=f"uid-{name}"),
         hostname=name, log_directory=log_directory,
         linux=LinuxPodSandboxConfig(
-            cgroup_parent=f"kubepods/pod-{name}",
             security_context=LinuxSandboxSecurityContext(namespace_options=NamespaceOption(
                 pid=NamespaceMode.POD if shared_pid else NamespaceMode.CONTAINER)),
             resources=LinuxContainerResources(cpu_shares=cpu_shares))))

@@ -104,7 +104,7 @@ async def test_monitor_lost_without_exit_file(daemon: Daemon, settings: CribSett
     try:
         status = await _status(d, cid)
         assert status.state == ContainerState.CONTAINER_EXITED and status.exit_code == 255
-        assert "without recording the exit code" in status.message
+        assert "exit code is unknown" in status.message and status.reason == "MonitorLost"
         await d.call("RemovePodSandbox", RemovePodSandboxRequest(pod_sandbox_id=sid))
         assert d.leftovers() == {}
     finally:

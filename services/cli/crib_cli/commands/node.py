@@ -52,7 +52,7 @@ async def status(args: argparse.Namespace, settings: CribSettings) -> int:
     ok = True
     channel, stub = _stub(settings)
     try:
-        reply = await stub.status(StatusRequest(), timeout=5)
+        reply = await stub.status(StatusRequest(verbose=True), timeout=5)
     except (OSError, GRPCError, asyncio.TimeoutError) as exc:
         print(f"CRI: no answer on {settings.gateway.socket}: {exc}")
         ok = False
@@ -62,6 +62,8 @@ async def status(args: argparse.Namespace, settings: CribSettings) -> int:
             line = f"{cond.type}: {'true' if cond.status else 'false'}"
             if not cond.status:
                 line += f" ({cond.reason}: {cond.message})"
+            print(line)
+        for line in cgroup_lines(reply.info.get("runtimed", "")):
             print(line)
     finally:
         channel.close()
@@ -79,6 +81,26 @@ async def status(args: argparse.Namespace, settings: CribSettings) -> int:
     for line in recovery_lines(report):
         print(line)
     return 0 if ok and not report.dropped else 1
+
+
+def cgroup_lines(runtimed_health: str) -> list[str]:
+    """What runtimed's /healthz says of cgroups and OOM scores (Status verbose info), as
+    `crib status` prints it; nothing when runtimed did not answer."""
+    try:
+        details = json.loads(runtimed_health).get("details") or {}
+    except (ValueError, AttributeError):
+        return []
+    cg = details.get("cgroups") if isinstance(details, dict) else None
+    if not isinstance(cg, dict):
+        return []
+    out = [f"cgroups: v{cg.get('version')} ({cg.get('mode')}), driver {cg.get('driver')}"]
+    oom = cg.get("oom_score_adj") or {}
+    if oom.get("restricted"):
+        out.append(f"oom_score_adj: values below {oom.get('own_score')} are raised to it "
+                   f"(runtimed lacks CAP_SYS_RESOURCE)")
+    elif oom:
+        out.append("oom_score_adj: applied as the kubelet asks")
+    return out
 
 
 async def wait(args: argparse.Namespace, settings: CribSettings) -> int:

@@ -37,6 +37,7 @@ from crib_common.errors import CribError, DeadlineExceeded, FailedPrecondition
 from crib_common.models.imaged import ImageInfo, SnapshotCreate
 
 from ..bundle import write_config
+from ..cgroups import container_cgroup
 from ..conmon.monitor import REOPEN_LOGS_EVENT, ConmonSpec
 from ..node import Node, failpoint, new_id, now
 from ..oci import security
@@ -93,7 +94,8 @@ class Containers:
             log_path=log_path, bundle=str(bundle), snapshot_key=cid, stop_signal=stop_signal,
             tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
             mounts=[mount_record(m) for m in config.mounts],
-            cgroup_path=f"{pod.meta.cgroup_parent}/crib-{cid}",
+            cgroup_path=container_cgroup(pod.meta.cgroup_parent, cid,
+                                         node.cfg.cgroup_driver).fs_path,
         )
         rec = ContainerRecord(meta=meta)
         rec.status.resources = _resources(config)
@@ -158,7 +160,9 @@ class Containers:
         defaults = security.current()
         spec = await asyncio.to_thread(build_container_spec, config, ContainerSpecInput(
             cid=meta.id, rootfs=rootfs, sandbox=pod.meta, image_config=image_config,
-            user=user, cgroup_path=meta.cgroup_path, infra_pid=pod.status.infra_pid,
+            user=user, infra_pid=pod.status.infra_pid,
+            cgroup_path=container_cgroup(pod.meta.cgroup_parent, meta.id,
+                                         node.cfg.cgroup_driver).oci_path,
             pids_limit=node.cfg.pids_limit, swap_controller=node.host.swap_controller,
             annotations=annotations, target_pids=target_pids,
             recursive_read_only=rt.recursive_read_only, handler=rt.name,

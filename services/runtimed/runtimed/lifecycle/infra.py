@@ -17,6 +17,7 @@ import structlog
 from crib_common.errors import NotFound, Unavailable
 from crib_common.models.imaged import ImageInfo, PullEvent, PullRequest, SnapshotCreate
 
+from ..cgroups import container_cgroup
 from ..conmon.monitor import ConmonSpec
 from ..oci.runtime import RuntimeImpl
 from ..oci.spec import build_pause_spec, build_sandbox_spec
@@ -52,8 +53,15 @@ async def _start_catatonit(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> N
         (rootfs / sub).mkdir(parents=True, exist_ok=True)
     (rootfs / "catatonit").touch()
     write_config(bundle, build_sandbox_spec(meta, rootfs, "/catatonit", node.cfg.catatonit,
-                                            f"{meta.cgroup_parent}/crib-{meta.id}"))
+                                            _oci_cgroup(node, rec)))
     await _run(node, rec, rt, bundle)
+
+
+def _oci_cgroup(node: Node, rec: SandboxRecord) -> str:
+    """config.json's cgroupsPath for the infra: a cgroup named after the sandbox id under
+    the pod's parent, in the driver's form (`cgroups.container_cgroup`)."""
+    return container_cgroup(rec.meta.cgroup_parent, rec.meta.id,
+                            node.cfg.cgroup_driver).oci_path
 
 
 async def _pause_image(node: Node) -> ImageInfo:
@@ -94,7 +102,7 @@ async def _start_pause(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
                                    run_as_user=None, run_as_username="",
                                    run_as_group=None, supplemental=[])
     write_config(bundle, build_pause_spec(meta, rootfs, image.config, user.uid, user.gid,
-                                          f"{meta.cgroup_parent}/crib-{meta.id}"))
+                                          _oci_cgroup(node, rec)))
     await _run(node, rec, rt, bundle)
 
 

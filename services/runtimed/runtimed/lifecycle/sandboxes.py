@@ -68,8 +68,8 @@ class Sandboxes:
         node = self.node
         sid = new_id()
         meta = SandboxMeta(id=sid, handler=rt.name, created_at=now(),
-                           cgroup_parent=self._cgroup_parent(sid, req.cgroup_parent),
-                           pod_dir=str(node.pods_dir / sid), **req.meta)
+                           pod_dir=str(node.pods_dir / sid), **req.meta,
+                           **self._cgroup_parent(sid, req.cgroup_parent))
         rec = SandboxRecord(meta=meta)
         rec.status.resources = req.resources
         node.add_sandbox(rec)
@@ -93,20 +93,27 @@ class Sandboxes:
         node.emit(sid, "started", sid)
         return sid
 
-    def _cgroup_parent(self, sid: str, asked: str) -> str:
-        """The pod cgroup: the kubelet's parent (or crib-<id> without one) under crib's
-        `cgroup_parent` setting, as a cgroupfs path."""
-        parent = asked or f"crib-{sid[:16]}"
-        joined = self.node.cfg.cgroup_parent.strip("/") + "/" + parent.strip("/")
-        return "/" + "/".join(p for p in joined.split("/") if p)
+    def _cgroup_parent(self, sid: str, asked: str) -> dict[str, Any]:
+        """Where the pod sits in the cgroup tree (SandboxMeta's cgroup fields): the
+        kubelet's parent as given, like containerd and CRI-O (the kubelet made and limits
+        it); crib's `cgroup_parent` setting only for a pod that names none, and then crib
+        owns the pod cgroup. InvalidArgument for a parent not in the driver's form."""
+        cfg = self.node.cfg
+        driver = cfg.cgroup_driver
+        parent = cgroups.pod_cgroup_parent(asked, setting=cfg.cgroup_parent, sandbox_id=sid,
+                                           driver=driver)
+        return {"cgroup_parent": parent,
+                "cgroup_path": cgroups.pod_cgroup_path(parent, driver),
+                "cgroup_owned": not asked,
+                "infra_cgroup": cgroups.container_cgroup(parent, sid, driver).fs_path}
 
     async def _setup(self, rec: SandboxRecord, dns: DnsConfig | None,
                      rt: RuntimeImpl) -> None:
         node, meta = self.node, rec.meta
         pod_dir = Path(meta.pod_dir)
         pod_dir.mkdir(parents=True, exist_ok=True)
-        if rec.status.resources:
-            await self.apply_resources(meta.cgroup_parent, rec.status.resources)
+        if rec.status.resources and meta.cgroup_owned:
+            await self.apply_resources(meta.pod_cgroup, rec.status.resources)
         ips: list[str] = []
         if not meta.host_network:
             net = await node.netd.create_pod_network(PodNetworkCreate(
@@ -158,11 +165,23 @@ class Sandboxes:
         for leftover in (node.exit_dir / meta.id, node.sock_dir / meta.id):
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        left = await asyncio.to_thread(node.host.remove_cgroup, meta.cgroup_parent)
+        left = await asyncio.to_thread(self._remove_cgroups, meta)
         if left:
             log.warning("cgroups left behind", pod=meta.id, cgroups=left)
         if failed:
             raise failed[0]
+
+    def _remove_cgroups(self, meta: SandboxMeta) -> list[str]:
+        """A pod cgroup crib made: everything left in it killed at once (cgroup.kill on
+        v2), then removed. The kubelet's pod cgroup is the kubelet's to remove; only
+        the infra's cgroup under it is crib's."""
+        host = self.node.host
+        top = meta.pod_cgroup if meta.cgroup_owned else (
+            meta.infra_cgroup_path if meta.has_infra else "")
+        if not top:
+            return []
+        host.kill_cgroup(top)
+        return host.remove_cgroup(top)
 
     async def stop(self, rec: SandboxRecord) -> None:
         """Kill every container and the infra, release the network; ready -> notready."""
@@ -198,8 +217,11 @@ class Sandboxes:
         try:
             await asyncio.to_thread(self.node.host.apply_pod_resources, cgroup_parent, res)
         except OSError as exc:
+            # The controller is there but refused the value (EBUSY: memory already above
+            # the new limit); a missing controller is FailedPrecondition from the host.
             raise FailedPrecondition(
-                f"pod cgroup {cgroup_parent}: cannot apply {res}: {exc.strerror}") from None
+                f"pod cgroup {cgroup_parent}: cannot apply {res}: "
+                f"{exc.filename or ''} {exc.strerror}") from None
 
     async def update_resources(self, rec: SandboxRecord, resources: dict[str, Any],
                                overhead: dict[str, Any]) -> None:
@@ -209,7 +231,8 @@ class Sandboxes:
             if rec.status.state != "ready":
                 raise FailedPrecondition(f"pod sandbox {rec.meta.id} is not ready")
             res = cgroups.pod_resources(resources, overhead)
-            await self.apply_resources(rec.meta.cgroup_parent, res)
+            if rec.meta.cgroup_owned:
+                await self.apply_resources(rec.meta.pod_cgroup, res)
             rec.status.resources = res
             self.node.put_sandbox(rec)
         log.info("sandbox resources updated", pod=rec.meta.id, resources=res)

@@ -23,7 +23,7 @@ from crib_common.cri.runtime.v1 import (
 )
 from crib_common.errors import InvalidArgument
 
-from ..oom import oom_policy
+from ..oom import SANDBOX_OOM_SCORE_ADJ, oom_policy
 from ..store.records import SandboxMeta
 from .devices import DEFAULT_ALLOW, device, host_devices
 from .capabilities import ALL_CAPS, DEFAULT_CAPS, cap_name, container_capabilities
@@ -420,7 +420,9 @@ def _infra_spec(sb: SandboxMeta, rootfs: Path, argv: list[str], env: list[str], 
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
-            "oomScoreAdj": 0,
+            # The kubelet's PodInfraOOMAdj: the last thing of the pod the OOM killer
+            # should pick, within what the daemon may grant (runtimed.oom).
+            "oomScoreAdj": oom_policy().apply(SANDBOX_OOM_SCORE_ADJ),
         },
         "root": {"path": str(rootfs), "readonly": readonly},
         "mounts": [

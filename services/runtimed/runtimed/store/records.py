@@ -67,7 +67,20 @@ class SandboxMeta(BaseModel):
     host_pid: bool = False
     host_ipc: bool = False
     shared_pid: bool = False  # namespace_options.pid == POD: catatonit holds the PID ns
-    cgroup_parent: str = ""  # full cgroupfs path of the pod cgroup, e.g. /crib/pod-<id>
+    # The pod's cgroup parent as runtimed was given it (the kubelet's
+    # "/kubepods/burstable/pod<uid>" or "kubepods-burstable-pod<uid>.slice") or made it
+    # (`cgroups.pod_cgroup_parent`). Records of the previous version hold the cgroupfs
+    # path of a pod cgroup crib made under its own /crib.
+    cgroup_parent: str = ""
+    # Added with the kubelet's tree (issue 10); the defaults read old records right.
+    # The pod cgroup's path under the cgroup root (a slice expanded); "" in old records,
+    # where cgroup_parent is that path.
+    cgroup_path: str = ""
+    # crib made the pod cgroup (no parent from the kubelet): it applies the pod's limits
+    # and kills and removes it at teardown. The kubelet's own pod cgroups are its own.
+    cgroup_owned: bool = True
+    # The infra process's cgroup path ("" in old records: <cgroup_parent>/crib-<id>).
+    infra_cgroup: str = ""
     pod_dir: str = ""  # hostname, resolv.conf, hosts, shm
     ipc_ns: str = ""  # pinned namespace files ("" = host)
     uts_ns: str = ""
@@ -79,6 +92,15 @@ class SandboxMeta(BaseModel):
     # from the writable snapshot `infra_snapshot`, holding the pod's namespaces.
     pause_image: str = ""
     infra_snapshot: str = ""
+
+    @property
+    def pod_cgroup(self) -> str:
+        """The pod cgroup's path under the cgroup root (stats, limits, kill, removal)."""
+        return self.cgroup_path or self.cgroup_parent
+
+    @property
+    def infra_cgroup_path(self) -> str:
+        return self.infra_cgroup or f"{self.cgroup_parent}/crib-{self.id}"
 
     @property
     def has_infra(self) -> bool:
@@ -135,6 +157,9 @@ class ContainerMeta(BaseModel):
     uid: int = 0
     gid: int = 0
     groups: list[int] = Field(default_factory=list)
+    # The container cgroup's path under the cgroup root (stats, OOM, kill): with
+    # cgroupfs "<pod parent>/<id>" (crib-<id> in old records), with systemd
+    # "<pod slice path>/crib-<id>.scope". config.json holds the runtime's form.
     cgroup_path: str = ""
 
 
