@@ -148,6 +148,7 @@ class Node:
         self.on_drop: list[Callable[[str], None]] = []
         # Set when a rollback left something to a peer that was down: the sweep runs soon.
         self.sweep_wanted = asyncio.Event()
+        self._sweep_after: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._subscribers: set[Subscription[Any]] = set()
 
@@ -208,7 +209,19 @@ class Node:
             self.release(container_name(rec.meta), cid)
         self._dropped(cid)
 
+    def want_sweep(self, after: str = "") -> None:
+        """Ask for an orphan sweep: now, or once record `after` is dropped (a sweep that
+        still saw the record of a failed create would leave what its rollback could not
+        undo until the next timed sweep)."""
+        if after and (after in self.sandboxes or after in self.containers):
+            self._sweep_after.add(after)
+        else:
+            self.sweep_wanted.set()
+
     def _dropped(self, oid: str) -> None:
+        if oid in self._sweep_after:
+            self._sweep_after.discard(oid)
+            self.sweep_wanted.set()
         self.generation += 1
         self._locks.pop(oid, None)
         for forget in self.on_drop:

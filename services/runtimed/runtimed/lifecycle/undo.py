@@ -28,21 +28,22 @@ log = structlog.get_logger("crib.runtimed")
 UNDO_TIMEOUT = 60.0
 
 
-async def run_undo(node: Node, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-    """Run one undo step shielded from cancellation, under UNDO_TIMEOUT."""
+async def run_undo(node: Node, fn: Callable[..., Awaitable[None]], rec: Any) -> None:
+    """Run one undo step (a teardown of `rec`) shielded from cancellation, under
+    UNDO_TIMEOUT. What it could not undo is the sweep's, once the record is dropped."""
     async def guarded() -> None:
         try:
             async with asyncio.timeout(UNDO_TIMEOUT):
-                await fn(*args)
+                await fn(rec)
         except CribError as exc:
             # A peer (netd, imaged) down: the record goes with the failed create, and
             # the sweep removes what the step left there once the peer is back.
             log.warning("undo step failed; the sweep finishes it", step=fn.__name__,
                         error=exc.message)
-            node.sweep_wanted.set()
+            node.want_sweep(after=rec.meta.id)
         except Exception:
             log.exception("undo step failed", step=fn.__name__)
-            node.sweep_wanted.set()
+            node.want_sweep(after=rec.meta.id)
 
     await asyncio.shield(asyncio.ensure_future(guarded()))
 
@@ -56,7 +57,7 @@ async def rollback(node: Node, teardown: Callable[[Any], Awaitable[None]], rec: 
     except Exception as exc:  # noqa: BLE001 - the sweep takes over
         log.warning("rollback incomplete; the sweep finishes it", id=rec.meta.id,
                     error=str(exc))
-        node.sweep_wanted.set()
+        node.want_sweep(after=rec.meta.id)
 
 
 async def attempt(failed: list[Exception], step: str, work: Awaitable[Any],
