@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cgroups import CgroupStats
-from .metrics import block_device_name
+from .metrics import NetworkCounters, block_device_name, parse_net_dev
 from .node import Node
 from .store.records import ContainerRecord, SandboxRecord
 
-__all__ = ["ContainerUsage", "Interface", "LayerUsage", "PodUsage", "container_usage",
-           "parse_net_dev", "pod_usage"]
+__all__ = ["ContainerUsage", "LayerUsage", "PodUsage", "container_usage",
+           "pod_usage"]
 
 
 @dataclass
@@ -45,26 +45,11 @@ class ContainerUsage:
 
 
 @dataclass
-class Interface:
-    """One line of /proc/net/dev."""
-
-    name: str
-    rx_bytes: int
-    rx_packets: int
-    rx_errors: int
-    rx_dropped: int
-    tx_bytes: int
-    tx_packets: int
-    tx_errors: int
-    tx_dropped: int
-
-
-@dataclass
 class PodUsage:
     rec: SandboxRecord
     cgroup: CgroupStats
     containers: list[ContainerUsage] = field(default_factory=list)
-    interfaces: list[Interface] = field(default_factory=list)
+    interfaces: list[NetworkCounters] = field(default_factory=list)
 
 
 async def container_usage(node: Node, rec: ContainerRecord) -> ContainerUsage:
@@ -115,29 +100,11 @@ async def pod_usage(node: Node, rec: SandboxRecord) -> PodUsage:
     return usage
 
 
-def _net_dev(pid: int) -> list[Interface]:
+def _net_dev(pid: int) -> list[NetworkCounters]:
     try:
         return parse_net_dev(Path(f"/proc/{pid}/net/dev").read_text())
     except OSError:
         return []
-
-
-def parse_net_dev(text: str) -> list[Interface]:
-    """Interfaces of a /proc/net/dev text except loopback (the kubelet reports eth0)."""
-    out = []
-    for line in text.splitlines()[2:]:
-        name, _, rest = line.partition(":")
-        f = rest.split()
-        name = name.strip()
-        if name == "lo" or len(f) < 16:
-            continue
-        n = [int(x) for x in f[:16]]
-        # Receive: bytes packets errs drop fifo frame compressed multicast; transmit:
-        # bytes packets errs drop fifo colls carrier compressed (net/core/net-procfs.c).
-        out.append(Interface(name, rx_bytes=n[0], rx_packets=n[1], rx_errors=n[2],
-                             rx_dropped=n[3], tx_bytes=n[8], tx_packets=n[9],
-                             tx_errors=n[10], tx_dropped=n[11]))
-    return out
 
 
 _CLONE_NEWNET = 0x40000000  # <linux/sched.h>

@@ -20,7 +20,8 @@ from runtimed.messages.metrics import metric_descriptors, pod_sandbox_metrics
 from runtimed.metrics import descriptors
 from runtimed.oci.spec import build_sandbox_spec
 from runtimed.oom import SANDBOX_OOM_SCORE_ADJ, oom_policy
-from runtimed.stats import ContainerUsage, Interface, LayerUsage, PodUsage
+from runtimed.metrics import NetworkCounters
+from runtimed.stats import ContainerUsage, LayerUsage, PodUsage
 from runtimed.store.records import ContainerMeta, ContainerRecord, SandboxMeta, SandboxRecord
 
 
@@ -132,7 +133,7 @@ def _usage() -> PodUsage:
     return PodUsage(pod, st, [
         ContainerUsage(c, st, LayerUsage("/var/lib/crib", 10, 2, 100, 5, 9)),
         ContainerUsage(gone, CgroupStats(1, 0, 0, 0, 0, 0, 0, 0, False))],
-        [Interface("eth0", 1, 2, 3, 4, 5, 6, 7, 8)])
+        [NetworkCounters("eth0", 1, 2, 3, 4, 5, 6, 7, 8)])
 
 
 def test_pod_sandbox_metrics_message() -> None:

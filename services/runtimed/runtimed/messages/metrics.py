@@ -53,11 +53,7 @@ def pod_sandbox_metrics(usage: PodUsage) -> PodSandboxMetrics:
     """The pod's own metrics (its cgroup and network interfaces) and each container's."""
     meta = usage.rec.meta
     labels = metrics.MetricLabels(id=meta.pod_cgroup, namespace=meta.namespace, pod=meta.name)
-    network = [metrics.NetworkCounters(
-        i.name, rx_bytes=i.rx_bytes, rx_packets=i.rx_packets, rx_errors=i.rx_errors,
-        rx_dropped=i.rx_dropped, tx_bytes=i.tx_bytes, tx_packets=i.tx_packets,
-        tx_errors=i.tx_errors, tx_dropped=i.tx_dropped) for i in usage.interfaces]
-    samples = metrics.pod_samples(labels, network,
+    samples = metrics.pod_samples(labels, usage.interfaces,
                                   usage.cgroup if usage.cgroup.exists else None)
     containers = [c for c in (container_metrics(u, usage) for u in usage.containers)
                   if c is not None]

@@ -20,7 +20,8 @@ from crib_common.cri.runtime.v1 import (
 )
 
 from ..cgroups import CgroupStats
-from ..stats import ContainerUsage, Interface, PodUsage
+from ..metrics import NetworkCounters
+from ..stats import ContainerUsage, PodUsage
 from .status import pod_metadata
 
 __all__ = ["container_stats", "sandbox_stats"]
@@ -56,8 +57,8 @@ def container_stats(usage: ContainerUsage) -> ContainerStats:
     return stats
 
 
-def _interface(i: Interface) -> NetworkInterfaceUsage:
-    return NetworkInterfaceUsage(name=i.name, rx_bytes=_u(i.rx_bytes),
+def _interface(i: NetworkCounters) -> NetworkInterfaceUsage:
+    return NetworkInterfaceUsage(name=i.interface, rx_bytes=_u(i.rx_bytes),
                                  rx_errors=_u(i.rx_errors), tx_bytes=_u(i.tx_bytes),
                                  tx_errors=_u(i.tx_errors))
 
