@@ -14,6 +14,9 @@ rest `TICK` seconds apart:
 - a progress log line every `LOG_EVERY` seconds of a long pull;
 - publishing: each pull whose bytes or state changed goes once to the fan-out, which
   every watcher reads at its own pace (`fanout`). A pull's end is published at once.
+  With many watchers, intermediate updates go out every few ticks instead, so the
+  stream writes stay near `WRITE_BUDGET` a second however many clients watch: hundreds
+  of watchers do not take the event loop from the downloads.
 
 Finished pulls stay answerable by id (`GET /v1/pulls/{id}`) among the last `RECENT`.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import time
 
@@ -46,6 +50,9 @@ TICK = 0.25
 LOG_EVERY = 30.0
 # Finished pulls kept for `GET /v1/pulls/{id}` (a client asking right after the end).
 RECENT = 64
+# Stream writes a second the ticker aims to stay under: each costs the event loop some
+# tens of microseconds (aiohttp), so this is ~1-2% of a core at most.
+WRITE_BUDGET = 400
 
 
 class PullTable:
@@ -61,6 +68,7 @@ class PullTable:
         self.transfers: dict[str, Transfer] = {}
         self.fanout = Fanout()
         self._ticker: asyncio.Task[None] | None = None
+        self._ticks = 0
 
     # ------------------------------------------------------------ the puller's side
     def open(self, reference: str, requester: PullRequester) -> Pull:
@@ -206,7 +214,8 @@ class PullTable:
             if tr.done != tr.seen:
                 tr.moved_at = now
                 self._flush(tr)
-        publish = bool(self.fanout.watchers)
+        self._ticks += 1
+        publish = bool(self.fanout.watchers) and self._ticks % self.publish_every() == 0
         for pull in list(self.pulls.values()):
             pull.samples.append((now, pull.transferred()))
             if pull.deadline is not None and self.progress_timeout > 0:
@@ -219,6 +228,12 @@ class PullTable:
                 if signature != pull.published:
                     pull.published = signature
                     self.fanout.publish(pull.id, Published("pull", pull.info(now)))
+
+    def publish_every(self) -> int:
+        """Ticks between intermediate updates: 1 until the watchers' writes a second for
+        every pull in flight would pass WRITE_BUDGET."""
+        writes = len(self.fanout.watchers) * max(len(self.pulls), 1) / self.tick_interval
+        return max(1, math.ceil(writes / WRITE_BUDGET))
 
     def _flush(self, tr: Transfer) -> None:
         delta = tr.done - tr.seen
