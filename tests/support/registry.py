@@ -33,6 +33,9 @@ counts: each request to `path` consumes one and gets the route's full headers bu
 that many body bytes, then the connection is dropped. A `Range: bytes=N-` request for a
 200 route is answered 206 with `Content-Range` (as docker-registry does), unless
 `.honor_range` is False (then 200 and the whole body).
+Slow registries: `.throttle[path]` serves that body at about so many bytes per second;
+`.stall[path] = n` sends the first n body bytes, then nothing more (the connection stays
+open) until `.release` is set or the server stops.
 """
 
 from __future__ import annotations
@@ -543,6 +546,8 @@ class StaticRegistry(_LoopbackHTTP):
         self.requests: list[str] = []
         # path -> bytes per second: serve that body slowly (kill-during-pull tests).
         self.throttle: dict[str, int] = {}
+        self.stall: dict[str, int] = {}
+        self.release = threading.Event()
         self.script: dict[str, list[Route]] = {}
         self.cut: dict[str, list[int]] = {}
         self.honor_range = True
@@ -627,7 +632,13 @@ class StaticRegistry(_LoopbackHTTP):
                 if with_body:
                     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                         rate = owner.throttle.get(path)
-                        if rate:
+                        stall = owner.stall.get(path)
+                        if stall is not None:
+                            self.wfile.write(body[:stall])
+                            self.wfile.flush()
+                            owner.release.wait(120)
+                            self.wfile.write(body[stall:])
+                        elif rate:
                             step = max(rate // 20, 1)
                             for i in range(0, len(body), step):
                                 self.wfile.write(body[i:i + step])
@@ -647,6 +658,10 @@ class StaticRegistry(_LoopbackHTTP):
 
         self._start_server(Handler, "crib-static-registry")
         return self
+
+    def stop(self) -> None:
+        self.release.set()  # stalled answers end, so the server threads can
+        super().stop()
 
     def __enter__(self) -> StaticRegistry:
         return self.start()

@@ -54,6 +54,7 @@ __all__ = [
     "limit_malloc_arenas",
     "settle_memory",
     "METRICS_KEY",
+    "metrics_registry",
     "REQUEST_ID_HEADER",
     "TIMEOUT_HEADER",
     "STREAM_CONTENT_TYPE",
@@ -369,6 +370,12 @@ class _Metrics:
                 self._children[key] = pair
         pair[0].inc()
         pair[1].observe(elapsed)
+
+
+def metrics_registry(app: web.Application) -> CollectorRegistry:
+    """The registry `/metrics` serves, for a daemon's own collectors."""
+    metrics: _Metrics = app[METRICS_KEY]  # type: ignore[assignment]
+    return metrics.registry
 
 
 def _route_name(request: web.Request) -> str:

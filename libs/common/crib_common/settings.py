@@ -79,7 +79,10 @@ class ImagedSection(BaseModel):
     registries: dict[str, RegistryConfig] = Field(default_factory=dict)
     # Hosts answered over plain HTTP, besides loopback which always is (as in containerd).
     insecure_registries: list[str] = Field(default_factory=list)
-    pull_timeout: float = Field(default=600.0, gt=0)
+    # A pull fails when no byte of its layers has arrived for this many seconds while a
+    # download is under way (containerd's CRI `image_pull_progress_timeout`, default 5
+    # minutes); 0 = never. A slow pull that keeps moving runs as long as it needs.
+    image_pull_progress_timeout: float = Field(default=300.0, ge=0)
     # Where the short per-layer links overlay's lowerdir names live (default <root>/l).
     # The option string must fit one page (4096 bytes): each layer costs len(link_dir)+7
     # bytes, so a short directory (e.g. /run/crib/l) fits more layers.

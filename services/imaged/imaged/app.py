@@ -2,7 +2,8 @@
 
 Resources (in `cleanup_ctx`, undone in reverse): the image store, recovered before the
 socket serves; the outbound HTTP session for registries; the puller; the repair of images
-recovery kept with blobs missing, in the background once ready.
+recovery kept with blobs missing, in the background once ready. The pull table (every
+pull in flight, its watchers and metrics) lives as long as the app.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from crib_common.server import CriTable, Health, RouteTable, create_daemon_app
+from crib_common.server import CriTable, Health, RouteTable, create_daemon_app, metrics_registry
 from crib_common.settings import CribSettings
 
 from .api import images as images_api
+from .api import pulls as pulls_api
 from .api import recovery as recovery_api
 from .api import snapshots as snapshots_api
 from .cri import register_all
 from .oci.reference import parse_reference
 from .pull import Puller
+from .pulls import PullMetrics, PullTable
 from .service import ImageService
 from .store.images import ImageStore
 
@@ -38,6 +41,7 @@ def create_app(settings: CribSettings) -> web.Application:
     routes = RouteTable()
     register_all(cri, svc)
     images_api.register(routes, svc)
+    pulls_api.register(routes, svc)
     snapshots_api.register(routes, svc)
     recovery_api.register(routes, svc)
 
@@ -56,6 +60,8 @@ def create_app(settings: CribSettings) -> web.Application:
 
     app = create_daemon_app("imaged", routes, cri, health)
     app[SERVICE_KEY] = svc
+    svc.pulls = PullTable(settings.imaged.image_pull_progress_timeout,
+                          PullMetrics(metrics_registry(app)))
 
     async def resources(_app: web.Application) -> AsyncIterator[None]:
         settings.imaged.run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +78,7 @@ def create_app(settings: CribSettings) -> web.Application:
         if settings.runtimed.pause_image:
             # CRI Image.pinned: a recommendation to the kubelet's image GC (api.proto).
             store.pinned_names = {str(parse_reference(settings.runtimed.pause_image))}
-        svc._puller = Puller(store, settings.imaged, http)
+        svc._puller = Puller(store, settings.imaged, http, svc.pulls)
         svc._store = store
         repair = asyncio.ensure_future(_repair_all(svc))
         try:
@@ -82,6 +88,7 @@ def create_app(settings: CribSettings) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await repair
             svc._store = None
+            await svc.pulls.close()
             await http.close()
             store.close()
 
@@ -92,9 +99,6 @@ def create_app(settings: CribSettings) -> web.Application:
 async def _repair_all(svc: ImageService) -> None:
     """Fetch again, one image after another, the blobs recovery found missing. Best
     effort and anonymous: what fails stays marked until the next pull of the image."""
+    # No total time limit: each pull fails when it stops moving (image_pull_progress_timeout).
     for image_id in [i.id for i in svc.store.images.values() if i.missing]:
-        try:
-            async with asyncio.timeout(svc.settings.pull_timeout):
-                await svc.puller.repair(image_id)
-        except TimeoutError:
-            log.warning("repair timed out", image=image_id)
+        await svc.puller.repair(image_id)

@@ -10,6 +10,12 @@ layer against its diff_id while it is unpacked. Two pulls needing one blob or on
 share the same task (containerd's `unpackDuplicationSuppressor`); downloads are bounded by
 `max_concurrent_downloads` (its `downloadLimiter`). While a pull runs, the digests it
 names are leased so garbage collection leaves them alone.
+
+Every pull is a row of the pull table (`pulls.table`) from start to end, whoever asked;
+its layers follow shared transfers there, so a layer two pulls need is fetched once and
+its bytes show in both. A pull with a download under way and no byte arriving for
+`image_pull_progress_timeout` seconds is cancelled by the table's ticker and fails with
+DeadlineExceeded naming the stalled layers; there is no limit on a pull that moves.
 """
 
 from __future__ import annotations
@@ -19,14 +25,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 import structlog
 
-from crib_common.errors import CribError, InvalidArgument
-from crib_common.models.imaged import LayerProgress, PullEvent
+from crib_common.errors import CribError, DeadlineExceeded, InvalidArgument
+from crib_common.models.imaged import PullRequester
 from crib_common.settings import ImagedSection
 
 from .oci.manifest import (
@@ -41,13 +46,14 @@ from .oci.manifest import (
     select_manifest,
 )
 from .oci.reference import Reference, parse_reference
+from .pulls import Pull, PullTable, Transfer
 from .registry.auth import Credentials
 from .registry.client import RegistrySession
 from .store.content import DigestMismatch
 from .store.images import ImageStore
 from .store.records import ImageLayer, ImageRecord, LayerRecord
 
-__all__ = ["Puller", "PullProgress"]
+__all__ = ["Puller"]
 
 log = structlog.get_logger("imaged.pull")
 T = TypeVar("T")
@@ -58,60 +64,56 @@ T = TypeVar("T")
 UNPACK_THREADS = 4
 
 
-@dataclass
-class PullProgress:
-    """Live progress of one pull; `changed` is set on every update."""
-
-    reference: str
-    status: str = "resolving"
-    image_id: str = ""
-    layers: dict[str, LayerProgress] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def update(self) -> None:
-        self.changed.set()
-
-    def event(self) -> PullEvent:
-        return PullEvent(reference=self.reference, status=self.status, image_id=self.image_id,
-                         layers=[lp.model_copy() for lp in self.layers.values()])
-
-
 class Puller:
     def __init__(self, store: ImageStore, settings: ImagedSection,
-                 http: aiohttp.ClientSession) -> None:
+                 http: aiohttp.ClientSession, table: PullTable | None = None) -> None:
         self.store = store
         self.settings = settings
         self.http = http
+        self.table = table or PullTable(settings.image_pull_progress_timeout)
         self.downloads = asyncio.Semaphore(settings.max_concurrent_downloads)
         self.unpacks = asyncio.Semaphore(UNPACK_THREADS)
         self._blob_tasks: dict[str, list[Any]] = {}
         self._layer_tasks: dict[str, list[Any]] = {}
 
     async def pull(self, raw_ref: str, creds: Credentials,
-                   progress: PullProgress | None = None) -> ImageRecord:
-        """Pull `raw_ref`; returns the stored image. Errors are CribErrors."""
-        ref = parse_reference(raw_ref)
-        progress = progress or PullProgress(str(ref))
-        progress.reference = str(ref)
+                   requester: PullRequester | None = None,
+                   pull: Pull | None = None) -> ImageRecord:
+        """Pull `raw_ref` as a row of the pull table (`pull` if the caller opened it, to
+        watch it from the start); returns the stored image. Errors are CribErrors."""
+        pull = pull or self.table.open(raw_ref, requester or PullRequester(kind="rest"))
         start = time.monotonic()
-        log.info("pull started", image=str(ref))
-        session = RegistrySession(self.http, self.settings, ref, creds)
         leased: list[str] = []
         try:
-            img = await self._pull(ref, session, progress, leased)
+            ref = parse_reference(raw_ref)
+            pull.reference, pull.registry = str(ref), ref.domain
+            pull.changed()
+            log.info("pull started", image=str(ref), pull=pull.id,
+                     requester=pull.requester.kind,
+                     pod=pull.requester.pod.name if pull.requester.pod else None)
+            session = RegistrySession(self.http, self.settings, ref, creds)
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    pull.deadline = deadline
+                    img = await self._pull(ref, session, pull, leased)
+            except TimeoutError:
+                if not pull.stall:
+                    raise
+                raise DeadlineExceeded(pull.stall) from None
+            finally:
+                pull.deadline = None
         except BaseException as exc:
-            progress.status = "error"
-            progress.update()
-            log.info("pull failed", image=str(ref), error=str(exc)[:500])
+            self.table.finish(pull, error=exc)
+            log.info("pull failed", image=pull.reference, pull=pull.id,
+                     error=str(exc)[:500] or type(exc).__name__)
             self._release(leased)
             # What this pull stored and nothing references goes: a failed pull leaves
             # the store as it found it.
             await asyncio.shield(self.store.collect())
             raise
         self._release(leased)
-        progress.status, progress.image_id = "done", img.id
-        progress.update()
-        log.info("pull done", image=str(ref), image_id=img.id,
+        self.table.finish(pull, image_id=img.id)
+        log.info("pull done", image=pull.reference, pull=pull.id, image_id=img.id,
                  seconds=round(time.monotonic() - start, 3))
         return img
 
@@ -126,7 +128,7 @@ class Puller:
             if img is None or not img.missing:
                 break
             try:
-                await self.pull(ref, creds or Credentials())
+                await self.pull(ref, creds or Credentials(), PullRequester(kind="repair"))
             except CribError as exc:
                 log.warning("repair failed", image=image_id, ref=ref, error=exc.message[:300])
         img = self.store.images.get(image_id)
@@ -148,10 +150,12 @@ class Puller:
             self.store.leases[name] += 1
             leased.append(name)
 
-    async def _pull(self, ref: Reference, session: RegistrySession, progress: PullProgress,
+    async def _pull(self, ref: Reference, session: RegistrySession, pull: Pull,
                     leased: list[str]) -> ImageRecord:
         raw, media_type, header_digest = await session.fetch_manifest(ref.object)
         top_digest = self._check_manifest_digest(ref, raw, header_digest)
+        pull.digest = top_digest  # what `repo@digest` names: the index, if there is one
+        pull.changed()
         content = [top_digest]
         self._lease(leased, top_digest)
         await _settled(self.store.content.put, top_digest, raw)
@@ -178,14 +182,11 @@ class Puller:
             raise InvalidArgument(f"image config names {len(diff_ids)} layers, the manifest "
                                   f"{len(manifest.layers)}")
         self._check_platform(config)
-        progress.status = "pulling"
-        for desc in manifest.layers:
-            progress.layers[desc.digest] = LayerProgress(digest=desc.digest, size=desc.size)
-        progress.update()
+        self.table.set_layers(pull, [(desc.digest, desc.size) for desc in manifest.layers])
         for desc, diff_id in zip(manifest.layers, diff_ids):
             self._lease(leased, desc.digest, diff_id)
             content.append(desc.digest)
-        tasks = [asyncio.ensure_future(self._ensure_layer(session, desc, diff_id, progress))
+        tasks = [asyncio.ensure_future(self._ensure_layer(session, desc, diff_id, pull))
                  for desc, diff_id in zip(manifest.layers, diff_ids)]
         try:
             await asyncio.gather(*tasks)
@@ -239,41 +240,37 @@ class Puller:
 
     # ---------------------------------------------------------------- layers
     async def _ensure_layer(self, session: RegistrySession, desc: Descriptor, diff_id: str,
-                            progress: PullProgress) -> None:
-        lp = progress.layers[desc.digest]
+                            pull: Pull) -> None:
         if self.store.layer_exists(diff_id):
             if not self.store.content.has(desc.digest):
                 # Unpacked for a container whose image was removed, so its compressed
                 # blob went with the image: fetch it again, or the image would name a
                 # blob that is not there (issue 11: recovery then dropped it).
+                tr = self.table.attach(pull, desc.digest)
                 await _shared(self._blob_tasks, desc.digest,
-                              lambda: self._download(session, desc, progress))
-                lp.status = "done"
+                              lambda: self._download(session, desc, tr))
+                self.table.layer_done(pull, desc.digest)
             else:
-                lp.status = "exists"
-            lp.downloaded = lp.size
-            progress.update()
+                self.table.layer_present(pull, desc.digest)
             return
+        tr = self.table.attach(pull, desc.digest)
         await _shared(self._layer_tasks, diff_id,
-                      lambda: self._unpack(session, desc, diff_id, progress))
-        lp.status, lp.downloaded = "done", lp.size
-        progress.update()
+                      lambda: self._unpack(session, desc, diff_id, tr))
+        self.table.layer_done(pull, desc.digest)
 
     async def _unpack(self, session: RegistrySession, desc: Descriptor, diff_id: str,
-                      progress: PullProgress) -> None:
+                      tr: Transfer) -> None:
         if self.store.layer_exists(diff_id):
             return
         # The task may outlive the pull that started it: it holds its own lease.
         with self.store.lease(desc.digest, diff_id):
-            await self._download_and_unpack(session, desc, diff_id, progress)
+            await self._download_and_unpack(session, desc, diff_id, tr)
 
     async def _download_and_unpack(self, session: RegistrySession, desc: Descriptor,
-                                   diff_id: str, progress: PullProgress) -> None:
+                                   diff_id: str, tr: Transfer) -> None:
         await _shared(self._blob_tasks, desc.digest,
-                      lambda: self._download(session, desc, progress))
-        lp = progress.layers[desc.digest]
-        lp.status = "unpacking"
-        progress.update()
+                      lambda: self._download(session, desc, tr))
+        tr.state = "unpacking"
         compression = LAYER_COMPRESSION[desc.media_type]
         link = self.store.layers.new_link()
         blob = self.store.content.path_of(desc.digest)
@@ -298,22 +295,23 @@ class Puller:
                 raise
         self.store.put_layer(LayerRecord(diff_id=diff_id, link=link, bytes=stats.bytes,
                                          inodes=stats.inodes, created_at=time.time_ns()))
+        tr.state = "done"
         log.debug("layer unpacked", diff_id=diff_id, entries=stats.entries,
                   seconds=round(time.monotonic() - started, 3))
 
     async def _download(self, session: RegistrySession, desc: Descriptor,
-                        progress: PullProgress) -> None:
-        lp = progress.layers[desc.digest]
+                        tr: Transfer) -> None:
         if self.store.content.has(desc.digest):
-            lp.downloaded = desc.size
+            tr.done = desc.size
             return
         async with self.downloads:
-            lp.status = "downloading"
-            progress.update()
+            tr.state = "downloading"
+            # A stall is counted from here: waiting for a slot is not one.
+            tr.moved_at = asyncio.get_running_loop().time()
 
             def advance(n: int) -> None:
-                lp.downloaded += n
-                progress.update()
+                # The only work per chunk: the table's ticker derives the rest.
+                tr.done += n
 
             # A kept partial download (imaged killed mid-pull) is taken over; if the
             # spliced whole fails its digest, the blob is fetched once more from zero:
@@ -326,14 +324,16 @@ class Puller:
                 if writer.resumed:
                     log.info("download resumed", digest=desc.digest, bytes=writer.resumed,
                              size=desc.size)
-                lp.downloaded = writer.written
-                progress.update()
+                # Bytes kept from before count as done, not as downloaded (metrics).
+                tr.done = tr.seen = writer.written
+                tr.state = "downloading"
                 try:
                     await session.fetch_blob(desc, writer, advance)
                 except BaseException:
                     writer.abort()
                     raise
                 spliced = writer.spliced
+                tr.state = "verifying"
                 try:
                     await _settled(writer.commit)
                     return

@@ -10,6 +10,7 @@ from crib_common.models.imaged import ImageInfo, Snapshot
 from crib_common.settings import ImagedSection
 
 from .pull import Puller
+from .pulls import PullTable
 from .store.images import ImageStore
 from .store.records import ImageRecord, SnapshotRecord
 
@@ -22,6 +23,11 @@ class ImageService:
     _store: ImageStore | None = None
     _puller: Puller | None = None
     recovery: dict[str, int] = field(default_factory=dict)
+    # Every pull in flight; create_app gives it the metrics registry `/metrics` serves.
+    pulls: PullTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pulls = PullTable(self.settings.image_pull_progress_timeout)
 
     @property
     def store(self) -> ImageStore:

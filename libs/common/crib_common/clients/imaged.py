@@ -15,7 +15,9 @@ from ..models.imaged import (
     ImageInfo,
     PruneResult,
     PullEvent,
+    PullInfo,
     PullRequest,
+    PullWatchEvent,
     RecoveryReport,
     RemoveResult,
     Snapshot,
@@ -23,7 +25,11 @@ from ..models.imaged import (
     SnapshotUsage,
 )
 
-__all__ = ["ImagedClient"]
+__all__ = ["ImagedClient", "STREAM_SILENCE"]
+
+# Seconds without a byte on a progress stream before the client gives up on imaged (which
+# sends an empty line after 15 s of silence: `imaged.api.pulls.KEEPALIVE`).
+STREAM_SILENCE = 60.0
 
 
 class ImagedClient(DaemonClient):
@@ -93,16 +99,49 @@ class ImagedClient(DaemonClient):
         return await self.get_model("/v1/imagefs", ImageFsUsage, timeout=timeout)
 
     async def pull(self, request: PullRequest, *,
-                   timeout: float | None = 600.0) -> AsyncIterator[PullEvent]:
-        """Pull, yielding progress events; the last one has status "done" or "error"."""
-        headers = self._headers(timeout, {"Content-Type": "application/json"})
+                   timeout: float | None = None) -> AsyncIterator[PullEvent]:
+        """Pull, yielding progress events; the last one has status "done" or "error".
+        No total limit by default: imaged fails a pull that stops moving
+        (image_pull_progress_timeout), and the stream is never silent for long."""
+        async for line in self._stream("POST", "/v1/images/pull", timeout,
+                                       request.model_dump_json().encode()):
+            yield PullEvent.model_validate_json(line)
+
+    async def list_pulls(self, *, recent: bool = False,
+                         timeout: float | None = 10.0) -> list[PullInfo]:
+        """The pulls in flight (and with `recent` the recently finished), oldest first."""
+        return await self.get_list("/v1/pulls", PullInfo,
+                                   params={"recent": "1"} if recent else None, timeout=timeout)
+
+    async def get_pull(self, pull_id: str, *, timeout: float | None = 10.0) -> PullInfo:
+        """One pull, in flight or recently finished (NotFound otherwise)."""
+        return await self.get_model(f"/v1/pulls/{quote(pull_id, safe='')}", PullInfo,
+                                    timeout=timeout)
+
+    async def watch_pulls(self, pull_id: str | None = None, *, until_idle: bool = False,
+                          timeout: float | None = None) -> AsyncIterator[PullWatchEvent]:
+        """Progress of every pull (or of `pull_id`, ending with its outcome); with
+        `until_idle` the stream ends once no pull is in flight."""
+        if pull_id is not None:
+            path = f"/v1/pulls/{quote(pull_id, safe='')}/events"
+        else:
+            path = "/v1/pulls/events" + ("?until_idle=1" if until_idle else "")
+        async for line in self._stream("GET", path, timeout, None):
+            yield PullWatchEvent.model_validate_json(line)
+
+    async def _stream(self, method: str, path: str, timeout: float | None,
+                      body: bytes | None) -> AsyncIterator[bytes]:
+        """The non-empty lines of an NDJSON answer. A stream silent for `STREAM_SILENCE`
+        seconds (imaged writes at least an empty line every 15 s) means imaged is gone."""
+        headers = self._headers(timeout, {"Content-Type": "application/json"} if body else None)
         with _map_transport_errors(self.name, self.socket, timeout):
-            async with self._get_session().post(
-                "/v1/images/pull", data=request.model_dump_json().encode(), headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout),
+            async with self._get_session().request(
+                method, path, data=body, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout,
+                                              sock_read=STREAM_SILENCE),
             ) as resp:
                 if resp.status >= 400:
                     raise error_from_body(resp.status, await resp.read())
                 async for line in resp.content:
                     if line.strip():
-                        yield PullEvent.model_validate_json(line)
+                        yield line

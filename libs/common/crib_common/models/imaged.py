@@ -6,7 +6,7 @@ talks to runtimed); operator request bodies forbid them so typos fail loudly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,12 @@ __all__ = [
     "Mount",
     "PruneResult",
     "PullEvent",
+    "PullInfo",
+    "PullLayer",
+    "PullPod",
     "PullRequest",
+    "PullRequester",
+    "PullWatchEvent",
     "RecoveryReport",
     "RemoveResult",
     "Snapshot",
@@ -111,8 +116,20 @@ class SnapshotUsage(BaseModel):
     inodes: int
 
 
+class PullPod(BaseModel):
+    """The pod a pull is for (CRI `PullImageRequest.sandbox_config.metadata`, or the pod
+    whose pause image runtimed pulls)."""
+
+    model_config = _Peer
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+
+
 class PullRequest(BaseModel):
-    """Operator pull (`POST /v1/images/pull`); credentials as CRI's AuthConfig."""
+    """Operator pull (`POST /v1/images/pull`); credentials as CRI's AuthConfig.
+    `requester` says who asks (shown in `GET /v1/pulls`): "rest" for a plain API call,
+    "cli" for `crib pull`, "pause" for runtimed's pause image (with `pod`)."""
 
     model_config = _Operator
     reference: str
@@ -121,6 +138,67 @@ class PullRequest(BaseModel):
     auth: str = ""
     identity_token: str = ""
     registry_token: str = ""
+    requester: Literal["rest", "cli", "pause"] = "rest"
+    pod: PullPod | None = None
+
+
+class PullRequester(BaseModel):
+    """Who started a pull: "cri" (the kubelet or another CRI client), "cli", "rest",
+    "pause" (runtimed, for a pod's infra container) or "repair" (imaged itself, fetching
+    blobs recovery found missing)."""
+
+    model_config = _Peer
+    kind: str
+    pod: PullPod | None = None
+
+
+class PullLayer(BaseModel):
+    """One layer of an in-flight pull. `state`: waiting | downloading | verifying |
+    unpacking | done | exists (already unpacked here) | shared (another pull, `shared_with`,
+    does the work this layer waits on; `done` shows its bytes)."""
+
+    model_config = _Peer
+    digest: str
+    size: int = 0
+    done: int = 0
+    state: str = "waiting"
+    shared_with: str = ""
+
+
+class PullInfo(BaseModel):
+    """One row of imaged's pull table (`GET /v1/pulls`). `state`: resolving | pulling |
+    done | failed. Bytes: `size` is what the layers weigh, `done` what is here of them
+    (layers already present count whole); `rate` (bytes/s over the last seconds) and
+    `eta` (seconds, None while unknown) are for the pull as a whole."""
+
+    model_config = _Peer
+    id: str
+    reference: str
+    digest: str = ""  # the manifest digest, once resolved
+    image_id: str = ""  # the config digest, once done
+    requester: PullRequester
+    state: str
+    started_at: int  # unix nanoseconds
+    finished_at: int = 0
+    elapsed: float = 0.0  # seconds
+    size: int = 0
+    done: int = 0
+    rate: float = 0.0
+    eta: float | None = None
+    layers: list[PullLayer] = Field(default_factory=list)
+    error_kind: str = ""
+    error: str = ""
+
+
+class PullWatchEvent(BaseModel):
+    """One line of the pull progress stream (`GET /v1/pulls/events`, NDJSON). `type`:
+    "pull" (a pull's state, throttled; the last one of each pull has state done or
+    failed), "idle" (no pull is in flight any more), "lagged" (this watcher fell too far
+    behind and the stream ends; watch again)."""
+
+    model_config = _Peer
+    type: Literal["pull", "idle", "lagged"]
+    pull: PullInfo | None = None
 
 
 class LayerProgress(BaseModel):
@@ -128,7 +206,7 @@ class LayerProgress(BaseModel):
     digest: str
     size: int = 0
     downloaded: int = 0
-    # waiting | downloading | unpacking | done | exists
+    # waiting | downloading | verifying | unpacking | done | exists | shared
     status: str = "waiting"
 
 
@@ -142,6 +220,8 @@ class PullEvent(BaseModel):
     layers: list[LayerProgress] = Field(default_factory=list)
     error_kind: str = ""
     error: str = ""
+    # The pull's row of imaged's pull table, as `GET /v1/pulls/{id}` answers it.
+    pull: PullInfo | None = None
 
 
 class RemoveResult(BaseModel):

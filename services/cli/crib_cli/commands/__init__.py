@@ -10,7 +10,7 @@ import importlib
 from types import ModuleType
 
 # Modules listed here are loaded; add a row for a new command group.
-MODULES = ["node", "images", "net", "pods", "restart"]
+MODULES = ["node", "images", "pulls", "net", "pods", "restart"]
 
 
 def load() -> list[ModuleType]:

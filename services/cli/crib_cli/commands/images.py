@@ -1,5 +1,6 @@
 """`crib images`, `crib pull IMAGE`, `crib rmi IMAGE...`, `crib images prune|fs|recovery`:
-imaged's operator API over its UNIX socket."""
+imaged's operator API over its UNIX socket. `crib pull` draws the bars `crib pulls
+--watch` draws (a row of imaged's pull table), or plain lines off a terminal."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import os
 import sys
 from typing import Any
 
+from rich.live import Live
+
 from crib_common.clients.imaged import ImagedClient
-from crib_common.models.imaged import LayerProgress, PullEvent, PullRequest, RecoveryReport
+from crib_common.models.imaged import PullEvent, PullLayer, PullRequest, RecoveryReport
 from crib_common.settings import CribSettings
+
+from .. import render
 
 
 def register(sub: Any) -> None:
@@ -42,13 +47,7 @@ def _client(settings: CribSettings) -> ImagedClient:
     return ImagedClient(settings.imaged.socket)
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1000
-    return f"{n} B"
+_size = render.size
 
 
 async def images(args: argparse.Namespace, settings: CribSettings) -> int:
@@ -77,7 +76,7 @@ async def images(args: argparse.Namespace, settings: CribSettings) -> int:
         for img in listed:
             print(img.id)
         return 0
-    rows = [("IMAGE", "TAG", "IMAGE ID", "SIZE", "PULLED")]
+    rows: list[tuple[str, ...]] = []
     for img in listed:
         image_id = img.id if args.no_trunc else img.id.removeprefix("sha256:")[:13]
         when = dt.datetime.fromtimestamp(img.created_at / 1e9).strftime("%Y-%m-%d %H:%M")
@@ -86,38 +85,29 @@ async def images(args: argparse.Namespace, settings: CribSettings) -> int:
                                                                                 "<none>"]]
         for repo, tag in names:
             rows.append((repo, tag, image_id, _size(img.size), when))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(col.ljust(w) for col, w in zip(row, widths)).rstrip())
+    render.table(("IMAGE", "TAG", "IMAGE ID", "SIZE", "PULLED"), rows)
     return 0
-
-
-def _bar(lp: LayerProgress, width: int = 30) -> str:
-    frac = lp.downloaded / lp.size if lp.size else 1.0
-    filled = int(frac * width)
-    return (f"{lp.digest.removeprefix('sha256:')[:12]}: {lp.status:<11} "
-            f"[{'=' * filled}{'>' if filled < width else ''}{' ' * max(width - filled - 1, 0)}]"
-            f" {_size(lp.downloaded)}/{_size(lp.size)}")
 
 
 async def pull(args: argparse.Namespace, settings: CribSettings) -> int:
     password = ""
     if args.user:
         password = os.environ.get("CRIB_REGISTRY_PASSWORD") or getpass.getpass("Password: ")
-    request = PullRequest(reference=args.image, username=args.user, password=password)
-    tty = sys.stdout.isatty() and not args.quiet
-    drawn = 0
+    request = PullRequest(reference=args.image, username=args.user, password=password,
+                          requester="cli")
+    tty = render.is_terminal() and not args.quiet
     last: PullEvent | None = None
     async with _client(settings) as client:
-        async for event in client.pull(request):
-            last = event
-            if tty and event.layers:
-                if drawn:
-                    sys.stdout.write(f"\x1b[{drawn}F")
-                for lp in event.layers:
-                    sys.stdout.write("\x1b[2K" + _bar(lp) + "\n")
-                drawn = len(event.layers)
-                sys.stdout.flush()
+        if tty:
+            with Live(render.pulls_view([]), console=render.console(), auto_refresh=False,
+                      transient=False) as live:
+                async for event in client.pull(request):
+                    last = event
+                    if event.pull is not None:
+                        live.update(render.pulls_view([event.pull]), refresh=True)
+        else:
+            async for event in client.pull(request):
+                last = event
     if last is None:
         print("crib: imaged closed the pull stream", file=sys.stderr)
         return 1
@@ -126,7 +116,8 @@ async def pull(args: argparse.Namespace, settings: CribSettings) -> int:
         return 1
     if not tty and not args.quiet:
         for lp in last.layers:
-            print(_bar(lp))
+            print(render.layer_line(PullLayer(digest=lp.digest, size=lp.size,
+                                              done=lp.downloaded, state=lp.status)))
     print(last.image_id if args.quiet else f"pulled {last.reference} ({last.image_id})")
     return 0
 

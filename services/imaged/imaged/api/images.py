@@ -1,31 +1,37 @@
 """Operator REST for images: list, resolve/inspect, pull (NDJSON progress), remove, prune,
-filesystem usage."""
+filesystem usage.
+
+A pull started here is a row of the pull table like any other; its stream is a watcher of
+that one row (throttled by the table's ticker), each line a `PullEvent` carrying the row.
+The client going away cancels the pull (the CRI's callers retry; an operator asks again).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from typing import Any
 
 from aiohttp import web
 
-from crib_common.errors import CribError, InvalidArgument
+from crib_common.errors import InvalidArgument
 from crib_common.models.imaged import (
     ImageFsUsage,
     ImageInfo,
+    LayerProgress,
     PruneResult,
     PullEvent,
+    PullInfo,
     PullRequest,
+    PullRequester,
     RemoveResult,
 )
 from crib_common.server import RouteTable, json_response, parse_body
 
-from ..pull import PullProgress
+from ..pulls import Published
 from ..registry.auth import Credentials
 from ..service import ImageService, image_info
-
-# How often a pull stream reports while bytes flow.
-PROGRESS_INTERVAL = 0.2
+from .pulls import stream_updates
 
 
 def register(routes: RouteTable, svc: ImageService) -> None:
@@ -49,31 +55,19 @@ def register(routes: RouteTable, svc: ImageService) -> None:
         creds = Credentials.from_auth_config(body.username, body.password, body.auth,
                                              body.identity_token, body.registry_token)
         svc.store  # Unavailable until recovered
-        progress = PullProgress(body.reference)
-        task = asyncio.ensure_future(svc.puller.pull(body.reference, creds, progress))
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
+        puller = svc.puller
+        requester = PullRequester(kind=body.requester, pod=body.pod)
+        pull = svc.pulls.open(body.reference, requester)
+        watcher = svc.pulls.watch(pull.id)
+        task = asyncio.ensure_future(puller.pull(body.reference, creds, pull=pull))
         try:
-            while not task.done():
-                progress.changed.clear()
-                await response.write(progress.event().model_dump_json().encode() + b"\n")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(PROGRESS_INTERVAL):
-                        await asyncio.wait({task})
-            final = progress.event()
-            try:
-                img = task.result()
-                final.status, final.image_id = "done", img.id
-            except CribError as exc:
-                final.status, final.error_kind, final.error = "error", exc.kind, exc.message
-            except Exception as exc:  # reported in the stream: headers are already sent
-                final.status, final.error_kind, final.error = "error", "internal", str(exc)
-            await response.write(final.model_dump_json().encode() + b"\n")
+            return await stream_updates(request, svc, watcher, _event_line,
+                                        lambda u: u.final)
         finally:
             if not task.done():
                 task.cancel()
-        await response.write_eof()
-        return response
+            # The outcome went out in the final line; the task's error is not lost.
+            task.add_done_callback(_retrieve)
 
     @routes.route("DELETE", "/v1/images", "Remove an image (a tag only untags while others "
                   "remain, unless all=1)", response=RemoveResult,
@@ -109,3 +103,24 @@ def register(routes: RouteTable, svc: ImageService) -> None:
             mountpoint=str(store.root), used_bytes=used, inodes_used=inodes,
             timestamp=time.time_ns(), images=len(store.images),
             layers=len(store.layer_records), blobs=len(store.content.digests())))
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _event_line(update: Published) -> bytes:
+    """A `PullEvent` line (the shape `POST /v1/images/pull` always streamed) of a row."""
+    info = update.info
+    if info is None:  # markers do not concern a one-pull stream
+        return b""
+    return pull_event(info).model_dump_json().encode() + b"\n"
+
+
+def pull_event(info: PullInfo) -> PullEvent:
+    status = {"done": "done", "failed": "error"}.get(info.state, info.state)
+    layers = [LayerProgress(digest=lay.digest, size=lay.size, downloaded=lay.done,
+                            status=lay.state) for lay in info.layers]
+    return PullEvent(reference=info.reference, status=status, image_id=info.image_id,
+                     layers=layers, error_kind=info.error_kind, error=info.error, pull=info)

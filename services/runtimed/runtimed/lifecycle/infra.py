@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from crib_common.errors import NotFound, Unavailable
-from crib_common.models.imaged import ImageInfo, PullEvent, PullRequest, SnapshotCreate
+from crib_common.models.imaged import ImageInfo, PullEvent, PullPod, PullRequest, SnapshotCreate
 
 from ..cgroups import container_cgroup
 from ..conmon.monitor import ConmonSpec
@@ -64,8 +64,9 @@ def _oci_cgroup(node: Node, rec: SandboxRecord) -> str:
                             node.cfg.cgroup_driver).oci_path
 
 
-async def _pause_image(node: Node) -> ImageInfo:
-    """The configured pause image, pulled through imaged when it is not stored yet."""
+async def _pause_image(node: Node, rec: SandboxRecord) -> ImageInfo:
+    """The configured pause image, pulled through imaged when it is not stored yet (for
+    the pod of `rec`, as imaged's pull table shows)."""
     ref = node.cfg.pause_image
     try:
         return await node.imaged.resolve_image(ref)
@@ -73,7 +74,8 @@ async def _pause_image(node: Node) -> ImageInfo:
         pass
     log.info("pulling pause image", image=ref)
     last: PullEvent | None = None
-    async for event in node.imaged.pull(PullRequest(reference=ref)):
+    pod = PullPod(name=rec.meta.name, namespace=rec.meta.namespace, uid=rec.meta.uid)
+    async for event in node.imaged.pull(PullRequest(reference=ref, requester="pause", pod=pod)):
         last = event
     if last is None or last.status != "done":
         raise Unavailable(f"pulling pause image {ref!r} failed: "
@@ -85,7 +87,7 @@ async def _start_pause(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
     """The pause image as the pod's infra container: a writable snapshot of it,
     config.json from its Entrypoint/Cmd."""
     meta = rec.meta
-    image = await _pause_image(node)
+    image = await _pause_image(node, rec)
     bundle = Path(meta.pod_dir) / "infra"
     rootfs = bundle / "rootfs"
     rootfs.mkdir(parents=True, exist_ok=True)
