@@ -12,6 +12,7 @@ may be gone. Per record, under its own timeout:
                               ──cannot tell──> unknown
     sandbox creating    ──> its containers and itself rolled back, dropped
     sandbox ready, infra gone ──> notready
+    release queued by RemoveContainer ──> torn down, forgotten
 
 Then bundles and exit files that no record names are removed.
 """
@@ -44,6 +45,9 @@ SANDBOX_TIMEOUT = 60.0
 async def recover(node: Node, sandboxes: Sandboxes, containers: Containers,
                   exits: Exits) -> None:
     pods, ctrs = node.load()
+    # Containers removed before the crash whose release was still queued: given a
+    # moment here, then they go on in the background (a peer may still be starting).
+    await containers.finish_releases(wait=CONTAINER_TIMEOUT)
     for c in ctrs:
         try:
             async with asyncio.timeout(CONTAINER_TIMEOUT):

@@ -194,6 +194,8 @@ class Sandboxes:
         async with node.lock(rec.meta.id):
             for c in node.pod_containers(rec.meta.id):
                 await self.containers.remove(c)
+            # The pod's cgroup and directories go after its containers' own.
+            await self.containers.released(rec.meta.id)
             failpoint("remove_sandbox_after_containers")
             await self.teardown(rec, network=False)
             node.drop_sandbox(rec.meta.id)
