@@ -14,6 +14,7 @@ N iterations, for each runtime handler:
 - the reads the kubelet makes all the time (`--reads` sequential calls each):
   PodSandboxStatus, ContainerStatus, ImageStatus, ListImages, and ListPodSandbox and
   ListContainers with `--pods` pods of one running container each present;
+- StopPodSandbox and RemovePodSandbox of those pods, each with its container in it;
 - memory (KiB, PSS and RSS): idle, with 20 pods and with `--pods` pods of one running
   container each: crib's four daemons plus its per-pod processes (conmon, infra) against
   containerd plus its per-pod processes (shim, pause). The workload's own processes are
@@ -113,6 +114,8 @@ OPS = ("RunPodSandbox", "Create+StartContainer", "ExecSync(echo)", "StopContaine
        "RemoveContainer", "StopPodSandbox", "RemovePodSandbox", "ListContainers")
 READS = ("PodSandboxStatus", "ContainerStatus", "ImageStatus", "ListImages",
          "ListPodSandbox", "ListContainers")
+# The scale phase's teardown, pods of one container each.
+WITH_CONTAINER = ("StopPodSandbox (+1 ctr)", "RemovePodSandbox (+1 ctr)")
 # Pod counts at which the memory table is taken (plus idle, and --pods).
 MEMORY_AT = (20,)
 
@@ -273,6 +276,7 @@ def measure_scale(socket: Path, image: str, handler: str, pods: int, reads: int,
     im.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=300)
     memory: dict[str, Footprint] = {"idle": footprint(daemons(), [])}
     made: list[tuple[str, str]] = []
+    stats: dict[str, Stats] = {}
 
     def per_pod_pids() -> list[int]:
         infra = [_verbose_pid(rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
@@ -308,14 +312,18 @@ def measure_scale(socket: Path, image: str, handler: str, pods: int, reads: int,
         }
         assert len(calls["ListPodSandbox"]().items) >= pods
         assert calls["ImageStatus"]().image.id
-        stats = {name: measure(fn, reads) for name, fn in calls.items()}
+        stats.update({name: measure(fn, reads) for name, fn in calls.items()})
     finally:
+        # Torn down as the kubelet does it: stop, then remove the pod with its (exited)
+        # container still in it; both timed.
+        samples: dict[str, list[float]] = {}
         for sid, _ in made:
             with contextlib.suppress(Exception):
-                rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid),
-                                  timeout=120)
-                rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sid),
-                                    timeout=120)
+                _timed(samples, WITH_CONTAINER[0], lambda: rt.StopPodSandbox(
+                    api_pb2.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120))
+                _timed(samples, WITH_CONTAINER[1], lambda: rt.RemovePodSandbox(
+                    api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=120))
+    stats.update({k: Stats.of(v) for k, v in samples.items() if v})
     return stats, memory
 
 
@@ -381,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.pods:
         rows = [Row(op if not op.startswith("List") or op == "ListImages"
                     else f"{op} ({args.pods})",
-                    reads["crib"].get(op), reads["containerd"].get(op)) for op in READS]
+                    reads["crib"].get(op), reads["containerd"].get(op))
+                for op in READS + WITH_CONTAINER]
         print()
         print(report(rows, title=f"reads, {args.reads} sequential calls each, {args.pods} "
                      f"pods of one running container present (handler {handlers[0]})"))
