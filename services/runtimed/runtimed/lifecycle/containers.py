@@ -28,6 +28,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ RELEASE_KIND = "container-release"
 # Teardown attempts of one queued release before it is left for the next start, and the
 # bound on each (runtime delete, unmounts, imaged's snapshot removal).
 RELEASE_TRIES = 6
+# How long after RemoveContainer answers its release starts (see `_release`).
+RELEASE_DELAY = 0.005
 RELEASE_TIMEOUT = 60.0
 
 
@@ -189,14 +192,16 @@ class Containers:
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
         failpoint("create_after_conmon")
 
-    async def teardown(self, rec: ContainerRecord) -> None:
+    async def teardown(self, rec: ContainerRecord,
+                       deleted: Awaitable[bool] | None = None) -> None:
         """Undo every step of `_setup` (each tolerates never having happened). A step
         that fails (imaged down) does not stop the local ones; the first failure is
-        raised at the end."""
+        raised at the end. `deleted`: the exit-time runtime delete's outcome, when the
+        caller took it over (`Exits.released`)."""
         node, meta = self.node, rec.meta
         failed: list[Exception] = []
         rt = node.runtimes.get(meta.handler)
-        released = await self.exits.released(meta.id)
+        released = await (deleted if deleted is not None else self.exits.released(meta.id))
         if rt is not None and not released:
             await attempt(failed, "runtime delete", rt.delete(meta.id), container=meta.id)
         node.monitor.kill(rec.status.conmon_pid)
@@ -258,38 +263,56 @@ class Containers:
                 return
             raise DeadlineExceeded(f"container {rec.meta.id} did not die after SIGKILL")
 
-    async def remove(self, rec: ContainerRecord) -> None:
+    async def remove(self, rec: ContainerRecord, *, queue: bool = True) -> None:
         """Stop if needed, drop the record with its release queued (one transaction),
-        and release in the background (see the module docstring)."""
+        and release in the background (see the module docstring). `queue=False` tears
+        down first and drops after, for a caller that waits for the release anyway
+        (RemovePodSandbox)."""
         node = self.node
         if rec.status.state in ("running", "created", "unknown"):
             await self.stop(rec, 0)
         async with node.lock(rec.meta.id):
             if rec.meta.id not in node.containers:
                 return
-            with node.store.transaction():
-                node.store.put(RELEASE_KIND, rec.meta.id, rec)
-                node.store.delete(CONTAINER_KIND, rec.meta.id)
-            node.drop_container(rec.meta.id)
-            self._queue_release(rec)
+            if queue:
+                # The runtime delete `Exits` started at the exit, taken over before the
+                # drop makes it forget it (one loop turn): the release waits for it
+                # instead of racing a second delete against it.
+                deleted = asyncio.ensure_future(self.exits.released(rec.meta.id))
+                await asyncio.sleep(0)
+                with node.store.transaction():
+                    node.store.put(RELEASE_KIND, rec.meta.id, rec)
+                    node.store.delete(CONTAINER_KIND, rec.meta.id)
+                node.drop_container(rec.meta.id)
+                self._queue_release(rec, deleted)
+            else:
+                await self.teardown(rec)
+                failpoint("remove_after_teardown")
+                node.drop_container(rec.meta.id)
         log.info("container removed", container=rec.meta.id)
         node.emit(rec.meta.id, "deleted", rec.meta.pod_id)
 
-    def _queue_release(self, rec: ContainerRecord) -> None:
+    def _queue_release(self, rec: ContainerRecord,
+                       deleted: asyncio.Future[bool] | None = None) -> None:
         cid = rec.meta.id
         if cid not in self._releasing:
-            task = asyncio.create_task(self._release(rec))
+            task = asyncio.create_task(self._release(rec, deleted))
             self._releasing[cid] = (rec.meta.pod_id, task)
             task.add_done_callback(lambda _t: self._releasing.pop(cid, None))
 
-    async def _release(self, rec: ContainerRecord) -> None:
+    async def _release(self, rec: ContainerRecord,
+                       deleted: asyncio.Future[bool] | None) -> None:
         """Tear a removed container down, then forget its release record; retried with
         a growing pause, then left to the next start."""
+        # Started once the answer has gone out: the teardown's first steps (the monitor
+        # killed, unmounts) are synchronous and would hold the answer back.
+        await asyncio.sleep(RELEASE_DELAY)
         failpoint("remove_before_release")
         for attempt_no in range(RELEASE_TRIES):
             try:
                 async with asyncio.timeout(RELEASE_TIMEOUT):
-                    await self.teardown(rec)
+                    await self.teardown(rec, deleted)
+                    deleted = None  # a retry deletes again
                 failpoint("remove_after_teardown")
                 self.node.store.delete(RELEASE_KIND, rec.meta.id)
                 return

@@ -26,6 +26,7 @@ import structlog
 from crib_common.errors import CribError
 
 from ..node import ID_LEN, Node
+from .containers import RELEASE_KIND
 
 __all__ = ["Sweeper"]
 
@@ -37,6 +38,7 @@ class Sweeper:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self._releasing: set[str] = set()
 
     async def loop(self) -> None:
         """Sweep every `reconcile_interval` seconds, or soon after a failed rollback;
@@ -60,6 +62,10 @@ class Sweeper:
     async def sweep(self) -> tuple[bool, dict[str, int]]:
         """One pass. Returns whether both peers answered, and what went, by kind."""
         node = self.node
+        # Removed containers whose release is queued still own their snapshot and
+        # bundle until it runs: a snapshot taken from under its mounted rootfs would
+        # pull the overlay's upper directory from under the kernel.
+        self._releasing = set(node.store.keys(RELEASE_KIND))
         nets_ok, nets = await _sweep_peer(
             "network", node.netd.list_pod_networks,
             lambda n: n.pod_id if len(n.pod_id) == ID_LEN and n.pod_id not in node.sandboxes
@@ -81,7 +87,7 @@ class Sweeper:
         without a record."""
         cid = labels.get("io.crib.container", "")
         if cid:
-            return cid not in self.node.containers
+            return cid not in self.node.containers and cid not in self._releasing
         pod_id = labels.get("io.crib.pod", "")
         return bool(pod_id and labels.get("io.crib.infra")) and pod_id not in self.node.sandboxes
 
@@ -89,12 +95,13 @@ class Sweeper:
         """Pod directories, namespace pins, container bundles, and the monitors' socket
         links and exit files, without a record."""
         node = self.node
-        known = {**node.sandboxes, **node.containers}
+        containers = {*node.containers, *self._releasing}
+        known = {*node.sandboxes, *containers}
         count = 0
         for base, owners, undo in (
                 (node.pods_dir, node.sandboxes, None),
                 (Path(node.cfg.pinns_dir), node.sandboxes, node.host.unpin_namespaces),
-                (node.bundles, node.containers, None),
+                (node.bundles, containers, None),
                 (node.sock_dir, known, _unlink),
                 (node.exit_dir, known, _unlink)):
             try:
