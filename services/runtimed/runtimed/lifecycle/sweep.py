@@ -38,7 +38,14 @@ class Sweeper:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._releasing: set[str] = set()
+
+    def _container_owns(self, cid: str) -> bool:
+        """A container record, or a removed container whose release is queued: it still
+        owns its snapshot and bundle until the release runs (a snapshot taken from under
+        its mounted rootfs would pull the overlay's upper directory from under the
+        kernel). Asked at each check, memory first: RemoveContainer writes the release
+        record before it drops the container, so no moment shows neither."""
+        return cid in self.node.containers or cid in self.node.store.keys(RELEASE_KIND)
 
     async def loop(self) -> None:
         """Sweep every `reconcile_interval` seconds, or soon after a failed rollback;
@@ -62,10 +69,6 @@ class Sweeper:
     async def sweep(self) -> tuple[bool, dict[str, int]]:
         """One pass. Returns whether both peers answered, and what went, by kind."""
         node = self.node
-        # Removed containers whose release is queued still own their snapshot and
-        # bundle until it runs: a snapshot taken from under its mounted rootfs would
-        # pull the overlay's upper directory from under the kernel.
-        self._releasing = set(node.store.keys(RELEASE_KIND))
         nets_ok, nets = await _sweep_peer(
             "network", node.netd.list_pod_networks,
             lambda n: n.pod_id if len(n.pod_id) == ID_LEN and n.pod_id not in node.sandboxes
@@ -87,7 +90,7 @@ class Sweeper:
         without a record."""
         cid = labels.get("io.crib.container", "")
         if cid:
-            return cid not in self.node.containers and cid not in self._releasing
+            return not self._container_owns(cid)
         pod_id = labels.get("io.crib.pod", "")
         return bool(pod_id and labels.get("io.crib.infra")) and pod_id not in self.node.sandboxes
 
@@ -95,21 +98,26 @@ class Sweeper:
         """Pod directories, namespace pins, container bundles, and the monitors' socket
         links and exit files, without a record."""
         node = self.node
-        containers = {*node.containers, *self._releasing}
-        known = {*node.sandboxes, *containers}
+
+        def pod(oid: str) -> bool:
+            return oid in node.sandboxes
+
+        def any_owner(oid: str) -> bool:
+            return pod(oid) or self._container_owns(oid)
+
         count = 0
-        for base, owners, undo in (
-                (node.pods_dir, node.sandboxes, None),
-                (Path(node.cfg.pinns_dir), node.sandboxes, node.host.unpin_namespaces),
-                (node.bundles, containers, None),
-                (node.sock_dir, known, _unlink),
-                (node.exit_dir, known, _unlink)):
+        for base, owned, undo in (
+                (node.pods_dir, pod, None),
+                (Path(node.cfg.pinns_dir), pod, node.host.unpin_namespaces),
+                (node.bundles, self._container_owns, None),
+                (node.sock_dir, any_owner, _unlink),
+                (node.exit_dir, any_owner, _unlink)):
             try:
                 entries = list(os.scandir(base))
             except OSError:
                 continue
             for entry in entries:
-                if entry.name in owners or len(entry.name) != ID_LEN:
+                if len(entry.name) != ID_LEN or owned(entry.name):
                     continue
                 try:
                     if undo is not None:
