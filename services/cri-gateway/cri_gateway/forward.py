@@ -25,12 +25,11 @@ from grpclib.server import Stream
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crib_common.client import DaemonClient
-from crib_common.cri.runtime.v1 import ImageServiceBase, RuntimeServiceBase
 from crib_common.errors import CribError
 from crib_common.logging import RequestContext
 
 from .errors import to_grpc, unimplemented
-from .routes import LOCAL, ROUTES
+from .routes import LOCAL, ROUTES, SERVER_STREAMING, UNROUTED
 
 log = structlog.get_logger("crib.gateway")
 _DEBUG = partial(logging.getLogger("crib.gateway").isEnabledFor, logging.DEBUG)
@@ -112,12 +111,11 @@ class Gateway:
 
     def __mapping__(self) -> dict[str, Handler]:
         mapping: dict[str, Handler] = {}
-        for base in (RuntimeServiceBase(), ImageServiceBase()):
-            for path, handler in base.__mapping__().items():
-                mapping[path] = Handler(
-                    self._handler_for(path, handler.cardinality),
-                    handler.cardinality, bytes, bytes,
-                )
+        for path in {*ROUTES, *UNROUTED, *self.routes}:
+            cardinality = (Cardinality.UNARY_STREAM if path in SERVER_STREAMING
+                           else Cardinality.UNARY_UNARY)
+            mapping[path] = Handler(self._handler_for(path, cardinality), cardinality,
+                                    bytes, bytes)
         return mapping
 
     def _handler_for(self, path: str, cardinality: Cardinality) -> Callable[[Stream[Any, Any]], Any]:

@@ -3,6 +3,11 @@
 The gateway stays up when a daemon is down, so the kubelet hears *why* the node is not
 ready (a condition with a reason) instead of a transport error, as containerd's
 `status.go` reports a CNI problem as NetworkReady=false.
+
+The request and answer are read and written here directly (`status_request_verbose`,
+`status_response`), with api.proto's field numbers: the gateway loads no generated CRI
+types for one small message each way (see `routes`). `tests/unit/gateway/test_status.py`
+compares the bytes with the generated types'.
 """
 
 from __future__ import annotations
@@ -12,18 +17,8 @@ import json
 from typing import Any
 
 from crib_common.client import DaemonClient
-from crib_common.cri.runtime.v1 import (
-    RuntimeCondition,
-    RuntimeFeatures,
-    RuntimeHandler,
-    RuntimeHandlerFeatures,
-    RuntimeStatus,
-    StatusRequest,
-    StatusResponse,
-)
 from crib_common.errors import CribError
 from crib_common.errors import InvalidArgument
-from crib_common.wire import check_wire, decode_message, encode_message
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
@@ -42,33 +37,118 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _handlers(body: dict[str, Any]) -> list[RuntimeHandler]:
+# ---------------------------------------------------------------- wire (api.proto)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _message(number: int, data: bytes) -> bytes:
+    """A length-delimited field (string, sub-message, map entry), written even empty."""
+    return _varint((number << 3) | 2) + _varint(len(data)) + data
+
+
+def _string(number: int, value: str) -> bytes:
+    return _message(number, value.encode("utf-8")) if value else b""  # proto3: "" unwritten
+
+
+def _bool(number: int, value: bool) -> bytes:
+    return _varint(number << 3) + b"\x01" if value else b""
+
+
+def status_request_verbose(raw: bytes) -> bool:
+    """`StatusRequest.verbose` (`bool verbose = 1`); InvalidArgument for bytes that are
+    not a well-formed StatusRequest. Unknown fields are skipped, as protobuf requires."""
+    pos, end, verbose = 0, len(raw), False
+
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= end or shift >= 70:
+                raise InvalidArgument("malformed StatusRequest: truncated or overlong varint")
+            byte = raw[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+
+    while pos < end:
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise InvalidArgument("malformed StatusRequest: field number 0")
+        if number == 1 and wire != 0:
+            raise InvalidArgument(f"malformed StatusRequest: verbose has wire type {wire}")
+        if wire == 0:
+            value = varint()
+            if number == 1:
+                verbose = value != 0
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size = varint()
+            pos += size
+        else:
+            raise InvalidArgument(f"malformed StatusRequest: invalid wire type {wire}")
+        if pos > end:
+            raise InvalidArgument(f"malformed StatusRequest: field {number} runs past the end")
+    return verbose
+
+
+def status_response(conditions: list[tuple[str, bool, str, str]],
+                    handlers: list[tuple[str, bool, bool]], info: dict[str, str]) -> bytes:
+    """StatusResponse: `RuntimeStatus status = 1` (conditions: type, status, reason,
+    message), `map<string, string> info = 2`, `repeated RuntimeHandler
+    runtime_handlers = 3` (name; features: recursive_read_only_mounts, user_namespaces),
+    `RuntimeFeatures features = 4` (supplemental_groups_policy: strict supplemental
+    groups, and ContainerStatus.user, are supported)."""
+    status = b"".join(
+        _message(1, _string(1, kind) + _bool(2, ok) + _string(3, reason) + _string(4, msg))
+        for kind, ok, reason, msg in conditions)
+    out = [_message(1, status) if status else b""]
+    for key, value in info.items():
+        out.append(_message(2, _string(1, key) + _string(2, value)))
+    for name, rro, userns in handlers:
+        # Features always written, even all false, as the generated types wrote them: a
+        # client can tell "no features" from "not reported" (proto3 message presence).
+        features = _message(2, _bool(1, rro) + _bool(2, userns))
+        out.append(_message(3, _string(1, name) + features))
+    out.append(_message(4, _bool(1, True)))
+    return b"".join(out)
+
+
+def _handlers(body: dict[str, Any]) -> list[tuple[str, bool, bool]]:
     """The handlers runtimed can use, with their features (the kubelet publishes them as
     the node's runtimeHandlers and admits recursive read-only mounts by them); the
     default one first under the empty name too (api.proto: "An empty string denotes the
-    default handler")."""
+    default handler"). Each: (name, recursive_read_only_mounts, user_namespaces)."""
     details = _dict(body.get("details"))
-    out: list[RuntimeHandler] = []
+    out: list[tuple[str, bool, bool]] = []
     for name, info in sorted(_dict(details.get("handlers")).items()):
         if not isinstance(info, dict) or not info.get("usable"):
             continue
         feats = _dict(info.get("features"))
-        features = RuntimeHandlerFeatures(
-            recursive_read_only_mounts=bool(feats.get("recursive_read_only_mounts")),
-            user_namespaces=bool(feats.get("user_namespaces")))
+        rro = bool(feats.get("recursive_read_only_mounts"))
+        userns = bool(feats.get("user_namespaces"))
         if info.get("default"):
-            out.insert(0, RuntimeHandler(name="", features=features))
-        out.append(RuntimeHandler(name=name, features=features))
+            out.insert(0, ("", rro, userns))
+        out.append((name, rro, userns))
     return out
 
 
 def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: DaemonClient):  # type: ignore[no-untyped-def]
     async def status(raw: bytes, timeout: float | None) -> bytes:
-        check_wire(raw, StatusRequest)  # betterproto alone accepts garbage
-        try:
-            request = decode_message(StatusRequest, raw)
-        except Exception as exc:
-            raise InvalidArgument(f"malformed StatusRequest: {exc}") from None
+        verbose = status_request_verbose(raw)
         budget = min(timeout or 2.0, 2.0)
         (r_ok, r_reason, r_msg, r_body), (n_ok, n_reason, n_msg, n_body), (i_ok, i_reason, i_msg, i_body) = (
             await asyncio.gather(
@@ -79,20 +159,11 @@ def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: Daem
             # Without imaged no container can be created: the runtime is not ready.
             r_ok, r_reason, r_msg = False, i_reason or "ImagedNotReady", i_msg
         conditions = [
-            RuntimeCondition(type=RUNTIME_READY, status=r_ok, reason="" if r_ok else r_reason,
-                             message="" if r_ok else r_msg),
-            RuntimeCondition(type=NETWORK_READY, status=n_ok, reason="" if n_ok else n_reason,
-                             message="" if n_ok else n_msg),
+            (RUNTIME_READY, r_ok, "" if r_ok else r_reason, "" if r_ok else r_msg),
+            (NETWORK_READY, n_ok, "" if n_ok else n_reason, "" if n_ok else n_msg),
         ]
-        response = StatusResponse(status=RuntimeStatus(conditions=conditions),
-                                  runtime_handlers=_handlers(r_body),
-                                  # Strict supplemental groups, and ContainerStatus.user.
-                                  features=RuntimeFeatures(supplemental_groups_policy=True))
-        if request.verbose:
-            response.info = {
-                "runtimed": json.dumps(r_body), "netd": json.dumps(n_body),
-                "imaged": json.dumps(i_body),
-            }
-        return encode_message(response)
+        info = {"runtimed": json.dumps(r_body), "netd": json.dumps(n_body),
+                "imaged": json.dumps(i_body)} if verbose else {}
+        return status_response(conditions, _handlers(r_body), info)
 
     return status

@@ -105,6 +105,7 @@ class Runtimed:
             self._sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
+        await self.containers.close()
         await self.exits.close()
         await self.node.imaged.close()
         await self.node.netd.close()

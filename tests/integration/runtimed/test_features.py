@@ -13,6 +13,8 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from tests.support.images import wait_until
+
 from .conftest import Cri
 
 pytestmark = pytest.mark.integration
@@ -411,7 +413,8 @@ def test_image_volume(cri: Cri, image: str, registry: Any,
     snaps = [s for s in _snapshots(cri) if s.startswith(cid)]
     assert len(snaps) == 3  # the rootfs and one per image volume
     cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
-    assert not [s for s in _snapshots(cri) if s.startswith(cid)]
+    # Released just after the answer (RemoveContainer queues the release).
+    assert wait_until(lambda: not [s for s in _snapshots(cri) if s.startswith(cid)])
     # A sub path may not lead out of the image, nor name what it lacks.
     for sub, why in (("out", "out of the image"), ("up/x", "out of the image"),
                      ("../etc", "'..'"),

@@ -1,12 +1,18 @@
-"""CRI `ListImages`: every stored image, or those the filter's reference names."""
+"""CRI `ListImages`: every stored image, or those the filter's reference names.
+
+Replies are assembled from per-image encodings, kept until the image's tags, digests,
+size or pin change (`image_entry`): building and encoding a betterproto `Image` per image
+per call was most of the daemon's time on the kubelet's frequent ListImages and
+ImageStatus calls.
+"""
 
 from __future__ import annotations
 
 import structlog
 
-from crib_common.cri.runtime.v1 import Image, ImageSpec, Int64Value, ListImagesRequest, \
-    ListImagesResponse
+from crib_common.cri.runtime.v1 import Image, ImageSpec, Int64Value, ListImagesRequest
 from crib_common.server import CriTable
+from crib_common.wire import encode_message
 
 from ..service import ImageService, user_of
 from ..store.images import ImageStore
@@ -17,11 +23,12 @@ log = structlog.get_logger("imaged.cri")
 
 def register(table: CriTable, svc: ImageService) -> None:
     @table.unary("/runtime.v1.ImageService/ListImages", ListImagesRequest)
-    async def list_images(request: ListImagesRequest) -> ListImagesResponse:
+    async def list_images(request: ListImagesRequest) -> bytes:
         wanted = request.filter.image.image if request.filter and request.filter.image else ""
         images = select_images(svc.store, wanted)
         log.debug("images listed", count=len(images), filter=wanted)
-        return ListImagesResponse(images=[cri_image(img) for img in images])
+        # ListImagesResponse: `repeated Image images = 1`.
+        return b"".join([image_entry(img) for img in images])
 
 
 def select_images(store: ImageStore, wanted: str) -> list[ImageRecord]:
@@ -43,3 +50,33 @@ def cri_image(img: ImageRecord) -> Image:
     if uid is not None:
         message.uid = Int64Value(uid)
     return message
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_FIELD1 = b"\x0a"  # field 1, wire type 2: ListImagesResponse.images, ImageStatusResponse.image
+# Per image id: (what the encoding depends on that can change, the framed encoding).
+_ENTRIES: dict[str, tuple[tuple[object, ...], bytes]] = {}
+# Removed images' entries are not tracked; past this many the cache starts over.
+_MAX_ENTRIES = 4096
+
+
+def image_entry(img: ImageRecord) -> bytes:
+    """`cri_image(img)` encoded and framed as field 1, rebuilt only when it changed (the
+    id, config and so the user are fixed for an image id)."""
+    key = (tuple(img.repo_tags), tuple(img.repo_digests), img.size, img.pinned)
+    hit = _ENTRIES.get(img.id)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    data = encode_message(cri_image(img))
+    if len(_ENTRIES) >= _MAX_ENTRIES:
+        _ENTRIES.clear()
+    entry = _ENTRIES[img.id] = (key, _FIELD1 + _varint(len(data)) + data)
+    return entry[1]

@@ -7,12 +7,12 @@ from crib_common.errors import InvalidArgument
 from crib_common.server import CriTable
 
 from ..service import ImageService, verbose_info
-from .image_list import cri_image
+from .image_list import cri_image, image_entry
 
 
 def register(table: CriTable, svc: ImageService) -> None:
     @table.unary("/runtime.v1.ImageService/ImageStatus", ImageStatusRequest)
-    async def image_status(request: ImageStatusRequest) -> ImageStatusResponse:
+    async def image_status(request: ImageStatusRequest) -> ImageStatusResponse | bytes:
         ref = request.image.image if request.image else ""
         if not ref:
             raise InvalidArgument("ImageStatus needs image.image")
@@ -21,5 +21,7 @@ def register(table: CriTable, svc: ImageService) -> None:
         # ImageStatusResponse.Image set to nil."
         if img is None:
             return ImageStatusResponse()
-        info = verbose_info(img) if request.verbose else {}
-        return ImageStatusResponse(image=cri_image(img), info=info)
+        if not request.verbose:
+            # ImageStatusResponse: `Image image = 1`, the same framed, cached encoding.
+            return image_entry(img)
+        return ImageStatusResponse(image=cri_image(img), info=verbose_info(img))

@@ -12,6 +12,13 @@ writable snapshot from imaged mounted as the rootfs; the user resolved from the 
 (`oci.spec`); the monitor, which runs `<runtime> create`. Teardown: runtime delete
 (unless the background delete at exit did it), the monitor killed, everything under the
 bundle unmounted, snapshots removed, bundle, socket link and exit file removed.
+
+RemoveContainer answers once the record is gone and its release is queued, as
+containerd deletes its leftovers after answering: one transaction replaces the container
+record with a release record (`RELEASE_KIND`, the same content), then the teardown runs
+in the background and deletes the release record when done. A crash in between leaves
+the release record, and recovery finishes it before runtimed listens (`finish_releases`);
+a teardown that fails (imaged down) is retried with a growing pause.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -50,15 +58,24 @@ from ..oci.spec import (
     resources_to_oci,
 )
 from ..oci.user import resolve_user
-from ..store.records import ContainerMeta, ContainerRecord, SandboxRecord
+from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
 from .infra import KILL_WAIT
 from .undo import attempt, run_undo, unmount_and_remove
 from .volumes import mount_image_volumes, mount_record
 
-__all__ = ["Containers"]
+__all__ = ["Containers", "RELEASE_KIND"]
 
 log = structlog.get_logger("crib.runtimed")
+
+# State-store kind of a removed container whose resources are still being released.
+RELEASE_KIND = "container-release"
+# Teardown attempts of one queued release before it is left for the next start, and the
+# bound on each (runtime delete, unmounts, imaged's snapshot removal).
+RELEASE_TRIES = 6
+# How long after RemoveContainer answers its release starts (see `_release`).
+RELEASE_DELAY = 0.005
+RELEASE_TIMEOUT = 60.0
 
 
 class Containers:
@@ -67,6 +84,8 @@ class Containers:
     def __init__(self, node: Node, exits: Exits) -> None:
         self.node = node
         self.exits = exits
+        # Queued releases under way: container id -> (pod id, the task).
+        self._releasing: dict[str, tuple[str, asyncio.Task[None]]] = {}
 
     # ------------------------------------------------------------ create
 
@@ -180,14 +199,16 @@ class Containers:
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
         failpoint("create_after_conmon")
 
-    async def teardown(self, rec: ContainerRecord) -> None:
+    async def teardown(self, rec: ContainerRecord,
+                       deleted: Awaitable[bool] | None = None) -> None:
         """Undo every step of `_setup` (each tolerates never having happened). A step
         that fails (imaged down) does not stop the local ones; the first failure is
-        raised at the end."""
+        raised at the end. `deleted`: the exit-time runtime delete's outcome, when the
+        caller took it over (`Exits.released`)."""
         node, meta = self.node, rec.meta
         failed: list[Exception] = []
         rt = node.runtimes.get(meta.handler)
-        released = await self.exits.released(meta.id)
+        released = await (deleted if deleted is not None else self.exits.released(meta.id))
         if rt is not None and not released:
             await attempt(failed, "runtime delete", rt.delete(meta.id), container=meta.id)
         node.monitor.kill(rec.status.conmon_pid)
@@ -249,19 +270,92 @@ class Containers:
                 return
             raise DeadlineExceeded(f"container {rec.meta.id} did not die after SIGKILL")
 
-    async def remove(self, rec: ContainerRecord) -> None:
-        """Stop if needed, tear down, drop the record."""
+    async def remove(self, rec: ContainerRecord, *, queue: bool = True) -> None:
+        """Stop if needed, drop the record with its release queued (one transaction),
+        and release in the background (see the module docstring). `queue=False` tears
+        down first and drops after, for a caller that waits for the release anyway
+        (RemovePodSandbox)."""
         node = self.node
         if rec.status.state in ("running", "created", "unknown"):
             await self.stop(rec, 0)
         async with node.lock(rec.meta.id):
             if rec.meta.id not in node.containers:
                 return
-            await self.teardown(rec)
-            failpoint("remove_after_teardown")
-            node.drop_container(rec.meta.id)
+            if queue:
+                # The runtime delete `Exits` started at the exit, taken over before the
+                # drop makes it forget it (one loop turn): the release waits for it
+                # instead of racing a second delete against it.
+                deleted = asyncio.ensure_future(self.exits.released(rec.meta.id))
+                await asyncio.sleep(0)
+                with node.store.transaction():
+                    node.store.put(RELEASE_KIND, rec.meta.id, rec)
+                    node.store.delete(CONTAINER_KIND, rec.meta.id)
+                node.drop_container(rec.meta.id)
+                self._queue_release(rec, deleted)
+            else:
+                await self.teardown(rec)
+                failpoint("remove_after_teardown")
+                node.drop_container(rec.meta.id)
         log.info("container removed", container=rec.meta.id)
         node.emit(rec.meta.id, "deleted", rec.meta.pod_id)
+
+    def _queue_release(self, rec: ContainerRecord,
+                       deleted: asyncio.Future[bool] | None = None) -> None:
+        cid = rec.meta.id
+        if cid not in self._releasing:
+            task = asyncio.create_task(self._release(rec, deleted))
+            self._releasing[cid] = (rec.meta.pod_id, task)
+            task.add_done_callback(lambda _t: self._releasing.pop(cid, None))
+
+    async def _release(self, rec: ContainerRecord,
+                       deleted: asyncio.Future[bool] | None) -> None:
+        """Tear a removed container down, then forget its release record; retried with
+        a growing pause, then left to the next start."""
+        # Started once the answer has gone out: the teardown's first steps (the monitor
+        # killed, unmounts) are synchronous and would hold the answer back.
+        await asyncio.sleep(RELEASE_DELAY)
+        failpoint("remove_before_release")
+        for attempt_no in range(RELEASE_TRIES):
+            try:
+                async with asyncio.timeout(RELEASE_TIMEOUT):
+                    await self.teardown(rec, deleted)
+                    deleted = None  # a retry deletes again
+                failpoint("remove_after_teardown")
+                self.node.store.delete(RELEASE_KIND, rec.meta.id)
+                return
+            except Exception as exc:
+                log.warning("container release failed", container=rec.meta.id,
+                            attempt=attempt_no + 1, error=str(exc))
+                await asyncio.sleep(min(2.0 ** attempt_no, 30.0))
+        log.error("container release left for the next start", container=rec.meta.id)
+
+    async def finish_releases(self, wait: float) -> None:
+        """Queue every stored release not under way (recovery, after a crash); wait up
+        to `wait` seconds for them, the rest finish in the background."""
+        for rec in self.node.store.list(RELEASE_KIND, ContainerRecord):
+            log.warning("finishing a queued container release", container=rec.meta.id)
+            self._queue_release(rec)
+        tasks = [t for _pid, t in self._releasing.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+
+    async def released(self, pod_id: str) -> None:
+        """Wait for the queued releases of `pod_id`'s containers."""
+        tasks = [t for pid, t in self._releasing.values() if pid == pod_id]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Let releases under way finish for up to `timeout`; what is left is finished
+        at the next start."""
+        tasks = [t for _pid, t in self._releasing.values()]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1)
 
     # ------------------------------------------------------------ live changes
 

@@ -12,6 +12,7 @@ may be gone. Per record, under its own timeout:
                               ──cannot tell──> unknown
     sandbox creating    ──> its containers and itself rolled back, dropped
     sandbox ready, infra gone ──> notready
+    release queued by RemoveContainer ──> torn down, forgotten
 
 Then bundles and exit files that no record names are removed.
 """
@@ -39,11 +40,17 @@ log = structlog.get_logger("crib.runtimed")
 # Per-record bounds: one stuck runtime call must not keep runtimed from starting.
 CONTAINER_TIMEOUT = 30.0
 SANDBOX_TIMEOUT = 60.0
+# How long start waits for queued container releases before it goes on without them.
+RELEASE_WAIT = 5.0
 
 
 async def recover(node: Node, sandboxes: Sandboxes, containers: Containers,
                   exits: Exits) -> None:
     pods, ctrs = node.load()
+    # Containers removed before the crash whose release was still queued: given a
+    # moment here, then they go on in the background (a peer may still be starting;
+    # they retry).
+    await containers.finish_releases(wait=RELEASE_WAIT)
     for c in ctrs:
         try:
             async with asyncio.timeout(CONTAINER_TIMEOUT):

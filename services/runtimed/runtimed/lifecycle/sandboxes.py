@@ -205,8 +205,11 @@ class Sandboxes:
         node = self.node
         await self.stop(rec)
         async with node.lock(rec.meta.id):
+            # The pod's cgroup and directories go after its containers' own: those of
+            # containers removed before are waited for, the rest torn down here.
+            await self.containers.released(rec.meta.id)
             for c in node.pod_containers(rec.meta.id):
-                await self.containers.remove(c)
+                await self.containers.remove(c, queue=False)
             failpoint("remove_sandbox_after_containers")
             await self.teardown(rec, network=False)
             node.drop_sandbox(rec.meta.id)

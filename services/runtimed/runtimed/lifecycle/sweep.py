@@ -26,6 +26,7 @@ import structlog
 from crib_common.errors import CribError
 
 from ..node import ID_LEN, Node
+from .containers import RELEASE_KIND
 
 __all__ = ["Sweeper"]
 
@@ -37,6 +38,14 @@ class Sweeper:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+
+    def _container_owns(self, cid: str) -> bool:
+        """A container record, or a removed container whose release is queued: it still
+        owns its snapshot and bundle until the release runs (a snapshot taken from under
+        its mounted rootfs would pull the overlay's upper directory from under the
+        kernel). Asked at each check, memory first: RemoveContainer writes the release
+        record before it drops the container, so no moment shows neither."""
+        return cid in self.node.containers or cid in self.node.store.keys(RELEASE_KIND)
 
     async def loop(self) -> None:
         """Sweep every `reconcile_interval` seconds, or soon after a failed rollback;
@@ -81,7 +90,7 @@ class Sweeper:
         without a record."""
         cid = labels.get("io.crib.container", "")
         if cid:
-            return cid not in self.node.containers
+            return not self._container_owns(cid)
         pod_id = labels.get("io.crib.pod", "")
         return bool(pod_id and labels.get("io.crib.infra")) and pod_id not in self.node.sandboxes
 
@@ -89,20 +98,26 @@ class Sweeper:
         """Pod directories, namespace pins, container bundles, and the monitors' socket
         links and exit files, without a record."""
         node = self.node
-        known = {**node.sandboxes, **node.containers}
+
+        def pod(oid: str) -> bool:
+            return oid in node.sandboxes
+
+        def any_owner(oid: str) -> bool:
+            return pod(oid) or self._container_owns(oid)
+
         count = 0
-        for base, owners, undo in (
-                (node.pods_dir, node.sandboxes, None),
-                (Path(node.cfg.pinns_dir), node.sandboxes, node.host.unpin_namespaces),
-                (node.bundles, node.containers, None),
-                (node.sock_dir, known, _unlink),
-                (node.exit_dir, known, _unlink)):
+        for base, owned, undo in (
+                (node.pods_dir, pod, None),
+                (Path(node.cfg.pinns_dir), pod, node.host.unpin_namespaces),
+                (node.bundles, self._container_owns, None),
+                (node.sock_dir, any_owner, _unlink),
+                (node.exit_dir, any_owner, _unlink)):
             try:
                 entries = list(os.scandir(base))
             except OSError:
                 continue
             for entry in entries:
-                if entry.name in owners or len(entry.name) != ID_LEN:
+                if len(entry.name) != ID_LEN or owned(entry.name):
                     continue
                 try:
                     if undo is not None:

@@ -1,5 +1,5 @@
-"""List replies: pre-encoded items, caches per generation, pages for the Stream* RPCs,
-and the filters the List RPCs share."""
+"""List and status replies: pre-encoded items and statuses, caches per generation, pages
+for the Stream* RPCs, and the filters the List RPCs share."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from typing import Any, TypeVar
 
 import betterproto
 
+from crib_common.wire import encode_message
+
 from ..store.records import ContainerRecord, SandboxRecord
-from .status import container_item, sandbox_item
+from .status import container_item, container_status, sandbox_item, sandbox_status
 
 __all__ = ["ListCache", "PAGE_BYTES", "PAGE_ITEMS", "container_entry",
-           "container_item_bytes", "forget_item", "labels_match", "pages", "sandbox_entry",
-           "select", "stats_pages", "wire_field"]
+           "container_item_bytes", "container_status_reply", "forget_item", "labels_match",
+           "pages", "sandbox_entry", "sandbox_status_reply", "select", "stats_pages",
+           "wire_field"]
 
 
 def _varint(n: int) -> bytes:
@@ -44,7 +47,7 @@ def _cached(
     hit = _ITEM_CACHE.get(oid)
     if hit is not None and hit[0] == key:
         return hit
-    data = bytes(build())
+    data = encode_message(build())
     entry = (key, data, _FIELD1 + _varint(len(data)) + data)
     _ITEM_CACHE[oid] = entry
     return entry
@@ -65,9 +68,56 @@ def sandbox_entry(rec: SandboxRecord) -> bytes:
     return _cached(rec.meta.id, "pod:" + rec.status.state, lambda: sandbox_item(rec))[2]
 
 
+# Status replies, the kubelet's most frequent calls (after every event, and per pod on
+# every relist), are built the same way: per object id, (its status record as JSON, the
+# encoded ContainerStatus or PodSandboxStatus). Metadata is written once at create; the
+# status record holds everything else a status message shows, so its JSON is the key.
+# Building and encoding the betterproto messages cost 0.25-0.45 ms per call, the key
+# about 10 us. Records still being created are never cached (their metadata is still
+# being filled in).
+_STATUS_CACHE: dict[str, tuple[str, bytes]] = {}
+_FIELD3 = _varint((3 << 3) | 2)
+_FIELD4_VARINT = _varint(4 << 3)
+
+
+def _status_bytes(oid: str, rec: ContainerRecord | SandboxRecord,
+                  build: Callable[[], betterproto.Message]) -> bytes:
+    if rec.status.state == "creating":
+        return encode_message(build())
+    key = rec.status.model_dump_json()
+    hit = _STATUS_CACHE.get(oid)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    data = encode_message(build())
+    _STATUS_CACHE[oid] = (key, data)
+    return data
+
+
+def container_status_reply(rec: ContainerRecord) -> bytes:
+    """A non-verbose ContainerStatusResponse: `ContainerStatus status = 1` only."""
+    data = _status_bytes(rec.meta.id, rec, lambda: container_status(rec))
+    return _FIELD1 + _varint(len(data)) + data
+
+
+def sandbox_status_reply(rec: SandboxRecord, containers: Iterable[ContainerRecord],
+                         timestamp: int) -> bytes:
+    """A non-verbose PodSandboxStatusResponse: `PodSandboxStatus status = 1`,
+    `repeated ContainerStatus containers_statuses = 3`, `int64 timestamp = 4`, in field
+    order as protobuf encoders write them."""
+    data = _status_bytes(rec.meta.id, rec, lambda: sandbox_status(rec))
+    out = [_FIELD1, _varint(len(data)), data]
+    for c in containers:
+        item = _status_bytes(c.meta.id, c, lambda: container_status(c))
+        out += [_FIELD3, _varint(len(item)), item]
+    if timestamp:
+        out += [_FIELD4_VARINT, _varint(timestamp)]
+    return b"".join(out)
+
+
 def forget_item(oid: str) -> None:
     """Drop a removed object's encodings (`Node.on_drop`)."""
     _ITEM_CACHE.pop(oid, None)
+    _STATUS_CACHE.pop(oid, None)
 
 
 _R = TypeVar("_R", ContainerRecord, SandboxRecord)
