@@ -77,6 +77,7 @@ SERVER_STREAMING: frozenset[str] = frozenset({
 
 # RPCs of api.proto no daemon serves yet: answered UNIMPLEMENTED, naming them.
 UNROUTED: tuple[str, ...] = (
+    RUNTIME + "CheckpointContainer",
     RUNTIME + "CheckpointPod",
     RUNTIME + "RestorePod",
 )

@@ -12,8 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import betterproto
+
 from crib_common.cri.runtime.v1 import (
     ContainerConfig,
+    ContainerStatusResponse,
     ContainerMetadata,
     CreateContainerRequest,
     ImageSpec,
@@ -25,6 +28,7 @@ from crib_common.cri.runtime.v1 import (
     NamespaceOption,
     PodSandboxConfig,
     PodSandboxMetadata,
+    PodSandboxStatusResponse,
     RunPodSandboxRequest,
 )
 from crib_common.server import CriTable
@@ -48,6 +52,11 @@ __all__ = ["Daemon", "container_request", "eventually", "make_settings", "pod_re
            "steps_of"]
 
 _RUNTIME = "/runtime.v1.RuntimeService/"
+# The RPCs whose handlers answer pre-encoded bytes, and their reply types.
+_REPLIES: dict[str, type[betterproto.Message]] = {
+    "ContainerStatus": ContainerStatusResponse,
+    "PodSandboxStatus": PodSandboxStatusResponse,
+}
 _MODULES = (sandbox_run, sandbox_stop, sandbox_remove, sandbox_status, container_create,
             container_start, container_stop, container_remove, container_status)
 
@@ -94,7 +103,17 @@ class Daemon:
         await eventually(lambda: self.sweeps_done >= 1)
 
     async def call(self, rpc: str, request: Any) -> Any:
-        return await self.table.methods[_RUNTIME + rpc].handler(request)
+        """The handler's answer as a message (some answer pre-encoded bytes, which are
+        parsed with the RPC's reply type, as the kubelet would)."""
+        method = self.table.methods[_RUNTIME + rpc]
+        reply = await method.handler(request)
+        if rpc == "RemoveContainer":
+            # It answers once the container is gone from every list; what it held is
+            # released in the background right after. The tests check the whole release.
+            await self.runtimed.containers.released()
+        if isinstance(reply, bytes):
+            return _REPLIES[rpc]().parse(reply)
+        return reply
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -339,9 +339,10 @@ class Containers:
         if tasks:
             await asyncio.wait(tasks, timeout=wait)
 
-    async def released(self, pod_id: str) -> None:
-        """Wait for the queued releases of `pod_id`'s containers."""
-        tasks = [t for pid, t in self._releasing.values() if pid == pod_id]
+    async def released(self, pod_id: str = "") -> None:
+        """Wait for the queued releases of `pod_id`'s containers (of every pod's by
+        default)."""
+        tasks = [t for pid, t in self._releasing.values() if pid == pod_id or not pod_id]
         if tasks:
             await asyncio.wait(tasks)
 
