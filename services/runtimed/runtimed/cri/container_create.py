@@ -35,8 +35,8 @@ def register(table: CriTable, runtimed: Runtimed) -> None:
         config = request.config
         pod = node.find_sandbox(request.pod_sandbox_id)
         path = _check(config, pod)
-        md = config.metadata
-        name = f"ctr/{pod.meta.id}/{md.name}_{md.attempt}"
+        metadata = config.metadata
+        name = f"ctr/{pod.meta.id}/{metadata.name}_{metadata.attempt}"
 
         async def create() -> str:
             if pod.status.state != "ready":
@@ -51,8 +51,8 @@ def register(table: CriTable, runtimed: Runtimed) -> None:
 
 def _check(config: ContainerConfig, pod: SandboxRecord) -> str:
     """Everything a config can be refused for before any work; returns the log path."""
-    md = config.metadata
-    if not is_set(md) or not md.name:
+    metadata = config.metadata
+    if not is_set(metadata) or not metadata.name:
         raise InvalidArgument("container metadata needs a name")
     if not is_set(config.image) or not config.image.image:
         raise InvalidArgument("container config needs an image")

@@ -35,15 +35,15 @@ def register(table: CriTable, runtimed: Runtimed) -> None:
         config = request.config
         handler = runtimed.node.runtime_for(request.runtime_handler)
         req = _sandbox_request(config)
-        md = config.metadata
-        name = f"pod/{md.name}_{md.namespace}_{md.uid}_{md.attempt}"
+        metadata = config.metadata
+        name = f"pod/{metadata.name}_{metadata.namespace}_{metadata.uid}_{metadata.attempt}"
         sid = await runtimed.parking.run(name, lambda: runtimed.sandboxes.run(req, handler))
         return RunPodSandboxResponse(pod_sandbox_id=sid)
 
 
 def _sandbox_request(config: PodSandboxConfig) -> SandboxRequest:
-    md = config.metadata
-    if not is_set(md) or not md.name or not md.namespace or not md.uid:
+    metadata = config.metadata
+    if not is_set(metadata) or not metadata.name or not metadata.namespace or not metadata.uid:
         raise InvalidArgument("sandbox metadata needs name, namespace and uid")
     check_hostname(config.hostname)
     if config.log_directory and not config.log_directory.startswith("/"):
@@ -66,7 +66,8 @@ def _sandbox_request(config: PodSandboxConfig) -> SandboxRequest:
             resources_to_dict(linux.overhead if is_set(linux.overhead) else None))
     return SandboxRequest(
         meta=dict(
-            name=md.name, namespace=md.namespace, uid=md.uid, attempt=md.attempt,
+            name=metadata.name, namespace=metadata.namespace, uid=metadata.uid,
+            attempt=metadata.attempt,
             labels=dict(config.labels), annotations=dict(config.annotations),
             hostname=config.hostname, log_directory=config.log_directory,
             host_network=host_net, host_pid=host_pid, host_ipc=host_ipc,

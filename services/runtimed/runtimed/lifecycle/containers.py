@@ -96,7 +96,7 @@ class Containers:
         node = self.node
         cid = new_id()
         bundle = node.bundles / cid
-        md = config.metadata
+        metadata = config.metadata
         img_cfg = image.config.get("config") or {}
         stop_signal = img_cfg.get("StopSignal") or "SIGTERM"
         if config.stop_signal:
@@ -106,7 +106,8 @@ class Containers:
         except (ValueError, AttributeError):
             stop_signal = "SIGTERM"
         meta = ContainerMeta(
-            id=cid, pod_id=pod.meta.id, name=md.name, attempt=md.attempt, handler=rt.name,
+            id=cid, pod_id=pod.meta.id, name=metadata.name, attempt=metadata.attempt,
+            handler=rt.name,
             created_at=now(), image=config.image.image, image_id=image.id,
             image_ref=(image.repo_digests[0] if image.repo_digests else image.id),
             labels=dict(config.labels), annotations=dict(config.annotations),
@@ -119,7 +120,7 @@ class Containers:
         rec = ContainerRecord(meta=meta)
         rec.status.resources = _resources(config)
         node.add_container(rec)
-        log.info("container creating", container=cid, pod=pod.meta.id, name=md.name,
+        log.info("container creating", container=cid, pod=pod.meta.id, name=metadata.name,
                  image=config.image.image)
         try:
             async with AsyncExitStack() as undo:
@@ -149,17 +150,19 @@ class Containers:
         await asyncio.to_thread(node.host.mount_all, snap.mounts, rootfs)
         failpoint("create_after_mount")
         img = image_config.get("config") or {}
-        sc = config.linux.security_context if is_set(config.linux) else None
-        if sc is not None and not is_set(sc):
-            sc = None
+        context = config.linux.security_context if is_set(config.linux) else None
+        if context is not None and not is_set(context):
+            context = None
         user = await asyncio.to_thread(
             resolve_user, rootfs, image_user=str(img.get("User") or ""),
-            run_as_user=sc.run_as_user.value if sc and is_set(sc.run_as_user) else None,
-            run_as_username=sc.run_as_username if sc else "",
-            run_as_group=sc.run_as_group.value if sc and is_set(sc.run_as_group) else None,
-            supplemental=list(sc.supplemental_groups) if sc else [],
-            strict_groups=sc is not None
-            and sc.supplemental_groups_policy == SupplementalGroupsPolicy.Strict,
+            run_as_user=context.run_as_user.value
+            if context and is_set(context.run_as_user) else None,
+            run_as_username=context.run_as_username if context else "",
+            run_as_group=context.run_as_group.value
+            if context and is_set(context.run_as_group) else None,
+            supplemental=list(context.supplemental_groups) if context else [],
+            strict_groups=context is not None
+            and context.supplemental_groups_policy == SupplementalGroupsPolicy.Strict,
         )
         meta.uid, meta.gid, meta.groups = user.uid, user.gid, user.groups
         target_pids = {c.meta.id: c.status.pid for c in node.pod_containers(pod.meta.id)

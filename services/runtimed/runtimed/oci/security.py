@@ -93,29 +93,30 @@ def current() -> SecurityDefaults:
     return _current
 
 
-def apply_security(sc: LinuxContainerSecurityContext | None, caps: list[str],
+def apply_security(security: LinuxContainerSecurityContext | None, caps: list[str],
                    privileged: bool, defaults: SecurityDefaults,
                    pod_selinux: SeLinuxOption | None, pod_id: str,
                    process: dict[str, Any], linux: dict[str, Any]) -> None:
     """Set the security parts of a container's `process` and `linux` objects."""
-    if sc is None:
+    if security is None:
         linux["maskedPaths"] = list(DEFAULT_MASKED)
         linux["readonlyPaths"] = list(DEFAULT_READONLY)
     elif not privileged:
         # Exactly the kubelet's lists: empty masked_paths is procMount Unmasked.
-        if sc.masked_paths:
-            linux["maskedPaths"] = list(sc.masked_paths)
-        if sc.readonly_paths:
-            linux["readonlyPaths"] = list(sc.readonly_paths)
+        if security.masked_paths:
+            linux["maskedPaths"] = list(security.masked_paths)
+        if security.readonly_paths:
+            linux["readonlyPaths"] = list(security.readonly_paths)
     if not privileged:
-        seccomp = _seccomp(sc, frozenset(caps), defaults)
+        seccomp = _seccomp(security, frozenset(caps), defaults)
         if seccomp is not None:
             linux["seccomp"] = seccomp
-    kind, ref = _apparmor_request(sc)
+    kind, ref = _apparmor_request(security)
     profile = defaults.apparmor.profile_for(kind, ref, privileged)
     if profile:
         process["apparmorProfile"] = profile
-    own = sc.selinux_options if sc is not None and _is_set(sc.selinux_options) else None
+    own = security.selinux_options \
+        if security is not None and _is_set(security.selinux_options) else None
     pod = pod_selinux if pod_selinux is not None and _is_set(pod_selinux) else None
     labels = defaults.selinux.labels(own, pod, pod_id, privileged)
     if labels is not None:
@@ -129,21 +130,21 @@ def _is_set(msg: Any) -> bool:
     return msg is not None and betterproto.serialized_on_wire(msg)
 
 
-def _seccomp(sc: LinuxContainerSecurityContext | None, caps: frozenset[str],
+def _seccomp(security: LinuxContainerSecurityContext | None, caps: frozenset[str],
              defaults: SecurityDefaults) -> dict[str, Any] | None:
     """RuntimeDefault, Unconfined or Localhost; with nothing said, the kubelet's default
     is Unconfined (its seccompDefault is off unless configured, and then it says
     RuntimeDefault itself)."""
-    if sc is None:
+    if security is None:
         return None
-    if _is_set(sc.seccomp):
-        kind = sc.seccomp.profile_type
+    if _is_set(security.seccomp):
+        kind = security.seccomp.profile_type
         if kind == SecurityProfileProfileType.RuntimeDefault:
             return defaults.seccomp.evaluate(caps)
         if kind == SecurityProfileProfileType.Localhost:
-            return load_localhost_profile(sc.seccomp.localhost_ref, caps)
+            return load_localhost_profile(security.seccomp.localhost_ref, caps)
         return None
-    path = sc.seccomp_profile_path  # the deprecated string form
+    path = security.seccomp_profile_path  # the deprecated string form
     if path in ("runtime/default", "docker/default"):
         return defaults.seccomp.evaluate(caps)
     if path.startswith("localhost/"):
@@ -153,18 +154,18 @@ def _seccomp(sc: LinuxContainerSecurityContext | None, caps: frozenset[str],
     raise InvalidArgument(f"unknown seccomp profile {path!r}")
 
 
-def _apparmor_request(sc: LinuxContainerSecurityContext | None) -> tuple[str, str]:
+def _apparmor_request(security: LinuxContainerSecurityContext | None) -> tuple[str, str]:
     """("runtime/default" | "unconfined" | "localhost" | "", profile name)."""
-    if sc is None:
+    if security is None:
         return "", ""
-    if _is_set(sc.apparmor):
-        kind = sc.apparmor.profile_type
+    if _is_set(security.apparmor):
+        kind = security.apparmor.profile_type
         if kind == SecurityProfileProfileType.Localhost:
-            return "localhost", sc.apparmor.localhost_ref
+            return "localhost", security.apparmor.localhost_ref
         if kind == SecurityProfileProfileType.Unconfined:
             return "unconfined", ""
         return "runtime/default", ""
-    old = sc.apparmor_profile  # deprecated string form
+    old = security.apparmor_profile  # deprecated string form
     if old.startswith("localhost/"):
         return "localhost", old
     if old in ("", "runtime/default", "unconfined"):

@@ -237,10 +237,10 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     """config.json of an application container."""
     img = inp.image_config.get("config") or {}
     linux = cfg.linux
-    sc = linux.security_context if is_set(linux) else None
-    if sc is not None and not is_set(sc):
-        sc = None
-    privileged = bool(sc and sc.privileged)
+    security = linux.security_context if is_set(linux) else None
+    if security is not None and not is_set(security):
+        security = None
+    privileged = bool(security and security.privileged)
     argv = combine_command(list(cfg.command), list(cfg.args), img.get("Entrypoint"),
                            img.get("Cmd"))
     # KeyValue.value is `bytes` in our api.proto copy (wire-compatible with string).
@@ -254,13 +254,13 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
     cwd = cfg.working_dir or img.get("WorkingDir") or "/"
     if not cwd.startswith("/"):
         raise InvalidArgument(f"working_dir {cwd!r} must be absolute")
+    asked = security.capabilities if security and is_set(security.capabilities) else None
     caps = container_capabilities(
-        list(sc.capabilities.add_capabilities) if sc and is_set(sc.capabilities) else [],
-        list(sc.capabilities.drop_capabilities) if sc and is_set(sc.capabilities) else [],
+        list(asked.add_capabilities) if asked else [],
+        list(asked.drop_capabilities) if asked else [],
         privileged,
     )
-    ambient = [cap_name(c) for c in (sc.capabilities.add_ambient_capabilities
-                                      if sc and is_set(sc.capabilities) else [])]
+    ambient = [cap_name(c) for c in (asked.add_ambient_capabilities if asked else [])]
     res = resources_to_dict(linux.resources if is_set(linux) else None)
     # As the kubelet asks (-997 Guaranteed), raised only where the daemon lacks
     # CAP_SYS_RESOURCE (runtimed.oom).
@@ -273,7 +273,7 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         "cwd": cwd,
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps,
                          **({"ambient": ambient, "inheritable": ambient} if ambient else {})},
-        "noNewPrivileges": bool(sc and sc.no_new_privs),
+        "noNewPrivileges": bool(security and security.no_new_privs),
         "oomScoreAdj": oom,
     }
     if inp.user.groups:
@@ -289,7 +289,7 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         if dest not in wanted:
             mounts.append({"destination": dest, "type": "bind", "source": str(src),
                            "options": ["rbind", "rprivate",
-                                       "ro" if (sc and sc.readonly_rootfs) else "rw"]})
+                                       "ro" if (security and security.readonly_rootfs) else "rw"]})
     rootfs_propagation = ""
     for m in cfg.mounts:
         if not m.container_path.startswith("/"):
@@ -344,7 +344,8 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         devices += [d for d in host_devices() if d["path"] not in taken]
     else:
         oci_res["devices"] = oci_res["devices"] + rules
-    ns_opts = sc.namespace_options if sc and is_set(sc.namespace_options) else None
+    ns_opts = security.namespace_options \
+        if security and is_set(security.namespace_options) else None
     if ns_opts is not None:
         check_host_userns(ns_opts)
     pid_mode = ns_opts.pid if ns_opts else (
@@ -364,12 +365,12 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         spec_linux["sysctl"] = dict(pod.sysctls)
     if rootfs_propagation:
         spec_linux["rootfsPropagation"] = rootfs_propagation
-    apply_security(sc, caps, privileged, inp.security or current(), inp.pod_selinux,
+    apply_security(security, caps, privileged, inp.security or current(), inp.pod_selinux,
                    pod.id, process, spec_linux)
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
-        "root": {"path": str(inp.rootfs), "readonly": bool(sc and sc.readonly_rootfs)},
+        "root": {"path": str(inp.rootfs), "readonly": bool(security and security.readonly_rootfs)},
         "mounts": mounts,
         "annotations": dict(inp.annotations),
         "linux": spec_linux,
