@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import sys
 
+# structlog imports rich, when it is installed (the CLI draws with it), for console
+# tracebacks; a daemon logs JSON lines and would carry ~3 MiB of it (issue 14). This runs
+# before anything imports structlog.
+sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+
 from aiohttp import web
 
 from crib_common.errors import FailedPrecondition
