@@ -129,9 +129,12 @@ class PullPod(BaseModel):
 class PullRequest(BaseModel):
     """Operator pull (`POST /v1/images/pull`); credentials as CRI's AuthConfig.
     `requester` says who asks (shown in `GET /v1/pulls`): "rest" for a plain API call,
-    "cli" for `crib pull`, "pause" for runtimed's pause image (with `pod`)."""
+    "cli" for `crib pull`, "pause" for runtimed's pause image (with `pod`).
 
-    model_config = _Operator
+    Also sent by runtimed (the pause image), so unknown fields are ignored, as between
+    peers: a runtimed restarted a version ahead of imaged must still get its pull."""
+
+    model_config = _Peer
     reference: str
     username: str = ""
     password: str = ""
