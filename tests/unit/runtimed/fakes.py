@@ -207,6 +207,7 @@ class FakeMonitor:
         self.runtimes: dict[str, FakeRuntime] = {}
         self.live: set[int] = set()
         self.controls: list[tuple[str, int]] = []
+        self.starts: dict[int, int] = {}
         self._next_pid = 4_000_000  # above any pid_max: never a real process
 
     async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
@@ -219,12 +220,16 @@ class FakeMonitor:
         spec.socket_dir.mkdir(parents=True, exist_ok=True)
         os.symlink(spec.bundle, spec.socket_dir / spec.cid)
         self.live |= {monitor_pid, pid}
+        self.starts[monitor_pid] = self.starts[pid] = monitor_pid  # any stable number
         runtime.containers[spec.cid] = "created"
         runtime.pids[spec.cid] = (monitor_pid, pid)
         return monitor_pid, pid
 
-    def alive(self, pid: int) -> bool:
-        return pid in self.live
+    def alive(self, pid: int, started: int = 0) -> bool:
+        return pid in self.live and (not started or self.starts.get(pid) == started)
+
+    def started(self, pid: int) -> int:
+        return self.starts.get(pid, 0) if pid in self.live else 0
 
     async def wait(self, pid: int) -> None:
         while pid in self.live:

@@ -111,6 +111,25 @@ async def test_monitor_lost_without_exit_file(daemon: Daemon, settings: CribSett
         await d.close()
 
 
+async def test_recorded_monitor_pid_reused_after_reboot(daemon: Daemon,
+                                                        settings: CribSettings,
+                                                        fakes: Fakes) -> None:
+    """After a reboot the runtime's state is gone and the recorded conmon pid names some
+    other process (another start time): the container is not taken for running."""
+    sid, cid = await _pod_and_container(daemon)
+    conmon_pid = fakes.runtime.pids[cid][0]
+    await daemon.close()
+    fakes.runtime.containers.pop(cid)
+    fakes.monitor.starts[conmon_pid] += 1  # the same pid, started later: not conmon
+    d = await Daemon.open(settings, fakes)
+    try:
+        status = await _status(d, cid)
+        assert (status.state, status.exit_code) == (ContainerState.CONTAINER_EXITED, 255)
+        await d.call("RemovePodSandbox", RemovePodSandboxRequest(pod_sandbox_id=sid))
+    finally:
+        await d.close()
+
+
 async def test_pod_whose_infra_is_gone_is_notready(daemon: Daemon, settings: CribSettings,
                                                    fakes: Fakes) -> None:
     sid = (await daemon.call("RunPodSandbox", pod_request(shared_pid=True))).pod_sandbox_id

@@ -112,7 +112,11 @@ class Monitor(Protocol):
 
     async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
         """Start it; (monitor pid, container pid) once the container is created."""
-    def alive(self, pid: int) -> bool: ...
+    def alive(self, pid: int, started: int = 0) -> bool:
+        """Process `pid` runs (and, when `started` is given, is the one that started
+        then: after a reboot a recorded pid may name another process)."""
+    def started(self, pid: int) -> int:
+        """When process `pid` started (0 if it is gone), for a later `alive`."""
     async def wait(self, pid: int) -> None:
         """Return once process `pid` has ended (at once when there is none)."""
     def kill(self, pid: int) -> None:
@@ -126,8 +130,11 @@ class Conmon:
     async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
         return await start_conmon(spec, timeout=timeout)
 
-    def alive(self, pid: int) -> bool:
-        return process_alive(pid)
+    def alive(self, pid: int, started: int = 0) -> bool:
+        return process_alive(pid) and (not started or process_start_time(pid) == started)
+
+    def started(self, pid: int) -> int:
+        return process_start_time(pid)
 
     async def wait(self, pid: int) -> None:
         """Through a pidfd, which works for processes that are not our children (conmon

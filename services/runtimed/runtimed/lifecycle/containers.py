@@ -200,6 +200,7 @@ class Containers:
                              log_size_max=node.cfg.log_size_max)
         conmon_pid, pid = await node.monitor.start(monitor, timeout=node.cfg.create_timeout)
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
+        rec.status.conmon_started = node.monitor.started(conmon_pid)
         failpoint("create_after_conmon")
 
     async def teardown(self, rec: ContainerRecord,

@@ -144,7 +144,8 @@ class Exits:
 
     async def _watch(self, rec: ContainerRecord) -> None:
         node = self.node
-        await node.monitor.wait(rec.status.conmon_pid)
+        if node.monitor.alive(rec.status.conmon_pid, rec.status.conmon_started):
+            await node.monitor.wait(rec.status.conmon_pid)
         end = time.monotonic() + EXIT_FILE_GRACE
         while True:
             if rec.meta.id not in node.containers or await self.settle(rec):

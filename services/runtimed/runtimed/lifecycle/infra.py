@@ -116,6 +116,7 @@ async def _run(node: Node, rec: SandboxRecord, rt: RuntimeImpl, bundle: Path) ->
                       socket_dir=node.sock_dir)
     conmon_pid, pid = await node.monitor.start(spec)
     rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
+    rec.status.infra_started = node.monitor.started(pid)
     node.put_sandbox(rec)
     await rt.start(meta.id)
 

@@ -95,7 +95,7 @@ async def _container(node: Node, containers: Containers, exits: Exits,
     rt = node.runtimes.get(c.meta.handler)
     st = await rt.state(c.meta.id) if rt is not None else None
     status = (st or {}).get("status", "")
-    if node.monitor.alive(c.status.conmon_pid):
+    if node.monitor.alive(c.status.conmon_pid, c.status.conmon_started):
         if status == "running" and c.status.state == "created":
             # Killed between `runtime start` and persisting "running".
             c.status.state = "running"
@@ -125,6 +125,6 @@ async def _sandbox(node: Node, sandboxes: Sandboxes, containers: Containers,
         node.drop_sandbox(s.meta.id)
         return
     if s.status.state == "ready" and s.meta.has_infra and \
-            not node.monitor.alive(s.status.infra_pid):
+            not node.monitor.alive(s.status.infra_pid, s.status.infra_started):
         s.status.state = "notready"
         node.put_sandbox(s)

@@ -115,6 +115,7 @@ class SandboxStatusRec(BaseModel):
     ips: list[str] = Field(default_factory=list)
     infra_pid: int = 0  # catatonit (shared PID namespace) or the pause container
     infra_conmon_pid: int = 0
+    infra_started: int = 0  # the infra's start time (clock ticks), against pid reuse
     # CRI pod-level resources (LinuxPodSandboxConfig.resources plus overhead, as stored by
     # resources_to_dict) applied to the pod cgroup; UpdatePodSandboxResources rewrites them.
     resources: dict[str, Any] = Field(default_factory=dict)
@@ -168,6 +169,7 @@ class ContainerStatusRec(BaseModel):
     state: ContainerState = "creating"
     pid: int = 0
     conmon_pid: int = 0
+    conmon_started: int = 0  # conmon's start time (clock ticks), against pid reuse
     started_at: int = 0
     finished_at: int = 0
     exit_code: int = 0
