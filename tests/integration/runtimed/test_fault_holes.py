@@ -104,11 +104,24 @@ def test_image_volume_readonly_and_reported_by_digest(cri: Cri, image: str) -> N
         cri.remove_pod(sid)
 
 
-def test_sandbox_teardown_leaves_no_socket_link(cri: Cri, image: str) -> None:
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_sandbox_teardown_leaves_no_socket_link(cri: Cri, image: str, handler: str) -> None:
     config = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
         security_context=api_pb2.LinuxSandboxSecurityContext(
             namespace_options=api_pb2.NamespaceOption(pid=api_pb2.POD))))
-    sid, pod = cri.run_pod(config)  # a shared PID namespace: catatonit under conmon
+    # A shared PID namespace: catatonit under conmon (and RuntimeDefault seccomp).
+    sid, pod = cri.run_pod(config, handler=handler)
+    cid = cri.create(sid, pod, image, "ps", command=["sh", "-c", "echo $$; sleep 300"])
+    cri.start(cid)
+    assert cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+        pod_sandbox_id=sid)).status.state == api_pb2.SANDBOX_READY
+    log = Path(cri.status(cid).log_path)
+    deadline = time.monotonic() + 10
+    while not (log.exists() and log.read_text().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # catatonit holds PID 1 of the pod's namespace: the container's shell is not PID 1.
+    assert log.read_text().split()[-1] != "1"
     links = Path(cri.stack.root) / "run/runtimed/s"
     assert (links / sid).is_symlink()
     cri.remove_pod(sid)

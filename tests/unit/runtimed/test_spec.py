@@ -168,6 +168,12 @@ def test_sandbox_spec_is_schema_valid(tmp_path: Path) -> None:
     _assert_valid(spec)
     assert spec["process"]["args"] == ["/catatonit", "-P"]
     assert {"type": "pid"} in spec["linux"]["namespaces"]
+    # crib's own infra process runs under RuntimeDefault, with no capability.
+    seccomp = spec["linux"]["seccomp"]
+    assert seccomp["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = {n for rule in seccomp["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW"
+               and not rule.get("args") for n in rule["names"]}
+    assert {"wait4", "rt_sigprocmask", "pause"} <= allowed and "mount" not in allowed
 
 
 def test_pause_spec_from_image_config(tmp_path: Path) -> None:

@@ -440,6 +440,9 @@ def _infra_spec(sb: SandboxMeta, rootfs: Path, argv: list[str], env: list[str], 
             "cgroupsPath": cgroup_path,
             "maskedPaths": list(DEFAULT_MASKED),
             "readonlyPaths": list(DEFAULT_READONLY),
+            # The infra process is crib's own (catatonit, or a pause image): always
+            # confined by RuntimeDefault, for an empty capability set.
+            "seccomp": current().seccomp.evaluate(frozenset()),
             **({"sysctl": dict(sb.sysctls)} if sb.sysctls else {}),
         },
     }
