@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import betterproto
 
 from .errors import InvalidArgument
+from .protowire import varint as _varint
 
 __all__ = ["check_wire", "decode_message", "encode_message"]
 
@@ -205,27 +206,12 @@ _ZIGZAG_TYPES = frozenset(("sint32", "sint64"))
 _FIXED_FORMATS = {"float": "<f", "double": "<d", "fixed32": "<I", "sfixed32": "<i",
                   "fixed64": "<Q", "sfixed64": "<q"}
 _SCALAR_OK = _VARINT_TYPES | _ZIGZAG_TYPES | frozenset(_FIXED_FORMATS) | {"string", "bytes"}
-_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
 _KEYS: dict[int, bytes] = {}
 
 # Per message class: [(name, meta, scalar default or _PLACEHOLDER)], or None when the
 # class uses something only betterproto's own encoder handles (wrappers, timestamps).
 _PLANS: dict[type, list[tuple[str, Any, Any]] | None] = {}
 _dict_of = object.__getattribute__  # betterproto overrides __getattribute__, even for __dict__
-
-
-def _varint(value: int) -> bytes:
-    # Negative numbers are written as 64-bit two's complement (10 bytes), as protobuf does.
-    if value < 0:
-        value += 1 << 64
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _key(number: int, wire: int) -> bytes:

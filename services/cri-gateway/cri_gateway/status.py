@@ -19,6 +19,7 @@ from typing import Any
 from crib_common.client import DaemonClient
 from crib_common.errors import CribError
 from crib_common.errors import InvalidArgument
+from crib_common.protowire import field, varint as _varint
 
 RUNTIME_READY = "RuntimeReady"
 NETWORK_READY = "NetworkReady"
@@ -40,22 +41,8 @@ def _dict(value: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- wire (api.proto)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _message(number: int, data: bytes) -> bytes:
-    """A length-delimited field (string, sub-message, map entry), written even empty."""
-    return _varint((number << 3) | 2) + _varint(len(data)) + data
-
-
 def _string(number: int, value: str) -> bytes:
-    return _message(number, value.encode("utf-8")) if value else b""  # proto3: "" unwritten
+    return field(number, value.encode("utf-8")) if value else b""  # proto3: "" unwritten
 
 
 def _bool(number: int, value: bool) -> bytes:
@@ -113,17 +100,17 @@ def status_response(conditions: list[tuple[str, bool, str, str]],
     `RuntimeFeatures features = 4` (supplemental_groups_policy: strict supplemental
     groups, and ContainerStatus.user, are supported)."""
     status = b"".join(
-        _message(1, _string(1, kind) + _bool(2, ok) + _string(3, reason) + _string(4, msg))
+        field(1, _string(1, kind) + _bool(2, ok) + _string(3, reason) + _string(4, msg))
         for kind, ok, reason, msg in conditions)
-    out = [_message(1, status) if status else b""]
+    out = [field(1, status) if status else b""]
     for key, value in info.items():
-        out.append(_message(2, _string(1, key) + _string(2, value)))
+        out.append(field(2, _string(1, key) + _string(2, value)))
     for name, rro, userns in handlers:
         # Features always written, even all false, as the generated types wrote them: a
         # client can tell "no features" from "not reported" (proto3 message presence).
-        features = _message(2, _bool(1, rro) + _bool(2, userns))
-        out.append(_message(3, _string(1, name) + features))
-    out.append(_message(4, _bool(1, True)))
+        features = field(2, _bool(1, rro) + _bool(2, userns))
+        out.append(field(3, _string(1, name) + features))
+    out.append(field(4, _bool(1, True)))
     return b"".join(out)
 
 

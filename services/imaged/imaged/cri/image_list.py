@@ -12,6 +12,7 @@ import structlog
 
 from crib_common.cri.runtime.v1 import Image, ImageSpec, Int64Value, ListImagesRequest
 from crib_common.server import CriTable
+from crib_common.protowire import varint as _varint
 from crib_common.wire import encode_message
 
 from ..service import ImageService, user_of
@@ -50,15 +51,6 @@ def cri_image(img: ImageRecord) -> Image:
     if uid is not None:
         message.uid = Int64Value(uid)
     return message
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 _FIELD1 = b"\x0a"  # field 1, wire type 2: ListImagesResponse.images, ImageStatusResponse.image

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import betterproto
 
+from crib_common.protowire import varint as _varint
 from crib_common.wire import encode_message
 
 from ..store.records import ContainerRecord, SandboxRecord
@@ -18,18 +19,6 @@ __all__ = ["ListCache", "PAGE_BYTES", "PAGE_ITEMS", "container_entry",
            "container_item_bytes", "container_status_reply", "forget_item", "labels_match",
            "pages", "sandbox_entry", "sandbox_status_reply", "select", "stats_pages",
            "wire_field"]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 # List replies are assembled from per-item encodings (betterproto costs ~1 ms to build and
