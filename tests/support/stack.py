@@ -42,6 +42,8 @@ class Stack:
     # "node": the daemons forked by one crib-node (issue 14), pid files under `pid_dir`.
     launcher: str = "process"
     node: subprocess.Popen[bytes] | None = None
+    # Under crib-node, the pid `kill` took last per daemon: `start_one` waits for another.
+    killed: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def create(cls, launcher: str = "process", **extra_env: str) -> Stack:
@@ -164,6 +166,10 @@ class Stack:
         raise TimeoutError(f"crib-node did not fork {service} again within {timeout}s")
 
     def start_one(self, service: str, timeout: float = 30.0) -> None:
+        if self.launcher == "node":
+            # crib-node forks it again by itself; starting one here would make a twin.
+            self.wait_forked(service, self.killed.pop(service, 0), timeout)
+            return
         log = open(self.root / f"{service}.log", "ab")
         sock = self.socket(service)
         with contextlib.suppress(FileNotFoundError):
@@ -181,6 +187,7 @@ class Stack:
             # crib-node forks it again; `wait_forked` waits for that.
             pid = self.daemon_pid(service)
             if pid:
+                self.killed[service] = pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
                 wait_gone(pid, 30.0)
