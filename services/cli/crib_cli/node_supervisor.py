@@ -399,11 +399,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"crib-node: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log, NODE)
-    # Collections from here on would only move objects between generations (writing
-    # their headers); the children enable the collector again, after the freeze.
+    # As the `gc.freeze` documentation advises: no collection between the imports and the
+    # fork. A collection frees objects all over the heap, and the children's allocations
+    # would then fill those holes, copying the shared pages they sit in; the cyclic
+    # garbage of the imports instead stays, frozen and shared (measured with
+    # bench/bench_node.py: 3 MiB less idle, 6 MiB less after 200 pod lifecycles).
     gc.disable()
     preload()
-    gc.collect()
     gc.freeze()
     gc.enable()  # what the parent allocates from now on is its own; the frozen set is skipped
     supervisor = Supervisor(args.pid_dir, args.log_dir, daemons)
