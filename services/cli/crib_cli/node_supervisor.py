@@ -56,7 +56,7 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["DAEMONS", "NODE", "PRELOAD", "comm_of", "main", "pid_of"]
+__all__ = ["DAEMONS", "NODE", "PRELOAD", "comm_of", "main", "pid_of", "restart_delay"]
 
 # Start order; stop is all at once (each daemon drains on its own SIGTERM).
 DAEMONS = ("netd", "imaged", "runtimed", "gateway")
@@ -192,8 +192,7 @@ class Supervisor:
             status = self._collect(slot)
             lived = time.monotonic() - slot.started
             slot.failures = slot.failures + 1 if lived < MIN_UPTIME else 0
-            delay = 0.0 if slot.failures <= 1 else min(
-                BACKOFF_FIRST * 2 ** (slot.failures - 2), BACKOFF_MAX)
+            delay = restart_delay(slot.failures)
             slot.fork_at = time.monotonic() + delay
             _remove_pid(self.pid_dir, slot.name, slot.pid)
             log.warning("daemon ended", daemon=slot.name, pid=slot.pid, status=status,
@@ -293,6 +292,15 @@ class Supervisor:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds before forking a daemon again: at once after a crash that follows a good
+    run (or a first one), then BACKOFF_FIRST doubling up to BACKOFF_MAX while it keeps
+    dying within MIN_UPTIME of its start."""
+    if quick_deaths <= 1:
+        return 0.0
+    return min(BACKOFF_FIRST * 2.0 ** (quick_deaths - 2), BACKOFF_MAX)
 
 
 def pid_of(pid_dir: Path, name: str) -> int:
