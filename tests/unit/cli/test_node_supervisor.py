@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from crib_cli import node_supervisor as ns
+_RICH = sys.modules.get("rich")
+from crib_cli import node_supervisor as ns  # noqa: E402
+
+# crib-node, as each daemon's __main__, keeps rich out of its process (sys.modules["rich"]
+# = None, issue 14); the CLI's own tests in this process draw with it.
+if _RICH is not None or sys.modules.get("rich", 0) is None:
+    if _RICH is None:
+        del sys.modules["rich"]
+    else:
+        sys.modules["rich"] = _RICH
 
 
 def test_restart_delay_is_immediate_then_backs_off_to_a_cap() -> None:
