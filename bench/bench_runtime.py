@@ -339,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--handlers", default="runc,crun")
     parser.add_argument("--cni", choices=("same", "default"), default="same",
                         help="same: crib runs the peer's CNI chain; default: crib's own")
+    parser.add_argument("--launcher", choices=("process", "node"), default="process",
+                        help="process: one process per daemon; node: forked by crib-node "
+                             "(counted with them); see also bench/bench_node.py")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     handlers = [h for h in args.handlers.split(",") if h]
@@ -364,14 +367,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         with Registry() as registry:
             pushed = push_image(registry, "crib-bench/busybox", "v1",
                                 busybox_image(cmd=["sleep", "3600000"]))
-            stack = Stack.create(CRIB_LOG__LEVEL="warning")
+            stack = Stack.create(args.launcher, CRIB_LOG__LEVEL="warning")
             if args.cni == "same":
                 same_cni_as_peer(stack)
             try:
                 stack.start()
                 time.sleep(2)
                 run("crib", stack.cri_socket, pushed.reference, ours,
-                    lambda: [p.pid for p in stack.procs.values()],
+                    stack.daemon_pids,
                     lambda: processes_named(b"conmon", str(stack.root).encode() + b"/"))
             finally:
                 stack.cleanup()

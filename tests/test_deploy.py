@@ -168,6 +168,26 @@ def test_systemd_ordering() -> None:
         assert dep in runtimed["After"].split() and dep in runtimed["Wants"].split()
 
 
+def test_node_unit_is_an_alternative_that_leaves_daemons_and_containers() -> None:
+    unit = _unit("node")
+    service = unit["Service"]
+    exec_start = service["ExecStart"].split()
+    assert exec_start[0] == f"{VENV_BIN}crib-node" and "crib-node" in _scripts()
+    # The pid dir `crib restart` and scripts/up.sh use, so restart and adoption find them.
+    assert exec_start[exec_start.index("--pid-dir") + 1] == "/run/crib"
+    # systemd signals crib-node only: the daemons it stops itself, containers stay.
+    assert service["KillMode"] == "process"
+    assert service["Delegate"] == "yes"
+    assert service["Restart"] == "always"
+    conflicts = set(unit["Unit"]["Conflicts"].split())
+    assert conflicts == {f"crib-{d}.service" for d in DAEMONS}
+    # Every state directory the per-daemon units ask for.
+    for name in DAEMONS:
+        wanted = _unit(name)["Service"].get("StateDirectory")
+        if wanted:
+            assert wanted in service["StateDirectory"].split()
+
+
 # ------------------------------------------------------------------ Dockerfile
 
 

@@ -38,17 +38,24 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # argv put before a daemon's own (e.g. unshare + mount for a private cgroup2 view).
     wrappers: dict[str, list[str]] = field(default_factory=dict)
+    # "process": each daemon its own console script (the default, as scripts/up.sh);
+    # "node": the daemons forked by one crib-node (issue 14), pid files under `pid_dir`.
+    launcher: str = "process"
+    node: subprocess.Popen[bytes] | None = None
+    # Under crib-node, the pid `kill` took last per daemon: `start_one` waits for another.
+    killed: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, **extra_env: str) -> Stack:
+    def create(cls, launcher: str = "process", **extra_env: str) -> Stack:
         root = Path(tempfile.mkdtemp(prefix="crib-", dir="/tmp"))
-        return cls(root=root, extra_env=extra_env)
+        return cls(root=root, extra_env=extra_env, launcher=launcher)
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, services: tuple[str, ...] = SERVICES, **extra_env: str) -> Iterator[Stack]:
+    def running(cls, services: tuple[str, ...] = SERVICES, launcher: str = "process",
+                **extra_env: str) -> Iterator[Stack]:
         """A started stack, cleaned up afterwards, also when a daemon fails to start."""
-        stack = cls.create(**extra_env)
+        stack = cls.create(launcher, **extra_env)
         try:
             stack.start(services)
             yield stack
@@ -103,11 +110,66 @@ class Stack:
 
     # ------------------------------------------------------------- lifecycle
     def start(self, services: tuple[str, ...] = SERVICES) -> Stack:
+        if self.launcher == "node":
+            self.start_node(services)
+            return self
         for svc in services:
             self.start_one(svc)
         return self
 
+    # ------------------------------------------------------------- under crib-node
+    @property
+    def pid_dir(self) -> Path:
+        return self.root / "pids"
+
+    def daemon_pid(self, service: str) -> int:
+        """The pid the launcher recorded for `service` (crib-node's pid file), or 0."""
+        if self.launcher != "node":
+            proc = self.procs.get(service)
+            return proc.pid if proc is not None else 0
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.pid_dir / f"{service}.pid").read_text())
+        return 0
+
+    def daemon_pids(self) -> list[int]:
+        """Every process of the stack's daemons (with crib-node itself when it runs)."""
+        if self.launcher != "node":
+            return [p.pid for p in self.procs.values()]
+        pids = [self.daemon_pid(s) for s in SERVICES]
+        if self.node is not None and self.node.poll() is None:
+            pids.append(self.node.pid)
+        return [p for p in pids if p > 0]
+
+    def start_node(self, services: tuple[str, ...] = SERVICES, timeout: float = 30.0) -> None:
+        """Start (or start again) crib-node; returns once every daemon's socket answers."""
+        log = open(self.root / "node.log", "ab")
+        self.node = subprocess.Popen(
+            [str(BIN / "crib-node"), "--pid-dir", str(self.pid_dir), "--log-dir",
+             str(self.root), "--daemons", ",".join(services)],
+            env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for svc in services:
+            wait_for_socket(self.cri_socket if svc == "gateway" else self.socket(svc),
+                            timeout, self.node, self.root / "node.log")
+
+    def wait_forked(self, service: str, old_pid: int, timeout: float = 30.0) -> int:
+        """Under crib-node: wait until a new `service` (not `old_pid`) serves; its pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.daemon_pid(service)
+            if pid and pid != old_pid and process_alive(pid):
+                sock = self.cri_socket if service == "gateway" else self.socket(service)
+                wait_for_socket(sock, deadline - time.monotonic())
+                return pid
+            time.sleep(0.01)
+        raise TimeoutError(f"crib-node did not fork {service} again within {timeout}s")
+
     def start_one(self, service: str, timeout: float = 30.0) -> None:
+        if self.launcher == "node":
+            # crib-node forks it again by itself; starting one here would make a twin.
+            self.wait_forked(service, self.killed.pop(service, 0), timeout)
+            return
         log = open(self.root / f"{service}.log", "ab")
         sock = self.socket(service)
         with contextlib.suppress(FileNotFoundError):
@@ -121,6 +183,15 @@ class Stack:
                         self.root / f"{service}.log")
 
     def kill(self, service: str, sig: int = signal.SIGKILL) -> None:
+        if self.launcher == "node":
+            # crib-node forks it again; `wait_forked` waits for that.
+            pid = self.daemon_pid(service)
+            if pid:
+                self.killed[service] = pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                wait_gone(pid, 30.0)
+            return
         proc = self.procs.pop(service, None)
         if proc is None:
             return
@@ -128,6 +199,9 @@ class Stack:
         proc.wait(timeout=30)
 
     def stop(self) -> None:
+        if self.launcher == "node":
+            self._stop_node()
+            return
         for svc in reversed(SERVICES):
             proc = self.procs.pop(svc, None)
             if proc is None:
@@ -138,6 +212,27 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def _stop_node(self) -> None:
+        """SIGTERM to crib-node stops the daemons; any it left (or that outlived a crib-node
+        killed by a test) are stopped by their pid files."""
+        node, self.node = self.node, None
+        if node is not None and node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+        for svc in SERVICES:
+            pid = self.daemon_pid(svc)
+            if pid and _comm(pid) == f"crib-{svc}":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                if not wait_gone(pid, 15.0):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    wait_gone(pid, 5.0)
 
     def _kill_leftover_processes(self) -> None:
         tops = [ctrl / self.cgroup_parent.lstrip("/") for ctrl in Path("/sys/fs/cgroup").iterdir()]
@@ -241,6 +336,33 @@ def _release_net_index(n: int) -> None:
     claim = _NET_LOCKS.pop(n, None)
     if claim is not None:
         claim.close()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_alive(pid: int) -> bool:
+    """Running and not a zombie: a daemon orphaned by a killed crib-node is reaped by PID 1,
+    which may leave it a zombie here for a while."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until `pid` is no longer running; False if it still is after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def wait_for_socket(path: Path, timeout: float, proc: subprocess.Popen[bytes] | None = None,

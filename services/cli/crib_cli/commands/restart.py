@@ -6,7 +6,11 @@ Two kinds of node:
 - the dev stack (`make up`, scripts/up.sh) keeps a pid file per daemon in /run/crib and
   its log in /var/log/crib: `crib restart` stops the process by its pid (SIGTERM, or
   SIGKILL with --kill, as a crash would), starts the same program again the way up.sh
-  does, and rewrites the pid file.
+  does, and rewrites the pid file;
+- under crib-node (deploy/systemd/crib-node.service, or `CRIB_LAUNCHER=node make up`), whose
+  own pid file `node.pid` sits beside the daemons': `crib restart` only stops the daemon
+  (by its pid, SIGTERM or with --kill SIGKILL) and crib-node forks it again; starting one
+  here as well would make a twin.
 
 Either way it returns once the daemon is ready (its /healthz says ready; for the gateway,
 the CRI socket answers Version), and prints how long that took. Every daemon recovers its
@@ -60,7 +64,19 @@ def register(sub: Any) -> None:
 async def restart(args: argparse.Namespace, settings: CribSettings) -> int:
     pidfile = args.pid_dir / f"{args.daemon}.pid"
     started = time.monotonic()
-    if not pidfile.exists() and _systemd_unit(args.daemon):
+    node = _read_pid(args.pid_dir / "node.pid")
+    if node is not None and _comm(node) == "crib-node":
+        old = _read_pid(pidfile)
+        if old is not None and _is_daemon(old, args.daemon):
+            await _stop(old, signal.SIGKILL if args.kill else signal.SIGTERM)
+        new = await _wait_new_pid(pidfile, old, args.daemon, args.timeout)
+        if new is None:
+            print(f"crib: crib-node (pid {node}) did not fork {args.daemon} again",
+                  file=sys.stderr)
+            return 1
+        how = f"crib-{args.daemon} forked again by crib-node (pid {node}) as pid {new}"
+        child = None
+    elif not pidfile.exists() and _systemd_unit(args.daemon):
         unit = f"crib-{args.daemon}.service"
         proc = await asyncio.create_subprocess_exec("systemctl", "restart", unit)
         if await proc.wait() != 0:
@@ -140,13 +156,35 @@ def _read_pid(pidfile: Path) -> int | None:
 
 def _is_daemon(pid: int, daemon: str) -> bool:
     """The pid still names crib-<daemon> (a pid file outlives its process, and pids are
-    reused): never signal anything else."""
+    reused): never signal anything else. A daemon forked by crib-node keeps crib-node's
+    command line but carries its own name in /proc/<pid>/comm."""
+    if _comm(pid) == f"crib-{daemon}"[:15]:
+        return True
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     name = f"crib-{daemon}".encode()
     return any(Path(a.decode(errors="replace")).name.encode() == name for a in argv[:2])
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() if _alive(pid) else ""
+    except OSError:
+        return ""
+
+
+async def _wait_new_pid(pidfile: Path, old: int | None, daemon: str,
+                        timeout: float) -> int | None:
+    """The pid of the daemon crib-node forked in place of `old`, once its pid file says so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = _read_pid(pidfile)
+        if new is not None and new != old and _is_daemon(new, daemon):
+            return new
+        await asyncio.sleep(0.01)
+    return None
 
 
 async def _stop(pid: int, sig: int) -> None:

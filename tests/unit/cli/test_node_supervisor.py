@@ -1,0 +1,93 @@
+"""crib-node's pieces that need no daemon: backoff, pid files, and which process it adopts
+(the whole launcher runs in tests/integration/runtimed/test_node_launcher.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+_RICH = sys.modules.get("rich")
+from crib_cli import node_supervisor as ns  # noqa: E402
+
+# crib-node, as each daemon's __main__, keeps rich out of its process (sys.modules["rich"]
+# = None, issue 14); the CLI's own tests in this process draw with it.
+if _RICH is not None or sys.modules.get("rich", 0) is None:
+    if _RICH is None:
+        del sys.modules["rich"]
+    else:
+        sys.modules["rich"] = _RICH
+
+
+def test_restart_delay_is_immediate_then_backs_off_to_a_cap() -> None:
+    assert ns.restart_delay(0) == 0.0
+    assert ns.restart_delay(1) == 0.0  # one crash: forked again at once
+    delays = [ns.restart_delay(n) for n in range(2, 12)]
+    assert delays[0] == ns.BACKOFF_FIRST
+    assert delays == sorted(delays) and delays[1] == 2 * delays[0]
+    assert max(delays) == ns.BACKOFF_MAX
+
+
+def test_pid_files_are_written_whole_and_removed_only_when_they_still_name_the_pid(
+    tmp_path: Path,
+) -> None:
+    assert ns.pid_of(tmp_path, "imaged") == 0
+    ns._write_pid(tmp_path, "imaged", 4242)
+    assert (tmp_path / "imaged.pid").read_text() == "4242\n"
+    assert ns.pid_of(tmp_path, "imaged") == 4242
+    assert not list(tmp_path.glob(".*.tmp"))
+    ns._remove_pid(tmp_path, "imaged", 1111)  # rewritten by a restart meanwhile: kept
+    assert ns.pid_of(tmp_path, "imaged") == 4242
+    ns._remove_pid(tmp_path, "imaged", 4242)
+    assert not (tmp_path / "imaged.pid").exists()
+    (tmp_path / "netd.pid").write_text("garbage\n")
+    assert ns.pid_of(tmp_path, "netd") == 0
+
+
+def _fork_named(name: str) -> int:
+    """A child that names itself as crib-node names a daemon, then sleeps."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ns._set_comm(name)
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 5
+    while ns.comm_of(pid) != name and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pid
+
+
+def test_only_a_live_process_named_for_the_daemon_is_adopted() -> None:
+    # This test process is not crib-netd: a pid file naming a reused pid adopts nothing.
+    assert ns._pidfd_of(os.getpid(), "netd") == -1
+    assert ns._pidfd_of(2**22 + 1, "netd") == -1  # no such pid
+    pid = _fork_named("crib-netd")
+    try:
+        assert ns._pidfd_of(pid, "imaged") == -1
+        fd = ns._pidfd_of(pid, "netd")
+        assert fd >= 0 and not ns._readable(fd)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert ns._readable(fd)  # the pidfd reports the exit crib-node waits for
+        os.close(fd)
+        assert ns.comm_of(pid) == ""
+    finally:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_preload_loads_every_daemon_without_a_thread() -> None:
+    # In a fresh interpreter: this test process may hold threads of earlier tests.
+    code = ("import sys; from crib_cli import node_supervisor as ns; ns.preload(); "
+            "missing = [m for m in ns.MAINS.values() if m not in sys.modules]; "
+            "print('missing', missing) if missing else print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr[-2000:]
