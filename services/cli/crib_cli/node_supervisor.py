@@ -39,7 +39,6 @@ sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 import argparse
 import contextlib
 import ctypes
-import errno
 import fcntl
 import gc
 import importlib
