@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     # netd serves no CRI and so never pays for them (about 2 MB of RSS, issue #5).
     import betterproto
 
+    from .settings import CribSettings
+
 __all__ = [
     "CriTable",
     "HEALTH_KEY",
@@ -51,6 +53,7 @@ __all__ = [
     "serve",
     "serve_unix",
     "run_daemon",
+    "daemon_settings",
     "limit_malloc_arenas",
     "settle_memory",
     "METRICS_KEY",
@@ -565,15 +568,10 @@ async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
             socket_path.unlink()
 
 
-def run_daemon(
-    service: str,
-    build: Callable[[Any], Awaitable[web.Application] | web.Application],
-    socket_of: Callable[[Any], Path],
-) -> None:
-    """A daemon's `main`: settings, then logging, then its app, then serve until SIGTERM."""
+def daemon_settings(service: str) -> CribSettings:
+    """The settings of `crib-<service>` with its logging configured; a bad setting ends
+    the process with exit code 2 and the reason on stderr, before anything starts."""
     import sys
-
-    import uvloop
 
     from .logging import configure_logging
     from .settings import SettingsError, load_settings
@@ -584,6 +582,18 @@ def run_daemon(
         print(f"crib-{service}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log, service)
+    return settings
+
+
+def run_daemon(
+    service: str,
+    build: Callable[[Any], Awaitable[web.Application] | web.Application],
+    socket_of: Callable[[Any], Path],
+) -> None:
+    """A daemon's `main`: settings, then logging, then its app, then serve until SIGTERM."""
+    import uvloop
+
+    settings = daemon_settings(service)
     limit_malloc_arenas()
 
     async def main() -> None:

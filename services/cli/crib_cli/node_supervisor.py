@@ -397,15 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown daemon(s): {', '.join(sorted(unknown))}")
 
-    from crib_common.logging import configure_logging
-    from crib_common.settings import SettingsError, load_settings
+    from crib_common.server import daemon_settings
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"crib-node: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    configure_logging(settings.log, NODE)
+    settings = daemon_settings(NODE)
     # As the `gc.freeze` documentation advises: no collection between the imports and the
     # fork. A collection frees objects all over the heap, and the children's allocations
     # would then fill those holes, copying the shared pages they sit in; the cyclic

@@ -20,11 +20,11 @@ from prometheus_client import CollectorRegistry
 import uvloop
 
 from crib_common.client import DaemonClient
-from crib_common.logging import configure_logging
 from crib_common.server import (
-    METRICS_KEY, create_daemon_app, limit_malloc_arenas, serve_unix, settle_memory,
+    METRICS_KEY, create_daemon_app, daemon_settings, limit_malloc_arenas, serve_unix,
+    settle_memory,
 )
-from crib_common.settings import CribSettings, SettingsError, load_settings
+from crib_common.settings import CribSettings
 
 from .forward import Gateway, PassthroughCodec, RpcMetrics
 from .routes import IMAGED, RUNTIMED, RUNTIME
@@ -125,12 +125,7 @@ async def _drain(gateway: Gateway, timeout: float) -> bool:
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"crib-gateway: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    configure_logging(settings.log, "gateway")
+    settings = daemon_settings("gateway")
     limit_malloc_arenas()
     uvloop.install()
     asyncio.run(run(settings))
