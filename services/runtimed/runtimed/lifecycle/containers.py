@@ -29,7 +29,6 @@ import os
 import signal
 import time
 from collections.abc import Awaitable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ from ..oci.user import resolve_user
 from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
 from .infra import KILL_WAIT
-from .undo import attempt, run_undo, unmount_and_remove
+from .undo import attempt, undone_on_failure, unmount_and_remove
 from .volumes import mount_image_volumes, mount_record
 
 __all__ = ["Containers", "RELEASE_KIND"]
@@ -122,17 +121,10 @@ class Containers:
         node.add_container(rec)
         log.info("container creating", container=cid, pod=pod.meta.id, name=metadata.name,
                  image=config.image.image)
-        try:
-            async with AsyncExitStack() as undo:
-                undo.push_async_callback(run_undo, node, self.teardown, rec)
-                await self._setup(rec, pod, config, image.config, rt)
-                rec.status.state = "created"
-                node.put_container(rec)
-                undo.pop_all()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                node.drop_container(cid)
-            raise
+        async with undone_on_failure(node, rec, self.teardown, node.drop_container):
+            await self._setup(rec, pod, config, image.config, rt)
+            rec.status.state = "created"
+            node.put_container(rec)
         log.info("container created", container=cid, pid=rec.status.pid)
         self.exits.watch(rec)
         node.emit(cid, "created")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from ..oci.runtime import RuntimeImpl
 from ..store.records import SandboxMeta, SandboxRecord
 from .containers import Containers
 from .infra import start_infra, stop_infra
-from .undo import attempt, run_undo, unmount_and_remove
+from .undo import attempt, undone_on_failure, unmount_and_remove
 
 __all__ = ["SandboxRequest", "Sandboxes"]
 
@@ -75,18 +74,11 @@ class Sandboxes:
         node.add_sandbox(rec)
         log.info("sandbox creating", pod=sid, name=meta.name, namespace=meta.namespace,
                  handler=rt.name)
-        try:
-            async with AsyncExitStack() as undo:
-                undo.push_async_callback(run_undo, node, self.teardown, rec)
-                await self._setup(rec, req.dns, rt)
-                failpoint("sandbox_before_ready")
-                rec.status.state = "ready"
-                node.put_sandbox(rec)
-                undo.pop_all()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                node.drop_sandbox(sid)
-            raise
+        async with undone_on_failure(node, rec, self.teardown, node.drop_sandbox):
+            await self._setup(rec, req.dns, rt)
+            failpoint("sandbox_before_ready")
+            rec.status.state = "ready"
+            node.put_sandbox(rec)
         log.info("sandbox ready", pod=sid, ips=rec.status.ips)
         # containerd's RunPodSandbox sends both, for the sandbox id.
         node.emit(sid, "created", sid)

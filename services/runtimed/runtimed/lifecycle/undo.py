@@ -10,8 +10,10 @@ what it left is the orphan sweep's (`lifecycle.sweep`) once nothing names it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
@@ -20,7 +22,8 @@ from crib_common.errors import CribError
 
 from ..node import Node
 
-__all__ = ["UNDO_TIMEOUT", "attempt", "rollback", "run_undo", "unmount_and_remove"]
+__all__ = ["UNDO_TIMEOUT", "attempt", "rollback", "run_undo", "undone_on_failure",
+           "unmount_and_remove"]
 
 log = structlog.get_logger("crib.runtimed")
 
@@ -46,6 +49,24 @@ async def run_undo(node: Node, fn: Callable[..., Awaitable[None]], rec: Any) -> 
             node.want_sweep(after=rec.meta.id)
 
     await asyncio.shield(asyncio.ensure_future(guarded()))
+
+
+@contextlib.asynccontextmanager
+async def undone_on_failure(node: Node, rec: Any,
+                            teardown: Callable[[Any], Awaitable[None]],
+                            drop: Callable[[str], None]) -> AsyncIterator[None]:
+    """The body of a create whose "creating" record `rec` is stored: if it fails (or is
+    cancelled), `teardown(rec)` runs as an undo step and the record is dropped; the
+    error goes on to the caller."""
+    try:
+        async with AsyncExitStack() as undo:
+            undo.push_async_callback(run_undo, node, teardown, rec)
+            yield
+            undo.pop_all()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            drop(rec.meta.id)
+        raise
 
 
 async def rollback(node: Node, teardown: Callable[[Any], Awaitable[None]], rec: Any) -> None:
