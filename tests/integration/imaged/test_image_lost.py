@@ -46,8 +46,7 @@ def cri(node: Stack) -> Iterator[Cri]:
     try:
         yield client
     finally:
-        for pod in client.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
-            client.remove_pod(pod.id)
+        client.remove_all_pods()
         client.close()
 
 

@@ -192,8 +192,7 @@ async def test_pull_remove_restart_stress(node: Stack, images: list[Pushed],
             assert not lost, (sig, lost)
         for cid in running:
             assert cri.status(cid).state == api_pb2.CONTAINER_RUNNING
-        for pod in cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
-            cri.remove_pod(pod.id)
+        cri.remove_all_pods()
     finally:
         cri.close()
     with capsys.disabled():

@@ -120,6 +120,11 @@ class Cri:
         self.rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sid),
                                  timeout=60)
 
+    def remove_all_pods(self) -> None:
+        """Stop and remove every pod the stack has (a test's cleanup)."""
+        for pod in self.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
+            self.remove_pod(pod.id)
+
 
 @pytest.fixture(scope="module")
 def cri(crib: Stack) -> Iterator[Cri]:
@@ -136,9 +141,7 @@ def cri(crib: Stack) -> Iterator[Cri]:
                 proc.wait(timeout=30)
             crib.start_one("runtimed")
         try:
-            for pod in client.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(),
-                                                timeout=30).items:
-                client.remove_pod(pod.id)
+            client.remove_all_pods()
         except grpc.RpcError:
             pass
         client.close()

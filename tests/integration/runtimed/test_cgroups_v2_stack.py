@@ -53,9 +53,7 @@ def v2cri(busybox_image: str) -> Iterator[tuple[Cri, Stack, str]]:
     finally:
         if client is not None:
             try:
-                for pod in client.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(),
-                                                    timeout=30).items:
-                    client.remove_pod(pod.id)
+                client.remove_all_pods()
             except grpc.RpcError:
                 pass
             client.close()
