@@ -58,8 +58,9 @@ async def container_usage(node: Node, rec: ContainerRecord) -> ContainerUsage:
         (io.major, io.minor): _device_name(io.major, io.minor) for io in cgroup.io})
     try:
         layer = await node.imaged.snapshot_usage(rec.meta.snapshot_key, timeout=5)
-        usage.layer = LayerUsage(str(node.settings.imaged.root), layer.bytes, layer.inodes,
-                                 *_filesystem(str(node.settings.imaged.root)))
+        mountpoint = layer.mountpoint or str(node.settings.imaged.root)
+        usage.layer = LayerUsage(mountpoint, layer.bytes, layer.inodes,
+                                 *_filesystem(mountpoint))
     except Exception:  # imaged down or snapshot gone: stats without the layer
         pass
     return usage

@@ -178,6 +178,11 @@ def test_stats_update_reopen_and_events(cri: Cri, image: str,
     assert stats.memory.working_set_bytes.value > 0
     assert stats.writable_layer.used_bytes.value > 0
     assert stats.writable_layer.inodes_used.value > 0
+    # The layer's filesystem is the one ImageFsInfo names for the writable layers, so the
+    # kubelet can match the two.
+    fs = cri.img.ImageFsInfo(api_pb2.ImageFsInfoRequest())
+    assert stats.writable_layer.fs_id.mountpoint == \
+        fs.container_filesystems[0].fs_id.mountpoint
     listed = cri.rt.ListContainerStats(api_pb2.ListContainerStatsRequest(
         filter=api_pb2.ContainerStatsFilter(pod_sandbox_id=sid))).stats
     assert cid in [s.attributes.id for s in listed]

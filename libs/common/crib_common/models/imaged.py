@@ -114,6 +114,9 @@ class SnapshotUsage(BaseModel):
     key: str
     bytes: int
     inodes: int
+    # The mount point of the filesystem holding it: the one ImageFsInfo names for the
+    # writable layers, so the kubelet matches a container's stats with it.
+    mountpoint: str = ""
 
 
 class PullPod(BaseModel):

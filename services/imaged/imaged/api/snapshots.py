@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from crib_common.models.imaged import Snapshot, SnapshotCreate, SnapshotUsage
+from crib_common.mountinfo import mountpoint_of
 from crib_common.server import RouteTable, json_response, parse_body
 
 from ..service import ImageService, snapshot_model
@@ -36,7 +39,9 @@ def register(routes: RouteTable, svc: ImageService) -> None:
     async def usage(request: web.Request) -> web.Response:
         key = request.match_info["key"]
         used, inodes = await svc.store.snapshot_usage(key)
-        return json_response(SnapshotUsage(key=key, bytes=used, inodes=inodes))
+        mountpoint = await asyncio.to_thread(mountpoint_of, svc.store.snapshot_dir)
+        return json_response(SnapshotUsage(key=key, bytes=used, inodes=inodes,
+                                           mountpoint=mountpoint))
 
     @routes.route("DELETE", "/v1/snapshots/{key}", "Remove a snapshot (missing is success)")
     async def remove(request: web.Request) -> web.Response:

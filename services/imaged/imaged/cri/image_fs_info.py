@@ -14,9 +14,7 @@ eviction signals and image GC). One disk gives one mountpoint for both.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 
 from crib_common.cri.runtime.v1 import (
     FilesystemIdentifier,
@@ -25,12 +23,12 @@ from crib_common.cri.runtime.v1 import (
     ImageFsInfoResponse,
     UInt64Value,
 )
+from crib_common.mountinfo import mountpoint_of
 from crib_common.server import CriTable
 
 from ..service import ImageService
 
-MOUNTINFO = Path("/proc/self/mountinfo")
-
+__all__ = ["fs_usage", "mountpoint_of", "register"]
 
 def register(table: CriTable, svc: ImageService) -> None:
     @table.unary("/runtime.v1.ImageService/ImageFsInfo", ImageFsInfoRequest)
@@ -53,38 +51,3 @@ def fs_usage(timestamp: int, mountpoint: str, used: int, inodes: int) -> Filesys
         timestamp=timestamp, fs_id=FilesystemIdentifier(mountpoint=mountpoint),
         used_bytes=UInt64Value(used), inodes_used=UInt64Value(inodes),
     )
-
-
-def _unescape(field: str) -> str:
-    # proc(5): space, tab, newline and backslash in mount points are written as \ooo.
-    out, i = [], 0
-    while i < len(field):
-        digits = field[i + 1:i + 4]
-        if field[i] == "\\" and len(digits) == 3 and digits.isdigit():
-            out.append(chr(int(digits, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mountpoint_of(directory: str | os.PathLike[str], mountinfo: Path = MOUNTINFO) -> str:
-    """The mount point of the filesystem holding `directory` (symlinks resolved): the
-    longest mount point in mountinfo that is the directory or one of its ancestors.
-    Falls back to the resolved directory itself when mountinfo cannot be read."""
-    real = os.path.realpath(directory)
-    try:
-        lines = mountinfo.read_text().splitlines()
-    except OSError:
-        return real
-    best = ""
-    for line in lines:
-        fields = line.split(" - ", 1)[0].split()
-        if len(fields) < 5:
-            continue
-        mp = _unescape(fields[4])
-        inside = mp == "/" or real == mp or real.startswith(mp.rstrip("/") + "/")
-        if inside and len(mp) >= len(best):
-            best = mp
-    return best or real

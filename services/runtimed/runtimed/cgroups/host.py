@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crib_common.errors import FailedPrecondition
+from crib_common.mountinfo import MOUNTINFO, mount_fstype
 
 from . import v1, v2
 from .stats import CgroupStats
@@ -25,7 +26,6 @@ from .stats import CgroupStats
 __all__ = ["CgroupHost", "CgroupMode", "check_cgroup_driver", "detect_mode", "mount_fstype"]
 
 ROOT = Path("/sys/fs/cgroup")
-MOUNTINFO = Path("/proc/self/mountinfo")
 # sd_booted(3): systemd is PID 1 exactly when this directory exists.
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 
@@ -34,39 +34,6 @@ class CgroupMode(str, enum.Enum):
     UNIFIED = "unified"
     HYBRID = "hybrid"
     LEGACY = "legacy"
-
-
-def _unescape(field: str) -> str:
-    # proc(5): mount points in mountinfo escape space, tab, newline and backslash as \ooo.
-    out, i = [], 0
-    while i < len(field):
-        digits = field[i + 1:i + 4]
-        if field[i] == "\\" and len(digits) == 3 and digits.isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_fstype(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
-    """Filesystem type of what is mounted exactly at `path` (the last such mount in
-    mountinfo, the one on top), or None when nothing is."""
-    want = str(path).rstrip("/") or "/"
-    found: str | None = None
-    try:
-        lines = mountinfo.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5:
-            continue
-        if _unescape(fields[4]) == want:
-            found = right.split()[0] if right.split() else None
-    return found
 
 
 def detect_mode(root: Path = ROOT, mountinfo: Path = MOUNTINFO) -> CgroupMode:
