@@ -151,6 +151,11 @@ def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: Daem
         ]
         info = {"runtimed": json.dumps(r_body), "netd": json.dumps(n_body),
                 "imaged": json.dumps(i_body)} if verbose else {}
+        state_dir = _dict(r_body.get("details")).get("state_dir")
+        if verbose and state_dir:
+            # As containerd's verbose Status: the runtime's config under "config", whose
+            # stateDir the conformance suite ID-maps before its user namespace specs.
+            info["config"] = json.dumps({"stateDir": state_dir})
         return status_response(conditions, _handlers(r_body), info)
 
     return status

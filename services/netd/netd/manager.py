@@ -54,7 +54,7 @@ from .cni.config import (
     parse_network_config,
 )
 from .cni.invoke import CODE_TRY_AGAIN, CniPluginError, ExecPlugin, PluginExec
-from .netns import NamespaceManager, NetnsError, is_pinned_netns
+from .netns import NamespaceManager, NetnsError, is_pinned_netns, is_user_namespace
 from .orphans import wait_for_plugins
 from .store import AttachmentRecord, AttachmentStore
 
@@ -334,6 +334,9 @@ class NetworkManager:
     async def create(self, request: PodNetworkCreate) -> PodNetwork:
         """Pin a namespace and run CNI ADD; idempotent per pod id."""
         validate_pod_id(request.pod_id)
+        if request.userns_path and not is_user_namespace(Path(request.userns_path)):
+            raise InvalidArgument(f"userns_path {request.userns_path!r} is not a pinned "
+                                  "user namespace")
         args = self._cni_args(request)
         return await self._shielded(lambda: self._create(request, args))
 
@@ -365,7 +368,7 @@ class NetworkManager:
             await self.store.put(record)
             start = time.perf_counter()
             try:
-                await self.namespaces.create(pod_id)
+                await self.namespaces.create(pod_id, request.userns_path)
                 record.result = await self.chain.add(config, self._attachment(record))
             except BaseException as exc:
                 await self._rollback(record, exc)

@@ -12,6 +12,12 @@ As iproute2 does, `netns_dir` itself is made a shared mount point (bind-mounted 
 itself if it is not a mount point yet), so a pin that is unmounted here also disappears
 from mount namespaces that copied it, and removal never fails with EBUSY later.
 
+A pod with its own user namespace (hostUsers: false) gets a network namespace owned by
+it, so the pod's root may configure it and mount sysfs: the kernel lets no threaded
+process enter a user namespace, so a helper process (`crib_common.nsholder`) joins the
+pod's user namespace and unshares the network namespace there; netd pins that one the
+same way and brings `lo` up from a fresh thread that enters it.
+
 A pin is recognised as one when its inode lives on nsfs: it has the same `st_dev` as our
 own `/proc/self/ns/net`.
 """
@@ -31,10 +37,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["NetnsError", "NamespaceManager", "is_pinned_netns"]
+from crib_common.nsholder import HolderError, spawn_holder
+
+__all__ = ["NetnsError", "NamespaceManager", "is_pinned_netns", "is_user_namespace"]
 
 # <linux/sched.h>, <sys/mount.h>
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+# <linux/nsfs.h>: _IO(NSIO, 0x3), NSIO 0xb7
+NS_GET_NSTYPE = 0xB703
 MS_BIND = 4096
 MS_REC = 16384
 MS_SHARED = 1 << 20
@@ -81,6 +92,22 @@ def is_pinned_netns(path: Path) -> bool:
         return False
 
 
+def is_user_namespace(path: Path) -> bool:
+    """True when `path` is a user namespace (a pin of one, or /proc/<pid>/ns/user)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        # NS_GET_NSTYPE (linux/nsfs.h: _IO(0xb7, 0x3)) answers CLONE_NEWUSER for one.
+        return os.stat(fd).st_dev == _nsfs_dev() and \
+            fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWUSER
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _set_lo_up() -> None:
     """Bring `lo` up in the calling thread's namespace (kubelet expects a working lo)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -96,6 +123,33 @@ def _pin_new_netns(target: Path) -> None:
     tid = threading.get_native_id()
     _check(_mount(f"/proc/self/task/{tid}/ns/net", str(target), None, MS_BIND),
            "bind-mounting the new namespace on", target)
+
+
+def _pin_userns_netns(target: Path, userns: str) -> None:
+    """A network namespace owned by the user namespace pinned at `userns`, made by a
+    holder process (see the module docstring), pinned at `target`."""
+    try:
+        holder = spawn_holder(["net"], join_userns=userns)
+    except HolderError as exc:
+        raise NetnsError(exc.errno or errno.EINVAL,
+                         f"creating a network namespace in user namespace {userns}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        _check(_mount(holder.ns_path("net"), str(target), None, MS_BIND),
+               "bind-mounting the new namespace on", target)
+    finally:
+        holder.release()
+
+
+def _lo_up_in(target: Path) -> None:
+    """Runs in a dedicated thread that dies afterwards: enter the pinned namespace,
+    bring lo up."""
+    fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), "entering", target)
+    finally:
+        os.close(fd)
+    _set_lo_up()
 
 
 async def _in_fresh_thread(fn: Callable[[], T]) -> T:
@@ -151,8 +205,9 @@ class NamespaceManager:
             made_bind = True
         self._prepared = True
 
-    async def create(self, pod_id: str) -> Path:
-        """Create and pin a new namespace for `pod_id`; an existing pin is reused."""
+    async def create(self, pod_id: str, userns: str = "") -> Path:
+        """Create and pin a new namespace for `pod_id` (owned by the user namespace
+        pinned at `userns`, when given); an existing pin is reused."""
         self.prepare()
         path = self.path_for(pod_id)
         if is_pinned_netns(path):
@@ -163,7 +218,11 @@ class NamespaceManager:
         except FileExistsError:
             pass  # a leftover empty file from a crash between create and mount
         try:
-            await _in_fresh_thread(lambda: _pin_new_netns(path))
+            if userns:
+                await asyncio.to_thread(_pin_userns_netns, path, userns)
+                await _in_fresh_thread(lambda: _lo_up_in(path))
+            else:
+                await _in_fresh_thread(lambda: _pin_new_netns(path))
         except BaseException:
             self._remove_sync(path)
             raise

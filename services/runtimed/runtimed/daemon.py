@@ -37,6 +37,7 @@ from .oci.runtime import OciRuntime, RuntimeImpl, check_hybrid_cgroups
 from .oom import oom_policy
 from .parking import Parking
 from .ports import Host, ImagedPeer, NetdPeer
+from .sandbox.idmapped import probe_idmap
 
 __all__ = ["Runtimed"]
 
@@ -81,6 +82,7 @@ class Runtimed:
             d.mkdir(parents=True, exist_ok=True)
         if probe:
             await self._probe_handlers()
+            await self._probe_userns()
         await recover(node, self.sandboxes, self.containers, self.exits)
         await self.exits.start()
         node.sweep_wanted.set()  # the first sweep right after start
@@ -99,6 +101,17 @@ class Runtimed:
                     log.info("cgroup check", handler=rt.name, result=message)
             if not rt.usable:
                 log.error("runtime handler not usable", handler=rt.name, reason=rt.reason)
+
+    async def _probe_userns(self) -> None:
+        """Pod user namespaces are offered (Status: user_namespaces) only once a user
+        namespace and an ID-mapped mount of the state directory worked here."""
+        node = self.node
+        ok, message = await probe_idmap(node.cfg.run_dir)
+        node.userns_supported, node.userns_reason = ok, message
+        if ok:
+            log.info("user namespace probe", result=message)
+        else:
+            log.warning("user namespaces not offered", reason=message)
 
     async def close(self) -> None:
         if self._sweeping is not None:

@@ -14,6 +14,8 @@ from .cgroups import CgroupHost, CgroupStats
 from .oci.mount import mount_all
 from .sandbox.files import mount_shm, write_pod_files
 from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
+from .sandbox.idmapped import idmapped_clone, mount_overlay_idmapped, pin_pod_namespaces
+from .userns.mappings import PodUserns
 
 __all__ = ["LinuxHost"]
 
@@ -27,6 +29,17 @@ class LinuxHost:
 
     def mount_all(self, mounts: list[Mount], target: Path) -> None:
         mount_all(mounts, target)
+
+    async def pin_pod_namespaces(self, ns_dir: Path, pod: PodUserns, *, ipc: bool,
+                                 uts: bool, hostname: str) -> dict[str, str]:
+        return await pin_pod_namespaces(ns_dir, pod, ipc=ipc, uts=uts, hostname=hostname)
+
+    def mount_overlay_idmapped(self, mounts: list[Mount], target: Path, userns_path: str,
+                               root: tuple[int, int], work: Path) -> None:
+        mount_overlay_idmapped(mounts, target, userns_path, root, work)
+
+    def idmapped_clone(self, source: str, target: Path, userns_path: str) -> None:
+        idmapped_clone(source, target, userns_path)
 
     def unmount_under(self, path: str) -> None:
         for target in mounts_under(path):

@@ -133,6 +133,10 @@ class Node:
         self.sock_dir = cfg.run_dir / "s"
         self.bundles = cfg.run_dir / "c"
         self.pods_dir = cfg.run_dir / "p"
+        # Set by the start-up probe (Runtimed._probe_userns): pod user namespaces work
+        # here, and what the probe found. Off until it ran.
+        self.userns_supported = False
+        self.userns_reason = "not probed yet"
         self.store = store if store is not None else StateStore(cfg.root / "state.db")
         self.runtimes = runtimes
         self.monitor = monitor
@@ -299,7 +303,7 @@ class Node:
         details = {n: {"path": r.path, "usable": r.usable, "reason": r.reason,
                        "version": r.version, "default": n == self.cfg.default_handler,
                        "features": {"recursive_read_only_mounts": r.recursive_read_only,
-                                    "user_namespaces": False}}
+                                    "user_namespaces": self.userns_supported}}
                    for n, r in self.runtimes.items()}
         if not usable:
             return False, "NoRuntimeHandler", "no OCI runtime handler works: " + "; ".join(

@@ -22,6 +22,7 @@ from crib_common.models.imaged import (
 from crib_common.models.netd import PodNetwork, PodNetworkCreate
 
 from .cgroups import CgroupStats
+from .userns.mappings import PodUserns
 
 __all__ = ["Host", "ImagedPeer", "NetdPeer"]
 
@@ -33,6 +34,13 @@ class Host(Protocol):
     swap_controller: bool
 
     def mount_all(self, mounts: list[Mount], target: Path) -> None: ...
+    # Pod user namespaces (`sandbox.idmapped`): the pod's namespaces pinned inside its
+    # user namespace, and mounts ID-mapped through it.
+    async def pin_pod_namespaces(self, ns_dir: Path, pod: PodUserns, *, ipc: bool,
+                                 uts: bool, hostname: str) -> dict[str, str]: ...
+    def mount_overlay_idmapped(self, mounts: list[Mount], target: Path, userns_path: str,
+                               root: tuple[int, int], work: Path) -> None: ...
+    def idmapped_clone(self, source: str, target: Path, userns_path: str) -> None: ...
     def unmount_under(self, path: str) -> None:
         """Unmount everything at or below `path`; OSError when one stays mounted."""
     async def pin_namespaces(self, ns_dir: Path, *, ipc: bool, uts: bool,

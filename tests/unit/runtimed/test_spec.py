@@ -90,9 +90,10 @@ def _sandbox(tmp_path: Path, **kw: Any) -> SandboxMeta:
     return SandboxMeta(**base)
 
 
-def _input(tmp_path: Path, image: dict[str, Any] | None = None, **kw: Any) -> ContainerSpecInput:
+def _input(tmp_path: Path, image: dict[str, Any] | None = None,
+           sandbox: SandboxMeta | None = None, **kw: Any) -> ContainerSpecInput:
     return ContainerSpecInput(
-        cid="b" * 64, rootfs=tmp_path / "rootfs", sandbox=_sandbox(tmp_path),
+        cid="b" * 64, rootfs=tmp_path / "rootfs", sandbox=sandbox or _sandbox(tmp_path),
         image_config={"config": image or {"Entrypoint": ["/ep"], "Cmd": ["c1"],
                                           "Env": ["PATH=/bin", "A=1"], "WorkingDir": "/w"}},
         user=ResolvedUser(uid=1000, gid=1000, groups=[2000]), cgroup_path="/crib/pod/crib-b",
@@ -357,30 +358,43 @@ def test_run_as_user_reaches_process(tmp_path: Path) -> None:
     assert os.path.isdir(tmp_path)
 
 
-def test_user_namespaces_and_idmapped_mounts_are_refused(tmp_path: Path) -> None:
-    from crib_common.cri.runtime.v1 import IdMapping, UserNamespace
+def test_pod_user_namespace_is_joined_with_its_mappings(tmp_path: Path) -> None:
+    """A pod with its own user namespace: every container and the infra join the pinned
+    namespace by path, with the mappings in config.json too (runc needs both); an
+    ID-mapped mount is bound from the clone runtimed made, and one without a clone (no
+    pod user namespace) is refused. The documents stay schema-valid."""
+    from crib_common.cri.runtime.v1 import IdMapping
 
     mapping = [IdMapping(host_id=100000, container_id=0, length=65536)]
-
-    def config(**sc: Any) -> ContainerConfig:
-        return ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
-                               linux=LinuxContainerConfig(
-                                   security_context=LinuxContainerSecurityContext(**sc)))
-
-    # hostUsers: false asks for a pod user namespace: refused, never run without one.
-    userns = NamespaceOption(userns_options=UserNamespace(mode=NamespaceMode.POD,
-                                                          uids=mapping, gids=mapping))
-    with pytest.raises(InvalidArgument, match="user namespaces"):
-        build_container_spec(config(namespace_options=userns), _input(tmp_path))
-    # Mode NODE (what the kubelet sends for hostUsers: true) and no option at all pass.
-    host = NamespaceOption(userns_options=UserNamespace(mode=NamespaceMode.NODE))
-    build_container_spec(config(namespace_options=host), _input(tmp_path))
-    build_container_spec(config(namespace_options=NamespaceOption()), _input(tmp_path))
-    idmapped = ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
-                               mounts=[Mount(container_path="/d", host_path=str(tmp_path),
-                                             uid_mappings=mapping)])
-    with pytest.raises(InvalidArgument, match="ID-mapped"):
-        build_container_spec(idmapped, _input(tmp_path))
+    record = {"uids": [{"container_id": 0, "host_id": 100000, "length": 65536}],
+              "gids": [{"container_id": 0, "host_id": 200000, "length": 65536}]}
+    sb = _sandbox(tmp_path, userns="/run/ns/user", userns_mappings=record)
+    cfg = ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i"),
+                          mounts=[Mount(container_path="/d", host_path=str(tmp_path),
+                                        uid_mappings=mapping, gid_mappings=mapping)])
+    spec = build_container_spec(cfg, _input(tmp_path, sandbox=sb,
+                                            mapped_sources={"/d": "/bundle/mounts/0"}))
+    _validator().validate(spec)
+    assert {"type": "user", "path": "/run/ns/user"} in spec["linux"]["namespaces"]
+    assert spec["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 100000,
+                                             "size": 65536}]
+    assert spec["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 200000,
+                                             "size": 65536}]
+    assert [m["source"] for m in spec["mounts"] if m["destination"] == "/d"] == [
+        "/bundle/mounts/0"]
+    infra = build_sandbox_spec(sb, tmp_path / "rootfs", "/catatonit", "/usr/bin/catatonit",
+                               "/crib/pod/crib-a")
+    _validator().validate(infra)
+    assert {"type": "user", "path": "/run/ns/user"} in infra["linux"]["namespaces"]
+    assert infra["linux"]["gidMappings"][0]["hostID"] == 200000
+    # The host's user namespace: no entry, no mappings, and no ID-mapped mount.
+    plain = build_container_spec(
+        ContainerConfig(metadata=ContainerMetadata(name="c"), image=ImageSpec(image="i")),
+        _input(tmp_path))
+    assert not any(n["type"] == "user" for n in plain["linux"]["namespaces"])
+    assert "uidMappings" not in plain["linux"]
+    with pytest.raises(InvalidArgument, match="ID-mapped mounts need the pod's own user"):
+        build_container_spec(cfg, _input(tmp_path))
 
 
 def test_named_apparmor_profile_is_refused_without_apparmor(tmp_path: Path) -> None:

@@ -50,6 +50,9 @@ class PodNetworkCreate(BaseModel):
     dns: DnsConfig | None = None
     bandwidth: dict[str, int] | None = None  # ingressRate, ingressBurst, egressRate, egressBurst
     annotations: dict[str, str] = Field(default_factory=dict)
+    # Added for user namespaces (hostUsers: false): the pinned user namespace of the
+    # pod (runtimed's); the network namespace is created owned by it. "" = the host's.
+    userns_path: str = ""
 
 
 class PodIP(BaseModel):

@@ -20,6 +20,7 @@ from crib_common.server import CriTable
 
 from ..daemon import Runtimed
 from ..oci.spec import is_set
+from ..userns.mappings import PodUserns, check_container_userns, check_mount_mappings
 from ..store.records import SandboxRecord
 
 __all__ = ["check_mounts", "log_path", "register"]
@@ -58,6 +59,13 @@ def _check(config: ContainerConfig, pod: SandboxRecord) -> str:
         raise InvalidArgument("container config needs an image")
     check_mounts(config)
     security = config.linux.security_context if is_set(config.linux) else None
+    # Every container joins its pod's user namespace (or the host's): it may only ask
+    # for the same, and its ID-mapped mounts only with the pod's mapping.
+    pod_userns = PodUserns.from_record(pod.meta.userns_mappings)
+    check_container_userns(security.namespace_options if security is not None and is_set(
+        security) and is_set(security.namespace_options) else None, pod_userns)
+    for index, m in enumerate(config.mounts):
+        check_mount_mappings(index, m, pod_userns)
     if security is not None and is_set(security) and is_set(security.run_as_group) and not (
             is_set(security.run_as_user) or security.run_as_username):
         # As containerd and CRI-O: a group alone would run as the image's user with a

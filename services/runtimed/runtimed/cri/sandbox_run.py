@@ -22,7 +22,8 @@ from crib_common.server import CriTable
 from .. import cgroups
 from ..daemon import Runtimed
 from ..lifecycle.sandboxes import SandboxRequest
-from ..oci.spec import check_host_userns, is_set, resources_to_dict
+from ..oci.spec import is_set, resources_to_dict
+from ..userns.mappings import check_pod_userns
 
 __all__ = ["check_hostname", "check_sysctls", "register"]
 
@@ -53,10 +54,11 @@ def _sandbox_request(config: PodSandboxConfig) -> SandboxRequest:
     # Unset options mean POD for every namespace (api.proto: POD = 0 is the default);
     # the kubelet sends pid=CONTAINER unless the pod shares its process namespace.
     ns = security.namespace_options if security is not None else NamespaceOption()
-    check_host_userns(ns)
     host_net = ns.network == NamespaceMode.NODE
     host_pid = ns.pid == NamespaceMode.NODE
     host_ipc = ns.ipc == NamespaceMode.NODE
+    userns = check_pod_userns(ns, host_network=host_net, host_pid=host_pid,
+                              host_ipc=host_ipc)
     sysctls = dict(linux.sysctls) if linux is not None else {}
     check_sysctls(sysctls, host_network=host_net, host_ipc=host_ipc)
     resources: dict[str, object] = {}
@@ -75,6 +77,7 @@ def _sandbox_request(config: PodSandboxConfig) -> SandboxRequest:
             port_mappings=[{"protocol": int(p.protocol), "container_port": p.container_port,
                             "host_port": p.host_port, "host_ip": p.host_ip}
                            for p in config.port_mappings],
+            userns_mappings=userns.to_record() if userns is not None else {},
             config=bytes(config).hex()),
         dns=config.dns_config if is_set(config.dns_config) else None,
         resources=resources,

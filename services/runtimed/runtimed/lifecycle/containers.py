@@ -59,6 +59,7 @@ from ..oci.spec import (
 from ..oci.user import resolve_user
 from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
+from .rootfs import map_mounts, mount_rootfs
 from .infra import KILL_WAIT
 from .undo import attempt, undone_on_failure, unmount_and_remove
 from .volumes import mount_image_volumes, mount_record
@@ -139,7 +140,7 @@ class Containers:
         snap = await node.imaged.create_snapshot(SnapshotCreate(
             key=meta.snapshot_key, image=meta.image_id,
             labels={"io.crib.container": meta.id, "io.crib.pod": meta.pod_id}))
-        await asyncio.to_thread(node.host.mount_all, snap.mounts, rootfs)
+        await mount_rootfs(node, snap.mounts, rootfs, pod.meta)
         failpoint("create_after_mount")
         img = image_config.get("config") or {}
         context = config.linux.security_context if is_set(config.linux) else None
@@ -169,8 +170,9 @@ class Containers:
             "io.kubernetes.cri.sandbox-uid": pod.meta.uid,
             "io.kubernetes.cri.image-name": meta.image,
         })
-        image_sources = await mount_image_volumes(node, rec, config)
+        image_sources = await mount_image_volumes(node, rec, config, pod.meta)
         await asyncio.to_thread(_make_host_paths, config, image_sources)
+        mapped_sources = await map_mounts(node, config, pod.meta, bundle, image_sources)
         defaults = security.current()
         spec = await asyncio.to_thread(build_container_spec, config, ContainerSpecInput(
             cid=meta.id, rootfs=rootfs, sandbox=pod.meta, image_config=image_config,
@@ -180,7 +182,7 @@ class Containers:
             pids_limit=node.cfg.pids_limit, swap_controller=node.host.swap_controller,
             annotations=annotations, target_pids=target_pids,
             recursive_read_only=rt.recursive_read_only, handler=rt.name,
-            image_sources=image_sources, security=defaults,
+            image_sources=image_sources, mapped_sources=mapped_sources, security=defaults,
             pod_selinux=_pod_selinux(pod) if defaults.selinux.enabled() else None))
         write_config(bundle, spec)
         node.put_container(rec)

@@ -25,6 +25,7 @@ from ..oci.user import resolve_user
 from ..bundle import write_config
 from ..node import Node
 from ..store.records import SandboxRecord
+from .rootfs import mount_rootfs
 
 __all__ = ["KILL_WAIT", "start_infra", "stop_infra"]
 
@@ -97,7 +98,7 @@ async def _start_pause(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
     snap = await node.imaged.create_snapshot(SnapshotCreate(
         key=meta.infra_snapshot, image=image.id,
         labels={"io.crib.pod": meta.id, "io.crib.infra": "true"}))
-    await asyncio.to_thread(node.host.mount_all, snap.mounts, rootfs)
+    await mount_rootfs(node, snap.mounts, rootfs, meta)
     img = image.config.get("config") or {}
     user = await asyncio.to_thread(resolve_user, rootfs,
                                    image_user=str(img.get("User") or ""),

@@ -7,8 +7,10 @@ this room does the work on records it is handed.
         └──a step failed, or found half-done at start──> teardown ──> (deleted)
 
 Setup, in order, each step persisted before the next so a teardown (rollback, recovery,
-remove) knows what to undo: the pod directory; the pod cgroup's resources; the network
-from netd (netns path and IPs recorded); IPC and UTS namespaces pinned; hostname,
+remove) knows what to undo: the pod directory; the pod cgroup's resources; IPC and UTS
+namespaces pinned (inside the pod's own user namespace, pinned with them, for
+hostUsers: false: `sandbox.idmapped`); the network from netd (netns path and IPs
+recorded; made inside that user namespace); hostname,
 resolv.conf and hosts files; a private /dev/shm; the infra process (`lifecycle.infra`).
 Teardown undoes each step whether or not it happened.
 """
@@ -31,6 +33,7 @@ from crib_common.models.netd import PodNetworkCreate, PortMapping
 from .. import cgroups
 from ..node import Node, failpoint, new_id, now
 from ..oci.runtime import RuntimeImpl
+from ..userns.mappings import PodUserns
 from ..store.records import SandboxMeta, SandboxRecord
 from .containers import Containers
 from .infra import start_infra, stop_infra
@@ -106,6 +109,22 @@ class Sandboxes:
         pod_dir.mkdir(parents=True, exist_ok=True)
         if rec.status.resources and meta.cgroup_owned:
             await self.apply_resources(meta.pod_cgroup, rec.status.resources)
+        # IPC and UTS first: with a pod user namespace they are pinned inside it, and
+        # netd makes the network namespace inside it too.
+        ns_dir = Path(node.cfg.pinns_dir) / meta.id
+        userns = PodUserns.from_record(meta.userns_mappings)
+        if userns is not None:
+            pins = await node.host.pin_pod_namespaces(
+                ns_dir, userns, ipc=not meta.host_ipc, uts=not meta.host_network,
+                hostname=meta.hostname)
+            meta.userns = pins["user"]
+        else:
+            pins = await node.host.pin_namespaces(ns_dir, ipc=not meta.host_ipc,
+                                                  uts=not meta.host_network,
+                                                  hostname=meta.hostname)
+        meta.ipc_ns = pins.get("ipc", "")
+        meta.uts_ns = pins.get("uts", "")
+        node.put_sandbox(rec)
         ips: list[str] = []
         if not meta.host_network:
             net = await node.netd.create_pod_network(PodNetworkCreate(
@@ -117,20 +136,13 @@ class Sandboxes:
                     host_ip=p["host_ip"]) for p in meta.port_mappings if p["host_port"]],
                 dns=NetDns(servers=list(dns.servers), searches=list(dns.searches),
                            options=list(dns.options)) if dns else None,
-                annotations=meta.annotations,
+                annotations=meta.annotations, userns_path=meta.userns,
             ))
             meta.netns_path = net.netns_path
             ips = [ip.ip for ip in net.ips]
             rec.status.ips = ips
             node.put_sandbox(rec)
             failpoint("sandbox_after_network")
-        pins = await node.host.pin_namespaces(Path(node.cfg.pinns_dir) / meta.id,
-                                              ipc=not meta.host_ipc,
-                                              uts=not meta.host_network,
-                                              hostname=meta.hostname)
-        meta.ipc_ns = pins.get("ipc", "")
-        meta.uts_ns = pins.get("uts", "")
-        node.put_sandbox(rec)
         node.host.write_pod_files(pod_dir, meta.hostname, dns, ips, meta.host_network)
         if not meta.host_ipc:
             node.host.mount_shm(pod_dir / "shm")

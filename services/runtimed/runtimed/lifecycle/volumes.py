@@ -5,7 +5,6 @@ exist, so the container's teardown and the orphan sweep find them."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,16 @@ from crib_common.models.imaged import Mount, SnapshotCreate
 
 from ..node import Node
 from ..oci.spec import is_set
-from ..store.records import ContainerRecord
+from ..store.records import ContainerRecord, SandboxMeta
+from .rootfs import mount_rootfs
 
 __all__ = ["mount_image_volumes", "mount_record"]
 
 
-async def mount_image_volumes(node: Node, rec: ContainerRecord,
-                              config: ContainerConfig) -> dict[str, str]:
-    """Mount every image volume of `config`; container path -> host source."""
+async def mount_image_volumes(node: Node, rec: ContainerRecord, config: ContainerConfig,
+                              pod: SandboxMeta) -> dict[str, str]:
+    """Mount every image volume of `config` (ID-mapped in a pod with its own user
+    namespace, as the rootfs); container path -> host source."""
     meta = rec.meta
     sources: dict[str, str] = {}
     for index, m in enumerate(config.mounts):
@@ -38,7 +39,7 @@ async def mount_image_volumes(node: Node, rec: ContainerRecord,
         target = Path(meta.bundle) / "images" / str(index)
         ro = [Mount(type=x.type, source=x.source, options=[*x.options, "ro"])
               for x in snap.mounts]
-        await asyncio.to_thread(node.host.mount_all, ro, target)
+        await mount_rootfs(node, ro, target, pod)
         sources[m.container_path] = _sub_path(target, m.image_sub_path)
         # ContainerStatus reports the image volume by the image's digest (the kubelet's
         # ImageVolume code compares it), not only by the name it was asked by.

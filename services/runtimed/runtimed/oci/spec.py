@@ -24,6 +24,7 @@ from crib_common.cri.runtime.v1 import (
 from crib_common.errors import InvalidArgument
 
 from ..oom import SANDBOX_OOM_SCORE_ADJ, oom_policy
+from ..userns.mappings import PodUserns, oci_userns
 from ..store.records import SandboxMeta
 from .devices import DEFAULT_ALLOW, device, host_devices
 from .capabilities import ALL_CAPS, DEFAULT_CAPS, cap_name, container_capabilities
@@ -168,6 +169,9 @@ class ContainerSpecInput:
     handler: str = ""
     # Host directories of the image volumes (CRI Mount.image), by container path.
     image_sources: dict[str, str] = field(default_factory=dict)
+    # ID-mapped clones of the mounts that carry mappings (pod user namespace,
+    # `lifecycle.rootfs.map_mounts`), by container path: the runtime binds these.
+    mapped_sources: dict[str, str] = field(default_factory=dict)
     # The host side of seccomp, AppArmor and SELinux (None: the ones installed at start,
     # security.install), and the pod's SELinux options (its sandbox config's
     # linux.security_context.selinux_options), which the container's fall back to.
@@ -199,6 +203,8 @@ def _base_mounts(shm: str, privileged: bool) -> list[dict[str, Any]]:
 def _namespaces(sb: SandboxMeta, mode_pid: int, infra_pid: int, target_id: str,
                 target_pids: dict[str, int]) -> list[dict[str, str]]:
     ns: list[dict[str, str]] = [{"type": "mount"}]
+    if sb.userns:
+        ns.append(_userns(sb)[0])
     if sb.netns_path:
         ns.append({"type": "network", "path": sb.netns_path})
     if sb.ipc_ns:
@@ -222,15 +228,16 @@ def _namespaces(sb: SandboxMeta, mode_pid: int, infra_pid: int, target_id: str,
     return ns
 
 
-def check_host_userns(ns_opts: NamespaceOption) -> None:
-    """Refuse a pod user namespace (hostUsers: false): runtimed runs every container in
-    the host's, and running it there silently would drop the isolation the pod asked
-    for. `Status` says so too (user_namespaces false on every handler), so the kubelet
-    keeps such pods off this node. An absent option, or mode NODE, is the host's."""
-    userns = ns_opts.userns_options
-    if is_set(userns) and userns.mode != NamespaceMode.NODE:
-        raise InvalidArgument("user namespaces (hostUsers: false) are not supported by "
-                              "crib's runtime handlers")
+def _userns(sb: SandboxMeta) -> tuple[dict[str, str], dict[str, Any]]:
+    """The pod's user namespace entry and its mappings (`userns.mappings.oci_userns`)."""
+    pod = PodUserns.from_record(sb.userns_mappings)
+    if pod is None or not sb.userns:
+        raise InvalidArgument(f"pod {sb.id}: its user namespace is not pinned")
+    return oci_userns(sb.userns, pod)
+
+
+def _userns_mappings(sb: SandboxMeta) -> dict[str, Any]:
+    return _userns(sb)[1] if sb.userns else {}
 
 
 def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[str, Any]:
@@ -309,9 +316,10 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
             rootfs_propagation = "shared"
         elif prop == "rslave" and rootfs_propagation != "shared":
             rootfs_propagation = "slave"
-        if m.uid_mappings or m.gid_mappings:
-            raise InvalidArgument(f"mount {m.container_path}: ID-mapped mounts are not "
-                                  "supported (they come with user namespaces)")
+        host_path = inp.mapped_sources.get(m.container_path, m.host_path)
+        if (m.uid_mappings or m.gid_mappings) and host_path == m.host_path:
+            raise InvalidArgument(f"mount {m.container_path}: ID-mapped mounts need the "
+                                  "pod's own user namespace")
         opts = ["rbind", prop, "ro" if m.readonly else "rw"]
         if m.recursive_read_only:
             # api.proto: readonly must be set too, and propagation PRIVATE.
@@ -328,7 +336,7 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
             opts.append("rro")
         mounts = [x for x in mounts if x["destination"] != m.container_path]
         mounts.append({"destination": m.container_path, "type": "bind",
-                       "source": m.host_path, "options": opts})
+                       "source": host_path, "options": opts})
     devices: list[dict[str, Any]] = []
     rules = list(DEFAULT_ALLOW)
     for d in cfg.devices:
@@ -346,8 +354,6 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
         oci_res["devices"] = oci_res["devices"] + rules
     ns_opts = security.namespace_options \
         if security and is_set(security.namespace_options) else None
-    if ns_opts is not None:
-        check_host_userns(ns_opts)
     pid_mode = ns_opts.pid if ns_opts else (
         NamespaceMode.POD if pod.shared_pid else
         NamespaceMode.NODE if pod.host_pid else NamespaceMode.CONTAINER)
@@ -358,6 +364,7 @@ def build_container_spec(cfg: ContainerConfig, inp: ContainerSpecInput) -> dict[
                                   ns_opts.target_id if ns_opts else "", inp.target_pids),
         "resources": oci_res,
         "cgroupsPath": inp.cgroup_path,
+        **_userns_mappings(pod),
     }
     if devices:
         spec_linux["devices"] = devices
@@ -438,6 +445,7 @@ def _infra_spec(sb: SandboxMeta, rootfs: Path, argv: list[str], env: list[str], 
             "namespaces": ns,
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
             "cgroupsPath": cgroup_path,
+            **_userns_mappings(sb),
             "maskedPaths": list(DEFAULT_MASKED),
             "readonlyPaths": list(DEFAULT_READONLY),
             # The infra process is crib's own (catatonit, or a pause image): always

@@ -63,7 +63,8 @@ def umount(path: str | Path) -> None:
 
 def unpin_namespaces(ns_dir: Path) -> None:
     """Unmount and remove the pins; missing ones are fine (idempotent)."""
-    for kind in ("ipc", "uts", "pid"):
+    # The user namespace last: it owns the others (sandbox.idmapped).
+    for kind in ("ipc", "uts", "pid", "user"):
         path = ns_dir / kind
         if path.exists():
             umount(path)

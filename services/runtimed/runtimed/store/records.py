@@ -92,6 +92,10 @@ class SandboxMeta(BaseModel):
     # from the writable snapshot `infra_snapshot`, holding the pod's namespaces.
     pause_image: str = ""
     infra_snapshot: str = ""
+    # A pod user namespace (hostUsers: false, `userns.mappings`): its mapping as
+    # PodUserns.to_record() gives it ({} = the host's), and its pin ("" until pinned).
+    userns_mappings: dict[str, Any] = Field(default_factory=dict)
+    userns: str = ""
 
     @property
     def pod_cgroup(self) -> str:
