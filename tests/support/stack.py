@@ -48,6 +48,9 @@ class Stack:
     @classmethod
     def create(cls, launcher: str = "process", **extra_env: str) -> Stack:
         root = Path(tempfile.mkdtemp(prefix="crib-", dir="/tmp"))
+        # Searchable by others, as /run is: a pod user namespace's root (an unprivileged
+        # host ID) reaches its rootfs under here.
+        root.chmod(0o711)
         return cls(root=root, extra_env=extra_env, launcher=launcher)
 
     @classmethod

@@ -170,7 +170,24 @@ def mount_overlay_idmapped(mounts: list[Mount], target: Path, userns_path: str,
 # ---------------------------------------------------------------- start-up probe
 
 
+def closed_ancestor(path: Path) -> Path | None:
+    """The first directory on the way to `path` that others may not search: the
+    container's root is an unprivileged host ID, and the OCI runtime reaches the rootfs
+    and the bind mount sources under the state directory as that ID."""
+    for d in [*reversed(path.parents), path]:
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return d
+        except OSError:
+            return d
+    return None
+
+
 def _probe_sync(state_dir: Path) -> tuple[bool, str]:
+    closed = closed_ancestor(state_dir)
+    if closed is not None:
+        return False, (f"{closed} is not searchable by others (o+x): a pod's root, an "
+                       f"unprivileged host ID, could not reach {state_dir}")
     holder = spawn_holder(["user"])
     try:
         holder.write_maps([_PROBE_MAP], [_PROBE_MAP])
