@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["HolderError", "IdMapping", "NamespaceHolder", "format_map", "spawn_holder"]
+__all__ = ["KINDS", "HolderError", "IdMapping", "NamespaceHolder", "format_map", "spawn_holder"]
 
 
 class HolderError(OSError):
@@ -42,6 +42,10 @@ class IdMapping:
 def format_map(mappings: Sequence[IdMapping]) -> str:
     """The text written to uid_map/gid_map: "inside outside length" per line."""
     return "".join(f"{m.container_id} {m.host_id} {m.length}\n" for m in mappings)
+
+
+# The kinds a holder makes: `unshare --<kind>` and /proc/<pid>/ns/<kind> agree on these.
+KINDS = ("user", "ipc", "uts", "net")
 
 
 def _ns_inode(pid: int | str, kind: str) -> int:
@@ -71,10 +75,11 @@ class NamespaceHolder:
             except OSError:
                 pass  # between exec and exec, or gone: the poll below tells
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.release(timeout=1.0)
+                self._stop(timeout=1.0)
                 err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(
                     errors="replace").strip()
-                raise HolderError(0, f"namespace holder ({' '.join(self.argv)}) "
+                self.release()
+                raise HolderError(f"namespace holder ({' '.join(self.argv)}) "
                                      f"failed: {err or 'timed out'}")
             time.sleep(0.0005)
 
@@ -92,6 +97,11 @@ class NamespaceHolder:
 
     def release(self, timeout: float = 5.0) -> None:
         """Let the holder exit (stdin closed; killed after `timeout`) and reap it."""
+        self._stop(timeout)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def _stop(self, timeout: float) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
         try:
@@ -99,8 +109,6 @@ class NamespaceHolder:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 def spawn_holder(unshare: Sequence[str], *, join_userns: str = "",
@@ -108,6 +116,10 @@ def spawn_holder(unshare: Sequence[str], *, join_userns: str = "",
     """Start `cat` in new namespaces of the kinds in `unshare` ("user", "ipc", "uts",
     "net"), inside the user namespace pinned at `join_userns` when one is given (then
     the new ones are owned by it). Returns once they exist."""
+    unknown = [k for k in unshare if k not in KINDS]
+    if unknown or not unshare:
+        raise HolderError(f"namespace holder: kinds {list(unshare)!r}; each one of "
+                             f"{', '.join(KINDS)}")
     argv: list[str] = []
     if join_userns:
         # nsenter becomes root (0) of the joined namespace, so `unshare` keeps its

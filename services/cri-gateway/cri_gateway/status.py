@@ -133,6 +133,19 @@ def _handlers(body: dict[str, Any]) -> list[tuple[str, bool, bool]]:
     return out
 
 
+def verbose_info(runtimed: dict[str, Any], netd: dict[str, Any],
+                 imaged: dict[str, Any]) -> dict[str, str]:
+    """The verbose `info` map: each daemon's health, and, as containerd's, the runtime's
+    config under "config", whose stateDir the conformance suite ID-maps before its user
+    namespace specs."""
+    info = {"runtimed": json.dumps(runtimed), "netd": json.dumps(netd),
+            "imaged": json.dumps(imaged)}
+    state_dir = _dict(runtimed.get("details")).get("state_dir")
+    if isinstance(state_dir, str) and state_dir:
+        info["config"] = json.dumps({"stateDir": state_dir})
+    return info
+
+
 def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: DaemonClient):  # type: ignore[no-untyped-def]
     async def status(raw: bytes, timeout: float | None) -> bytes:
         verbose = status_request_verbose(raw)
@@ -149,13 +162,7 @@ def make_status_handler(runtimed: DaemonClient, netd: DaemonClient, imaged: Daem
             (RUNTIME_READY, r_ok, "" if r_ok else r_reason, "" if r_ok else r_msg),
             (NETWORK_READY, n_ok, "" if n_ok else n_reason, "" if n_ok else n_msg),
         ]
-        info = {"runtimed": json.dumps(r_body), "netd": json.dumps(n_body),
-                "imaged": json.dumps(i_body)} if verbose else {}
-        state_dir = _dict(r_body.get("details")).get("state_dir")
-        if verbose and state_dir:
-            # As containerd's verbose Status: the runtime's config under "config", whose
-            # stateDir the conformance suite ID-maps before its user namespace specs.
-            info["config"] = json.dumps({"stateDir": state_dir})
+        info = verbose_info(r_body, n_body, i_body) if verbose else {}
         return status_response(conditions, _handlers(r_body), info)
 
     return status

@@ -14,7 +14,8 @@ from crib_common.cri.runtime.v1 import (
     StatusResponse,
 )
 from crib_common.errors import InvalidArgument
-from cri_gateway.status import _handlers, status_request_verbose, status_response
+from cri_gateway.status import _handlers, status_request_verbose, status_response, \
+    verbose_info
 
 
 def _reference(conditions: list[tuple[str, bool, str, str]],
@@ -63,3 +64,14 @@ def test_request() -> None:
     for bad in (b"\xff\xff", b"\x08", b"\x0a\x01x", b"\x12\x05ab", b"\x0f", b"\x00\x00"):
         with pytest.raises(InvalidArgument, match="malformed StatusRequest"):
             status_request_verbose(bad)
+
+
+def test_verbose_info_names_the_state_dir() -> None:
+    import json
+
+    info = verbose_info({"ready": True, "details": {"state_dir": "/run/crib/runtimed"}},
+                        {}, {})
+    assert json.loads(info["config"]) == {"stateDir": "/run/crib/runtimed"}
+    assert json.loads(info["runtimed"])["details"]["state_dir"] == "/run/crib/runtimed"
+    # runtimed down: its health has no details, and there is no config to name.
+    assert "config" not in verbose_info({}, {}, {})
