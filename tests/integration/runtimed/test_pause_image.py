@@ -141,3 +141,34 @@ def test_pause_pod_survives_runtimed_restart(crib: Stack, cri: Cri) -> None:
     cri.remove_pod(sid)
     assert not Path(f"/proc/{pid}").exists()
     assert leftovers(crib) == {}
+
+
+@pytest.mark.parametrize("handler", ["runc", "crun"])
+def test_pause_image_in_a_pod_user_namespace(crib: Stack, cri: Cri, image: str,
+                                             handler: str) -> None:
+    """The pause container joins the pod's user namespace, its rootfs ID-mapped as any
+    container's; the pod's containers share its PID namespace, all in that one."""
+    mapping = [api_pb2.IDMapping(host_id=65536 * 70, container_id=0, length=65536)]
+    ns = api_pb2.NamespaceOption(pid=api_pb2.POD, userns_options=api_pb2.UserNamespace(
+        mode=api_pb2.POD, uids=mapping, gids=mapping))
+    config = cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
+        security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
+    sid, _ = cri.run_pod(config, handler=handler)
+    try:
+        pid = int(_info(cri, sid)["pid"])  # type: ignore[call-overload]
+        assert _cmdline(pid) == PAUSE_CMD
+        assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["0", str(65536 * 70),
+                                                                   "65536"]
+        assert os.stat(f"/proc/{pid}/root/bin/busybox").st_uid == 65536 * 70
+        linux = api_pb2.LinuxContainerConfig(
+            security_context=api_pb2.LinuxContainerSecurityContext(namespace_options=ns))
+        cid = cri.create(sid, config, image, "c", command=["sleep", "60"], linux=linux)
+        cri.start(cid)
+        ctr = json.loads(cri.rt.ContainerStatus(api_pb2.ContainerStatusRequest(
+            container_id=cid, verbose=True), timeout=10).info["info"])["pid"]
+        for kind in ("user", "pid", "net", "ipc", "uts"):
+            assert _ns(ctr, kind) == _ns(pid, kind), kind
+    finally:
+        cri.remove_pod(sid)
+    left = leftovers(crib)
+    assert not left.get("mounts") and not left.get("ns_pins"), left
