@@ -157,7 +157,7 @@ async def test_netns_error_is_internal_and_rolled_back(
     mgr = NetworkManager(settings, fake)
     await mgr.start()
 
-    async def broken(pod_id: str) -> Path:
+    async def broken(pod_id: str, userns: str = "") -> Path:
         from netd.netns import NetnsError
 
         raise NetnsError(28, "bind-mounting: No space left on device")
