@@ -136,9 +136,14 @@ def test_pod_sees_its_mapping_owns_its_image_and_leaves_nothing(
         cri: Cri, image: str, handler: str, host_dir: Path) -> None:
     config = _pod_config(cri, _userns())
     sid, _ = cri.run_pod(config, handler=handler)
-    info = json.loads(cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
-        pod_sandbox_id=sid, verbose=True), timeout=10).info["info"])
-    userns_pin = Path(cri.stack.root) / "run/ns" / sid / "user"
+    resp = cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+        pod_sandbox_id=sid, verbose=True), timeout=10)
+    # The status reports the pod's user namespace as it was asked for.
+    assert resp.status.linux.namespaces.options.userns_options == \
+        config.linux.security_context.namespace_options.userns_options
+    info = json.loads(resp.info["info"])
+    userns_pin = Path(info["userns"])
+    assert userns_pin == Path(cri.stack.root) / "run/ns" / sid / "user"
     user_ino, net_ino = _ns_inode(str(userns_pin)), _ns_inode(info["netns"])
     # The pod's network, IPC and UTS namespaces are owned by its user namespace.
     for pin in (info["netns"], info["ipc"], info["uts"]):

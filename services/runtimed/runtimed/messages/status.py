@@ -14,6 +14,7 @@ from crib_common.cri.runtime.v1 import (
     ContainerState,
     ContainerStatus,
     ContainerUser,
+    IdMapping,
     ImageSpec,
     LinuxContainerResources,
     LinuxContainerUser,
@@ -29,9 +30,10 @@ from crib_common.cri.runtime.v1 import (
     PodSandboxNetworkStatus,
     PodSandboxState,
     PodSandboxStatus,
+    UserNamespace,
 )
 
-from ..store.records import ContainerRecord, SandboxRecord
+from ..store.records import ContainerRecord, SandboxMeta, SandboxRecord
 
 __all__ = ["container_info", "container_item", "container_state", "container_status",
            "pod_metadata", "resources_message", "sandbox_info", "sandbox_item",
@@ -75,14 +77,24 @@ def sandbox_status(rec: SandboxRecord) -> PodSandboxStatus:
         return NamespaceMode(NamespaceMode.NODE if host else
                              NamespaceMode.POD if pod else NamespaceMode.CONTAINER)
 
+    options = NamespaceOption(network=mode(m.host_network, True),
+                              pid=mode(m.host_pid, m.shared_pid), ipc=mode(m.host_ipc, True))
+    if m.userns_mappings:
+        options.userns_options = _userns(m)
     return PodSandboxStatus(
         id=m.id, metadata=pod_metadata(rec), state=sandbox_state(rec), created_at=m.created_at,
         network=PodSandboxNetworkStatus(ip=ips[0] if ips else "",
                                         additional_ips=[PodIp(ip=i) for i in ips[1:]]),
-        linux=LinuxPodSandboxStatus(namespaces=Namespace(options=NamespaceOption(
-            network=mode(m.host_network, True), pid=mode(m.host_pid, m.shared_pid),
-            ipc=mode(m.host_ipc, True)))),
+        linux=LinuxPodSandboxStatus(namespaces=Namespace(options=options)),
         labels=dict(m.labels), annotations=dict(m.annotations), runtime_handler=m.handler)
+
+
+def _userns(m: SandboxMeta) -> UserNamespace:
+    """The pod's user namespace as it asked for it (`userns.mappings`)."""
+    return UserNamespace(
+        mode=NamespaceMode(NamespaceMode.POD),
+        uids=[IdMapping(**x) for x in m.userns_mappings.get("uids") or []],
+        gids=[IdMapping(**x) for x in m.userns_mappings.get("gids") or []])
 
 
 def sandbox_info(rec: SandboxRecord, container_ids: list[str]) -> dict[str, str]:
@@ -90,6 +102,7 @@ def sandbox_info(rec: SandboxRecord, container_ids: list[str]) -> dict[str, str]
     m = rec.meta
     info = {
         "pid": rec.status.infra_pid, "netns": m.netns_path, "ipc": m.ipc_ns, "uts": m.uts_ns,
+        "userns": m.userns,
         "cgroupParent": m.cgroup_parent, "podDir": m.pod_dir, "hostname": m.hostname,
         "runtimeHandler": m.handler, "state": rec.status.state,
         "containers": container_ids,
