@@ -150,3 +150,54 @@ def test_holder_errors_carry_the_reason() -> None:
         holder.release()
     assert holder.proc.returncode is not None
     assert isinstance(holder, NamespaceHolder)
+
+
+@root_only
+def test_overlay_over_idmapped_layers(tmp_path: Path) -> None:
+    """The lower layers are seen through the mapping, the upper directory is the mapped
+    root's, and the ID-mapped layers are gone once the overlay is up; a layer that cannot
+    be mapped fails the mount and leaves the layer store as it was, nothing mounted."""
+    from crib_common.errors import InvalidArgument
+    from crib_common.models.imaged import Mount
+    from runtimed.sandbox.idmapped import mount_overlay_idmapped
+    from runtimed.userns.mappings import PodUserns
+
+    lower, upper, work = tmp_path / "lower", tmp_path / "upper", tmp_path / "work"
+    for d in (lower, upper, work):
+        d.mkdir()
+    (lower / "f").write_text("from the image")
+    holder = spawn_holder(["user"])
+    try:
+        holder.write_maps([MAP], [MAP])
+        pin = tmp_path / "user"
+        pin.touch()
+        import ctypes as c
+
+        libc = c.CDLL("libc.so.6", use_errno=True)
+        assert libc.mount(holder.ns_path("user").encode(), str(pin).encode(), None,
+                          c.c_ulong(4096), None) == 0
+    finally:
+        holder.release()
+    pod = PodUserns(uids=(MAP,), gids=(MAP,))
+    merged = tmp_path / "rootfs"
+    try:
+        mounts = [Mount(type="overlay", source="overlay", options=[
+            f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}"])]
+        mount_overlay_idmapped(mounts, merged, str(pin), pod.root, tmp_path / ".idmap")
+        try:
+            assert os.stat(merged / "f").st_uid == MAP.host_id
+            assert os.stat(upper).st_uid == MAP.host_id
+            assert _mounts(tmp_path) == [str(pin), str(merged)]
+            assert not (tmp_path / ".idmap").exists()
+        finally:
+            umount(merged)
+        bad = [Mount(type="overlay", source="overlay", options=[
+            f"lowerdir={lower}:{tmp_path / 'missing'}", f"upperdir={upper}",
+            f"workdir={work}"])]
+        with pytest.raises(InvalidArgument, match="ID-mapping .*missing: No such file"):
+            mount_overlay_idmapped(bad, merged, str(pin), pod.root, tmp_path / ".idmap")
+        assert _mounts(tmp_path) == [str(pin)]
+        assert (lower / "f").read_text() == "from the image"
+        assert os.stat(lower / "f").st_uid == 0  # nothing chowned in the layer
+    finally:
+        umount(pin)

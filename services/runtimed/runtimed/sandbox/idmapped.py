@@ -31,8 +31,9 @@ from .namespaces import _libc, umount, unpin_namespaces
 __all__ = ["idmapped_clone", "mount_overlay_idmapped", "pin_pod_namespaces",
            "probe_idmap"]
 
-# <linux/sched.h>
+# <linux/sched.h>, <sys/mount.h>
 _CLONE_NEWUTS = 0x04000000
+_MS_BIND = 4096
 # The mapping the start-up probe ID-maps with: any range works; this one is out of the
 # way of the kubelet's (65536 * n).
 _PROBE_MAP = IdMapping(container_id=0, host_id=4_000_000_000, length=65536)
@@ -42,8 +43,8 @@ _PROBE_MAP = IdMapping(container_id=0, host_id=4_000_000_000, length=65536)
 
 def _bind(source: str, target: Path) -> None:
     target.touch(exist_ok=True)
-    if _libc.mount(source.encode(), str(target).encode(), None, ctypes.c_ulong(4096),
-                   None) != 0:  # MS_BIND
+    if _libc.mount(source.encode(), str(target).encode(), None, ctypes.c_ulong(_MS_BIND),
+                   None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"pinning {source} at {target}: {os.strerror(err)}")
 
@@ -161,10 +162,14 @@ def mount_overlay_idmapped(mounts: list[Mount], target: Path, userns_path: str,
             out.append(Mount(type=m.type, source=m.source, options=options))
         mount_all(out, target)
     finally:
+        # Never a recursive removal here: a layer that stayed attached would take the
+        # shared layer store's files with it. Empty directories only.
         for layer in reversed(attached):
             with contextlib.suppress(OSError):
                 umount(layer)
-        shutil.rmtree(work, ignore_errors=True)
+        for leftover in [*sorted(work.glob("l*"), reverse=True), work]:
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
 
 
 # ---------------------------------------------------------------- start-up probe
