@@ -339,3 +339,33 @@ def test_container_refusals(cri: Cri, image: str, host_dir: Path) -> None:
     finally:
         cri.remove_pod(sid)
         cri.remove_pod(plain)
+
+
+def test_kill9_in_the_middle_of_creates_is_rolled_back(cri: Cri, image: str) -> None:
+    """runtimed killed in RunPodSandbox after the network (the user namespace, its pins
+    and netd's namespace inside it exist) and in CreateContainer after the ID-mapped
+    rootfs is mounted: recovery undoes both, nothing stays pinned or mounted."""
+    from .test_restart import _crash, _restart
+
+    stack = cri.stack
+    config = _pod_config(cri, _userns())
+    try:
+        _restart(stack, "sandbox_after_network")
+        _crash(stack, lambda: cri.run_pod(config))
+        _restart(stack)
+        assert not cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
+        left = leftovers(stack)
+        for key in ("mounts", "ns_pins", "netns", "processes"):
+            assert not left.get(key), left
+        sid, _ = cri.run_pod(config)
+        _restart(stack, "create_after_mount")
+        _crash(stack, lambda: cri.create(sid, config, image, "half", command=["true"],
+                                         linux=_linux()))
+        _restart(stack)
+        assert not cri.rt.ListContainers(api_pb2.ListContainersRequest()).containers
+        assert not list((stack.root / "run/runtimed/c").iterdir())
+        assert _run(cri, sid, config, image, "after", "id -u") == "0"
+    finally:
+        _restart(stack)
+        cri.remove_all_pods()
+    assert leftovers(stack) == {}
