@@ -42,3 +42,18 @@ async def test_probe_refuses_a_state_dir_others_cannot_search(daemon: Daemon) ->
     await daemon.runtimed._probe_userns()
     assert not any(_offered(daemon).values())
     assert "is not searchable by others" in daemon.runtimed.node.userns_reason
+
+
+async def test_a_user_namespaced_pod_needs_the_probe(daemon: Daemon) -> None:
+    from crib_common.cri.runtime.v1 import IdMapping, NamespaceMode, UserNamespace
+    from crib_common.errors import FailedPrecondition
+
+    from .lifecycle_support import pod_request
+
+    request = pod_request("userns")
+    mapping = [IdMapping(host_id=65536, container_id=0, length=65536)]
+    request.config.linux.security_context.namespace_options.userns_options = UserNamespace(
+        mode=NamespaceMode.POD, uids=mapping, gids=mapping)
+    with pytest.raises(FailedPrecondition, match="not available on this node: not probed"):
+        await daemon.call("RunPodSandbox", request)
+    assert not daemon.runtimed.node.sandboxes

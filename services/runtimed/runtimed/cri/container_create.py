@@ -20,8 +20,8 @@ from crib_common.server import CriTable
 
 from ..daemon import Runtimed
 from ..oci.spec import is_set
-from ..userns.mappings import PodUserns, check_container_userns, check_mount_mappings
 from ..store.records import SandboxRecord
+from ..userns.mappings import PodUserns, check_container_userns, check_mount_mappings
 
 __all__ = ["check_mounts", "log_path", "register"]
 

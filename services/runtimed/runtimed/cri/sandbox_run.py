@@ -16,7 +16,7 @@ from crib_common.cri.runtime.v1 import (
     RunPodSandboxRequest,
     RunPodSandboxResponse,
 )
-from crib_common.errors import InvalidArgument
+from crib_common.errors import FailedPrecondition, InvalidArgument
 from crib_common.server import CriTable
 
 from .. import cgroups
@@ -36,6 +36,10 @@ def register(table: CriTable, runtimed: Runtimed) -> None:
         config = request.config
         handler = runtimed.node.runtime_for(request.runtime_handler)
         req = _sandbox_request(config)
+        if req.meta["userns_mappings"] and not runtimed.node.userns_supported:
+            # Status did not offer them (user_namespaces false): the kubelet never asks.
+            raise FailedPrecondition("user namespaces are not available on this node: "
+                                     f"{runtimed.node.userns_reason}")
         metadata = config.metadata
         name = f"pod/{metadata.name}_{metadata.namespace}_{metadata.uid}_{metadata.attempt}"
         sid = await runtimed.parking.run(name, lambda: runtimed.sandboxes.run(req, handler))

@@ -59,8 +59,8 @@ from ..oci.spec import (
 from ..oci.user import resolve_user
 from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
-from .rootfs import map_mounts, mount_rootfs
 from .infra import KILL_WAIT
+from .rootfs import map_mounts, mount_rootfs
 from .undo import attempt, undone_on_failure, unmount_and_remove
 from .volumes import mount_image_volumes, mount_record
 

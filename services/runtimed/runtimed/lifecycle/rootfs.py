@@ -12,8 +12,8 @@ from crib_common.cri.runtime.v1 import ContainerConfig
 from crib_common.models.imaged import Mount
 
 from ..node import Node
-from ..userns.mappings import PodUserns
 from ..store.records import SandboxMeta
+from ..userns.mappings import PodUserns
 
 __all__ = ["map_mounts", "mount_rootfs"]
 

@@ -33,8 +33,8 @@ from crib_common.models.netd import PodNetworkCreate, PortMapping
 from .. import cgroups
 from ..node import Node, failpoint, new_id, now
 from ..oci.runtime import RuntimeImpl
-from ..userns.mappings import PodUserns
 from ..store.records import SandboxMeta, SandboxRecord
+from ..userns.mappings import PodUserns
 from .containers import Containers
 from .infra import start_infra, stop_infra
 from .undo import attempt, undone_on_failure, unmount_and_remove
