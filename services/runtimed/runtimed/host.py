@@ -5,6 +5,7 @@ and every cgroup call goes through that one facade."""
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from .cgroups import CgroupHost, CgroupStats
 from .oci.mount import mount_all
 from .sandbox.files import mount_shm, write_pod_files
 from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
-from .sandbox.idmapped import idmapped_clone, mount_overlay_idmapped, pin_pod_namespaces
+from .sandbox.idmapped import idmapped_clone, mount_overlay_idmapped, pod_namespaces
 from .userns.mappings import PodUserns
 
 __all__ = ["LinuxHost"]
@@ -30,9 +31,9 @@ class LinuxHost:
     def mount_all(self, mounts: list[Mount], target: Path) -> None:
         mount_all(mounts, target)
 
-    async def pin_pod_namespaces(self, ns_dir: Path, pod: PodUserns, *, ipc: bool,
-                                 uts: bool, hostname: str) -> dict[str, str]:
-        return await pin_pod_namespaces(ns_dir, pod, ipc=ipc, uts=uts, hostname=hostname)
+    def pod_namespaces(self, ns_dir: Path, pod: PodUserns, *, ipc: bool, uts: bool,
+                       hostname: str) -> AbstractAsyncContextManager[dict[str, str]]:
+        return pod_namespaces(ns_dir, pod, ipc=ipc, uts=uts, hostname=hostname)
 
     def mount_overlay_idmapped(self, mounts: list[Mount], target: Path, userns_path: str,
                                root: tuple[int, int], work: Path) -> None:

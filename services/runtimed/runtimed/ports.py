@@ -7,6 +7,7 @@ ones; unit tests drive the lifecycles with small fakes of all of them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,8 +37,10 @@ class Host(Protocol):
     def mount_all(self, mounts: list[Mount], target: Path) -> None: ...
     # Pod user namespaces (`sandbox.idmapped`): the pod's namespaces pinned inside its
     # user namespace, and mounts ID-mapped through it.
-    async def pin_pod_namespaces(self, ns_dir: Path, pod: PodUserns, *, ipc: bool,
-                                 uts: bool, hostname: str) -> dict[str, str]: ...
+    def pod_namespaces(self, ns_dir: Path, pod: PodUserns, *, ipc: bool, uts: bool,
+                       hostname: str) -> AbstractAsyncContextManager[dict[str, str]]:
+        """Pinned under `ns_dir` ({"user": pin, "ipc": ..., "uts": ...}); in the block
+        also "held", the user namespace as its holder's /proc path, for netd."""
     def mount_overlay_idmapped(self, mounts: list[Mount], target: Path, userns_path: str,
                                root: tuple[int, int], work: Path) -> None: ...
     def idmapped_clone(self, source: str, target: Path, userns_path: str) -> None: ...

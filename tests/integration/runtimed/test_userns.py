@@ -15,6 +15,8 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from tests.support.stack import Stack
+
 from .conftest import Cri, leftovers
 
 pytestmark = pytest.mark.integration
@@ -117,18 +119,28 @@ def _owner_userns(pin: str) -> int:
         os.close(fd)
 
 
-def _ns_still_held(kind: str, inode: int) -> list[str]:
-    """Who still holds namespace `kind:[inode]`: a pin (a bind mount of it, named by
-    its root in mountinfo) or a process in it."""
+def _ns_still_held(stack: Stack, kind: str, inode: int) -> list[str]:
+    """What of this stack still holds namespace `kind:[inode]`: a pin (a bind mount of
+    it under the stack's root, named by its root in mountinfo) or a process of ours in
+    it (a daemon's child, one naming the root, or one in the stack's cgroups). Only ours: the kernel reuses the
+    numbers of freed namespaces, for other engineers' namespaces too."""
+    root = str(stack.root)
     held = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if f"{kind}:[{inode}]" in line]
+            if f"{kind}:[{inode}]" in line and line.split()[4].startswith(root)]
+    daemons = {str(p) for p in stack.daemon_pids()}
     for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if os.readlink(p / "ns" / kind) == f"{kind}:[{inode}]":
-                    held.append(f"pid {p.name}")
-            except OSError:
+        if not p.name.isdigit():
+            continue
+        try:
+            if os.readlink(p / "ns" / kind) != f"{kind}:[{inode}]":
                 continue
+            ppid = (p / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            argv = (p / "cmdline").read_bytes().decode(errors="replace")
+            cgroups = (p / "cgroup").read_text()
+        except OSError:
+            continue
+        if ppid in daemons or root in argv or stack.cgroup_parent in cgroups:
+            held.append(f"pid {p.name}: {argv!r}")
     return held
 
 
@@ -173,8 +185,8 @@ def test_pod_sees_its_mapping_owns_its_image_and_leaves_nothing(
         assert os.stat(rootfs / "bin/busybox").st_uid == HOST_UID  # as the overlay shows it
     finally:
         cri.remove_pod(sid)
-    assert _ns_still_held("user", user_ino) == []
-    assert _ns_still_held("net", net_ino) == []
+    assert _ns_still_held(cri.stack, "user", user_ino) == []
+    assert _ns_still_held(cri.stack, "net", net_ino) == []
     left = leftovers(cri.stack)
     for key in ("mounts", "ns_pins", "netns", "processes", "run_files"):
         assert not left.get(key), left

@@ -110,21 +110,36 @@ class Sandboxes:
         if rec.status.resources and meta.cgroup_owned:
             await self.apply_resources(meta.pod_cgroup, rec.status.resources)
         # IPC and UTS first: with a pod user namespace they are pinned inside it, and
-        # netd makes the network namespace inside it too.
+        # netd makes the network namespace inside it too, while its holder still runs.
         ns_dir = Path(node.cfg.pinns_dir) / meta.id
         userns = PodUserns.from_record(meta.userns_mappings)
         if userns is not None:
-            pins = await node.host.pin_pod_namespaces(
-                ns_dir, userns, ipc=not meta.host_ipc, uts=not meta.host_network,
-                hostname=meta.hostname)
-            meta.userns = pins["user"]
+            async with node.host.pod_namespaces(ns_dir, userns, ipc=not meta.host_ipc,
+                                                uts=not meta.host_network,
+                                                hostname=meta.hostname) as pins:
+                meta.userns = pins["user"]
+                self._pinned(rec, pins)
+                ips = await self._network(rec, dns, pins["held"])
         else:
-            pins = await node.host.pin_namespaces(ns_dir, ipc=not meta.host_ipc,
-                                                  uts=not meta.host_network,
-                                                  hostname=meta.hostname)
-        meta.ipc_ns = pins.get("ipc", "")
-        meta.uts_ns = pins.get("uts", "")
-        node.put_sandbox(rec)
+            self._pinned(rec, await node.host.pin_namespaces(
+                ns_dir, ipc=not meta.host_ipc, uts=not meta.host_network,
+                hostname=meta.hostname))
+            ips = await self._network(rec, dns, "")
+        node.host.write_pod_files(pod_dir, meta.hostname, dns, ips, meta.host_network)
+        if not meta.host_ipc:
+            node.host.mount_shm(pod_dir / "shm")
+        await start_infra(node, rec, rt)
+
+    def _pinned(self, rec: SandboxRecord, pins: dict[str, str]) -> None:
+        rec.meta.ipc_ns = pins.get("ipc", "")
+        rec.meta.uts_ns = pins.get("uts", "")
+        self.node.put_sandbox(rec)
+
+    async def _network(self, rec: SandboxRecord, dns: DnsConfig | None,
+                       userns: str) -> list[str]:
+        """The pod's network from netd (in the user namespace at `userns`, if any);
+        its IPs."""
+        node, meta = self.node, rec.meta
         ips: list[str] = []
         if not meta.host_network:
             net = await node.netd.create_pod_network(PodNetworkCreate(
@@ -136,17 +151,14 @@ class Sandboxes:
                     host_ip=p["host_ip"]) for p in meta.port_mappings if p["host_port"]],
                 dns=NetDns(servers=list(dns.servers), searches=list(dns.searches),
                            options=list(dns.options)) if dns else None,
-                annotations=meta.annotations, userns_path=meta.userns,
+                annotations=meta.annotations, userns_path=userns,
             ))
             meta.netns_path = net.netns_path
             ips = [ip.ip for ip in net.ips]
             rec.status.ips = ips
             node.put_sandbox(rec)
             failpoint("sandbox_after_network")
-        node.host.write_pod_files(pod_dir, meta.hostname, dns, ips, meta.host_network)
-        if not meta.host_ipc:
-            node.host.mount_shm(pod_dir / "shm")
-        await start_infra(node, rec, rt)
+        return ips
 
     async def teardown(self, rec: SandboxRecord, network: bool = True) -> None:
         """Undo every step of `_setup`; each one tolerates not having happened.

@@ -1,5 +1,5 @@
 """A pod's own user namespace on this host: pinned with the pod's IPC and UTS namespaces
-inside it (`pin_pod_namespaces`; netd makes the network namespace inside it too), and
+inside it (`pod_namespaces`; netd makes the network namespace inside it too), and
 the pod's mounts ID-mapped through it before the OCI runtime sees them
 (`userns.idmap`): the rootfs is an overlay over ID-mapped lower layers with an upper
 directory owned by the mapped root (`mount_overlay_idmapped`); volumes, bind mounts and
@@ -17,19 +17,19 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from crib_common.errors import Internal, InvalidArgument
 from crib_common.models.imaged import Mount
-from crib_common.nsholder import HolderError, IdMapping, spawn_holder
+from crib_common.nsholder import HolderError, IdMapping, NamespaceHolder, spawn_holder
 
 from ..oci.mount import mount_all
 from ..userns.idmap import IdmapError, idmapped_bind
 from ..userns.mappings import PodUserns
 from .namespaces import _libc, umount, unpin_namespaces
 
-__all__ = ["idmapped_clone", "mount_overlay_idmapped", "pin_pod_namespaces",
-           "probe_idmap"]
+__all__ = ["idmapped_clone", "mount_overlay_idmapped", "pod_namespaces", "probe_idmap"]
 
 # <linux/sched.h>, <sys/mount.h>
 _CLONE_NEWUTS = 0x04000000
@@ -75,7 +75,7 @@ def _set_hostname_in(uts: Path, hostname: str) -> None:
 
 
 def _pin_sync(ns_dir: Path, pod: PodUserns, *, ipc: bool, uts: bool,
-              hostname: str) -> dict[str, str]:
+              hostname: str) -> tuple[NamespaceHolder, dict[str, str]]:
     ns_dir.mkdir(parents=True, exist_ok=True)
     kinds = ["user"] + (["ipc"] if ipc else []) + (["uts"] if uts else [])
     holder = spawn_holder(kinds)
@@ -85,24 +85,34 @@ def _pin_sync(ns_dir: Path, pod: PodUserns, *, ipc: bool, uts: bool,
         for kind in kinds:
             _bind(holder.ns_path(kind), ns_dir / kind)
             pinned[kind] = str(ns_dir / kind)
-    finally:
+        if uts and hostname:
+            _set_hostname_in(ns_dir / "uts", hostname)
+    except BaseException:
         holder.release()
-    if uts and hostname:
-        _set_hostname_in(ns_dir / "uts", hostname)
-    return pinned
+        raise
+    return holder, pinned
 
 
-async def pin_pod_namespaces(ns_dir: Path, pod: PodUserns, *, ipc: bool, uts: bool,
-                             hostname: str) -> dict[str, str]:
+@contextlib.asynccontextmanager
+async def pod_namespaces(ns_dir: Path, pod: PodUserns, *, ipc: bool, uts: bool,
+                         hostname: str) -> AsyncIterator[dict[str, str]]:
     """Pin the pod's user namespace with its mapping and, owned by it, its IPC and UTS
-    namespaces (the hostname set), under `ns_dir`: {"user": path, "ipc": ..., ...}.
-    Internal with the reason when the kernel refuses; nothing stays pinned then."""
+    namespaces (the hostname set), under `ns_dir`: {"user": path, "ipc": ..., ...}, and
+    "held": the user namespace as /proc/<pid>/ns/user of the process holding it, valid
+    in the block only. That one is for netd, which may live in another mount namespace
+    than runtimed's pins (a private one under systemd's sandboxing, or a test's) but
+    never in another PID namespace. The pins stay after the block. Internal with the
+    reason when the kernel refuses; nothing stays pinned then."""
     try:
-        return await asyncio.to_thread(_pin_sync, ns_dir, pod, ipc=ipc, uts=uts,
-                                       hostname=hostname)
+        holder, pinned = await asyncio.to_thread(_pin_sync, ns_dir, pod, ipc=ipc, uts=uts,
+                                                 hostname=hostname)
     except (HolderError, OSError) as exc:
         unpin_namespaces(ns_dir)
         raise Internal(f"pinning the pod's user namespace: {exc}") from None
+    try:
+        yield {**pinned, "held": holder.ns_path("user")}
+    finally:
+        await asyncio.to_thread(holder.release)
 
 
 # ---------------------------------------------------------------- ID-mapped mounts
