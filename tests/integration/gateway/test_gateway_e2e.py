@@ -137,7 +137,8 @@ def test_status_reports_network_not_ready_with_reason(runtime: Any) -> None:
     assert network.status is False
     assert network.reason == "NetdUnavailable"
     assert "netd" in network.message
-    assert set(reply.info) == {"runtimed", "netd", "imaged"}
+    assert set(reply.info) == {"runtimed", "netd", "imaged", "config"}
+    assert json.loads(reply.info["config"])["stateDir"]  # runtimed is up: its state dir
 
 
 # ------------------------------------------------------------------ unimplemented
