@@ -381,3 +381,20 @@ def test_kill9_in_the_middle_of_creates_is_rolled_back(cri: Cri, image: str) -> 
         _restart(stack)
         cri.remove_all_pods()
     assert leftovers(stack) == {}
+
+
+def test_the_conformance_suites_pod(cri: Cri, image: str, handler: str) -> None:
+    """critest's "runtime should support NamespaceMode_POD", as it builds it: mapping 0 ->
+    1000 x100000, the pod's namespace options (PID shared, so catatonit runs) repeated on
+    the container, which prints its uid_map."""
+    mapping = [api_pb2.IDMapping(container_id=0, host_id=1000, length=100000)]
+    ns = api_pb2.NamespaceOption(userns_options=api_pb2.UserNamespace(
+        mode=api_pb2.POD, uids=mapping, gids=mapping))
+    config = _pod_config(cri, ns)
+    sid, _ = cri.run_pod(config, handler=handler)
+    try:
+        out = _run(cri, sid, config, image, "uidmap", "cat /proc/self/uid_map",
+                   linux=_linux(ns))
+        assert out.split() == ["0", "1000", "100000"]
+    finally:
+        cri.remove_pod(sid)
