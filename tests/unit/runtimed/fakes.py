@@ -13,6 +13,7 @@ successful create as the list of its steps, then fail (`Steps.fail`) or freeze
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
@@ -256,6 +257,9 @@ class FakeHost:
         self.pod_files: dict[str, dict[str, Any]] = {}
         self.cgroups: dict[str, dict[str, Any]] = {}
         self.oom: set[str] = set()
+        # Pod user namespaces: the mapping of each pinned one, and whether a holder runs.
+        self.userns_maps: dict[str, Any] = {}
+        self.holding = False
 
     def mount_all(self, mounts: list[Mount], target: Path) -> None:
         self.steps.hit("host.mount_all")
@@ -278,6 +282,40 @@ class FakeHost:
                 pins[kind] = str(ns_dir / kind)
         self.pins[str(ns_dir)] = pins
         return pins
+
+    @contextlib.asynccontextmanager
+    async def pod_namespaces(self, ns_dir: Path, pod: Any, *, ipc: bool, uts: bool,
+                             hostname: str) -> AsyncIterator[dict[str, str]]:
+        """As `pin_namespaces`, with the user namespace; "held" is a /proc path that only
+        works inside the block (`holding`), as the real holder's."""
+        await self.steps.ahit("host.pod_namespaces")
+        ns_dir.mkdir(parents=True, exist_ok=True)
+        pins = {}
+        for kind, wanted in (("user", True), ("ipc", ipc), ("uts", uts)):
+            if wanted:
+                (ns_dir / kind).touch()
+                pins[kind] = str(ns_dir / kind)
+        self.pins[str(ns_dir)] = pins
+        self.userns_maps[str(ns_dir / "user")] = pod
+        self.holding = True
+        try:
+            yield {**pins, "held": "/proc/4242/ns/user"}
+        finally:
+            self.holding = False
+
+    def mount_overlay_idmapped(self, mounts: list[Mount], target: Path, userns_path: str,
+                               root: tuple[int, int], work: Path) -> None:
+        self.steps.hit("host.mount_overlay_idmapped")
+        target.mkdir(parents=True, exist_ok=True)
+        self.mounts[str(target)] = [Mount(type=m.type, source=m.source,
+                                          options=[*m.options, f"idmap={userns_path}"])
+                                    for m in mounts]
+
+    def idmapped_clone(self, source: str, target: Path, userns_path: str) -> None:
+        self.steps.hit("host.idmapped_clone")
+        target.mkdir(parents=True, exist_ok=True)
+        self.mounts[str(target)] = [Mount(type="bind", source=source,
+                                          options=[f"idmap={userns_path}"])]
 
     def unpin_namespaces(self, ns_dir: Path) -> None:
         self.steps.hit("host.unpin_namespaces")
@@ -397,11 +435,13 @@ class FakeNetd:
     def __init__(self, steps: Steps) -> None:
         self.steps = steps
         self.networks: dict[str, PodNetwork] = {}
+        self.requests: list[PodNetworkCreate] = []
         self._next_ip = 2
 
     async def create_pod_network(self, request: PodNetworkCreate, *,
                                  timeout: float | None = None) -> PodNetwork:
         await self.steps.ahit("netd.create_pod_network")
+        self.requests.append(request)
         net = self.networks.get(request.pod_id)
         if net is None:
             net = PodNetwork(pod_id=request.pod_id, pod_name=request.pod_name,
