@@ -55,6 +55,12 @@ class LinuxHost:
     def kill_cgroup(self, cgroup_path: str) -> int:
         return self.cgroups.kill(cgroup_path)
 
+    def join_cgroup(self, cgroup_path: str, pid: int) -> None:
+        self.cgroups.join(cgroup_path, pid)
+
+    def cgroup_children(self, cgroup_path: str) -> set[str]:
+        return self.cgroups.children(cgroup_path)
+
     def remove_cgroup(self, cgroup_path: str) -> list[str]:
         return self.cgroups.remove(cgroup_path)
 

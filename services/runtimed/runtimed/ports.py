@@ -49,6 +49,11 @@ class Host(Protocol):
         """FailedPrecondition naming the controller when a limit cannot be applied."""
     def kill_cgroup(self, cgroup_path: str) -> int:
         """SIGKILL everything in the cgroup and below (cgroup.kill where there is one)."""
+    def join_cgroup(self, cgroup_path: str, pid: int) -> None:
+        """Move `pid` into the cgroup (made where missing) in every hierarchy; OSError
+        when the kernel refuses."""
+    def cgroup_children(self, cgroup_path: str) -> set[str]:
+        """Names of the cgroups directly below it (in any hierarchy)."""
     def remove_cgroup(self, cgroup_path: str) -> list[str]: ...
     def read_stats(self, cgroup_path: str) -> CgroupStats: ...
     def oom_killed(self, cgroup_path: str) -> bool: ...

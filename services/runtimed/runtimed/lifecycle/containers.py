@@ -44,7 +44,7 @@ from crib_common.errors import CribError, DeadlineExceeded, FailedPrecondition
 from crib_common.models.imaged import ImageInfo, SnapshotCreate
 
 from ..bundle import write_config
-from ..cgroups import container_cgroup
+from ..cgroups import container_cgroup, monitor_cgroup
 from ..conmon.monitor import REOPEN_LOGS_EVENT, ConmonSpec
 from ..node import Node, failpoint, new_id, now
 from ..oci import security
@@ -60,7 +60,7 @@ from ..oci.user import resolve_user
 from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
 from .infra import KILL_WAIT
-from .undo import attempt, undone_on_failure, unmount_and_remove
+from .undo import attempt, release_monitor, undone_on_failure, unmount_and_remove
 from .volumes import mount_image_volumes, mount_record
 
 __all__ = ["Containers", "RELEASE_KIND"]
@@ -115,6 +115,8 @@ class Containers:
             mounts=[mount_record(m) for m in config.mounts],
             cgroup_path=container_cgroup(pod.meta.cgroup_parent, cid,
                                          node.cfg.cgroup_driver).fs_path,
+            monitor_cgroup=monitor_cgroup(node.cfg.monitor_cgroup, pod.meta.cgroup_parent,
+                                          cid, node.cfg.cgroup_driver),
         )
         rec = ContainerRecord(meta=meta)
         rec.status.resources = _resources(config)
@@ -189,7 +191,7 @@ class Containers:
                              bundle=bundle, log_path=meta.log_path or str(bundle / "ctr.log"),
                              exit_dir=node.exit_dir, socket_dir=node.sock_dir, tty=meta.tty,
                              stdin=meta.stdin, stdin_once=meta.stdin_once,
-                             log_size_max=node.cfg.log_size_max)
+                             log_size_max=node.cfg.log_size_max, cgroup=meta.monitor_cgroup)
         conmon_pid, pid = await node.monitor.start(monitor, timeout=node.cfg.create_timeout)
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
         rec.status.conmon_started = node.monitor.started(conmon_pid)
@@ -207,7 +209,8 @@ class Containers:
         released = await (deleted if deleted is not None else self.exits.released(meta.id))
         if rt is not None and not released:
             await attempt(failed, "runtime delete", rt.delete(meta.id), container=meta.id)
-        node.monitor.kill(rec.status.conmon_pid)
+        await release_monitor(node, rec.status.conmon_pid, rec.status.conmon_started,
+                              meta.monitor_cgroup, meta.id)
         await unmount_and_remove(node, failed, meta.bundle,
                                  [meta.snapshot_key, *meta.image_mounts], container=meta.id)
         for leftover in (node.sock_dir / meta.id, node.exit_dir / meta.id):

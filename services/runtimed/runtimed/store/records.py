@@ -81,6 +81,8 @@ class SandboxMeta(BaseModel):
     cgroup_owned: bool = True
     # The infra process's cgroup path ("" in old records: <cgroup_parent>/crib-<id>).
     infra_cgroup: str = ""
+    # The infra monitor's own cgroup ("" without infra, or in old records).
+    infra_monitor_cgroup: str = ""
     pod_dir: str = ""  # hostname, resolv.conf, hosts, shm
     ipc_ns: str = ""  # pinned namespace files ("" = host)
     uts_ns: str = ""
@@ -162,6 +164,9 @@ class ContainerMeta(BaseModel):
     # cgroupfs "<pod parent>/<id>" (crib-<id> in old records), with systemd
     # "<pod slice path>/crib-<id>.scope". config.json holds the runtime's form.
     cgroup_path: str = ""
+    # The monitor's own cgroup (`cgroups.monitor_cgroup`), removed with the container;
+    # "" in old records (their monitor shares runtimed's cgroup).
+    monitor_cgroup: str = ""
 
 
 class ContainerStatusRec(BaseModel):
