@@ -118,6 +118,9 @@ class RuntimedSection(BaseModel):
     default_handler: str = "runc"
     conmon: str = "/usr/bin/conmon"
     pinns_dir: Path = Path("/run/crib/ns")
+    # Where the kubelet puts pod logs (PodSandboxConfig.log_directory lives below): one of
+    # the directories that must propagate mounts to the host (checked at start).
+    pod_log_dir: Path = Path("/var/log/pods")
     catatonit: str = "/usr/bin/catatonit"
     # Empty: sandboxes hold namespaces by bind mounts, no infra container (CRI-O's
     # drop_infra_ctr). Set an image to run a pause container instead.

@@ -13,7 +13,13 @@ from crib_common.models.imaged import Mount
 from .cgroups import CgroupHost, CgroupStats
 from .oci.mount import mount_all
 from .sandbox.files import mount_shm, write_pod_files
-from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
+from .sandbox.namespaces import (
+    lost_pins,
+    mounts_under,
+    pin_namespaces,
+    umount,
+    unpin_namespaces,
+)
 
 __all__ = ["LinuxHost"]
 
@@ -38,6 +44,9 @@ class LinuxHost:
 
     def unpin_namespaces(self, ns_dir: Path) -> None:
         unpin_namespaces(ns_dir)
+
+    def lost_pins(self, pins: dict[str, str]) -> list[str]:
+        return lost_pins(pins)
 
     def write_pod_files(self, pod_dir: Path, hostname: str, dns: Any, ips: list[str],
                         host_network: bool) -> None:

@@ -283,6 +283,10 @@ class FakeHost:
         self.pins[str(ns_dir)] = pins
         return pins
 
+    def lost_pins(self, pins: dict[str, str]) -> list[str]:
+        held = {path for p in self.pins.values() for path in p.values()}
+        return [kind for kind, path in pins.items() if path not in held]
+
     def unpin_namespaces(self, ns_dir: Path) -> None:
         self.steps.hit("host.unpin_namespaces")
         self.pins.pop(str(ns_dir), None)

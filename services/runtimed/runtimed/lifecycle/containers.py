@@ -60,6 +60,7 @@ from ..oci.user import resolve_user
 from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
 from .infra import KILL_WAIT
+from .pins import check_pins, pins_lost_error
 from .undo import attempt, release_monitor, undone_on_failure, unmount_and_remove
 from .volumes import mount_image_volumes, mount_record
 
@@ -123,10 +124,17 @@ class Containers:
         node.add_container(rec)
         log.info("container creating", container=cid, pod=pod.meta.id, name=metadata.name,
                  image=config.image.image)
-        async with undone_on_failure(node, rec, self.teardown, node.drop_container):
-            await self._setup(rec, pod, config, image.config, rt)
-            rec.status.state = "created"
-            node.put_container(rec)
+        try:
+            async with undone_on_failure(node, rec, self.teardown, node.drop_container):
+                await self._setup(rec, pod, config, image.config, rt)
+                rec.status.state = "created"
+                node.put_container(rec)
+        except CribError:
+            # runc's "failed to setns into ipc namespace" is the pod's fault, not the
+            # container's: say so, and stop reporting the pod Ready.
+            if check_pins(node, pod):
+                raise pins_lost_error(pod) from None
+            raise
         log.info("container created", container=cid, pid=rec.status.pid)
         self.exits.watch(rec)
         node.emit(cid, "created")
@@ -238,6 +246,9 @@ class Containers:
                 # The runtime failed the process start (bad binary, ...): the monitor
                 # records the exit; report it like containerd, an exited container.
                 await self.exits.settle(rec, fallback_code=128, message=exc.message)
+                pod = node.sandboxes.get(rec.meta.pod_id)
+                if pod is not None:
+                    check_pins(node, pod)
                 raise
             if rec.status.state == "created":  # the exit watcher may have been faster
                 rec.status.state = "running"

@@ -12,6 +12,7 @@ may be gone. Per record, under its own timeout:
                               ──cannot tell──> unknown
     sandbox creating    ──> its containers and itself rolled back, dropped
     sandbox ready, infra gone ──> notready
+    sandbox ready, a pinned namespace gone ──> notready (`lifecycle.pins`)
     release queued by RemoveContainer ──> torn down, forgotten
 
 Then bundles and exit files that no record names are removed.
@@ -30,6 +31,7 @@ from ..node import Node, now
 from ..store.records import ContainerRecord, SandboxRecord
 from .containers import Containers
 from .exits import LOST_MESSAGE, LOST_REASON, Exits
+from .pins import check_pins
 from .sandboxes import Sandboxes
 from .undo import rollback
 
@@ -128,3 +130,5 @@ async def _sandbox(node: Node, sandboxes: Sandboxes, containers: Containers,
             not node.monitor.alive(s.status.infra_pid, s.status.infra_started):
         s.status.state = "notready"
         node.put_sandbox(s)
+    if s.status.state == "ready":
+        check_pins(node, s)

@@ -118,6 +118,9 @@ class SandboxStatusRec(BaseModel):
     infra_pid: int = 0  # catatonit (shared PID namespace) or the pause container
     infra_conmon_pid: int = 0
     infra_started: int = 0  # the infra's start time (clock ticks), against pid reuse
+    # Pinned namespaces ("ipc", "uts") found gone (at start, or after a failed create or
+    # start): the pod is notready and cannot take containers; the kubelet recreates it.
+    lost_namespaces: list[str] = Field(default_factory=list)
     # CRI pod-level resources (LinuxPodSandboxConfig.resources plus overhead, as stored by
     # resources_to_dict) applied to the pod cgroup; UpdatePodSandboxResources rewrites them.
     resources: dict[str, Any] = Field(default_factory=dict)
