@@ -22,6 +22,7 @@ import json
 import os
 import struct
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,8 +275,11 @@ async def _release(child: Child, spec: ConmonSpec, join: CgroupJoin, start_w: in
     pipe). A move that fails kills it: a monitor left in runtimed's cgroup would die with
     runtimed."""
     try:
+        begun = time.perf_counter()
         try:
             join(spec.cgroup, child.pid)
+            log.debug("monitor placed", container=spec.cid, cgroup=spec.cgroup,
+                      ms=round((time.perf_counter() - begun) * 1000, 3))
         except OSError as exc:
             await child.reap()
             os.close(sync_r)
