@@ -272,20 +272,27 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0,
 async def _release(child: Child, spec: ConmonSpec, join: CgroupJoin, start_w: int,
                    sync_r: int) -> None:
     """Move the waiting conmon into its cgroup, then let it go on (one byte on the start
-    pipe). A move that fails kills it: a monitor left in runtimed's cgroup would die with
-    runtimed."""
+    pipe). A move that fails (or is cancelled) kills it: a monitor left in runtimed's
+    cgroup would die with runtimed.
+
+    In a thread: the kernel makes the first cgroup.procs write after a quiet spell wait for
+    an RCU grace period (cgroup_threadgroup_rwsem taken for writing), ~10 ms measured here,
+    which must not stall the event loop; the writes to the other hierarchies that follow
+    cost ~20 us each."""
     try:
         begun = time.perf_counter()
         try:
-            join(spec.cgroup, child.pid)
-            log.debug("monitor placed", container=spec.cid, cgroup=spec.cgroup,
-                      ms=round((time.perf_counter() - begun) * 1000, 3))
-        except OSError as exc:
+            await asyncio.to_thread(join, spec.cgroup, child.pid)
+        except BaseException as exc:
             await child.reap()
             os.close(sync_r)
+            if not isinstance(exc, OSError):
+                raise
             raise FailedPrecondition(
                 f"moving the monitor of {spec.cid} into cgroup {spec.cgroup}: "
                 f"{exc.strerror} ({exc.filename or 'cgroup.procs'})") from None
+        log.debug("monitor placed", container=spec.cid, cgroup=spec.cgroup,
+                  ms=round((time.perf_counter() - begun) * 1000, 3))
         with contextlib.suppress(BrokenPipeError):  # conmon died: its exit status says why
             os.write(start_w, b"\0")
     finally:
