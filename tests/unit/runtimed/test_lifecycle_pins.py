@@ -83,3 +83,25 @@ async def test_monitor_runs_in_its_own_cgroup_until_removed(tmp_path: object, se
         assert d.leftovers() == {}
     finally:
         await d.close()
+
+
+async def test_recovery_moves_a_monitor_an_older_runtimed_left_in_its_cgroup(
+        settings: CribSettings, fakes: Fakes) -> None:
+    d = await Daemon.open(settings, fakes)
+    pod = pod_request()
+    sid = (await d.call("RunPodSandbox", pod)).pod_sandbox_id
+    cid = (await d.call("CreateContainer", container_request(sid, pod))).container_id
+    rec = d.node.containers[cid]
+    path = rec.meta.monitor_cgroup
+    # As a record of before monitor cgroups: none named, the monitor where runtimed is.
+    rec.meta.monitor_cgroup = ""
+    d.node.put_container(rec)
+    del fakes.host.cgroups[path]
+    await d.close()
+    d = await Daemon.open(settings, fakes)
+    try:
+        rec = d.node.containers[cid]
+        assert rec.meta.monitor_cgroup == path
+        assert fakes.host.cgroups[path]["procs"] == [rec.status.conmon_pid]
+    finally:
+        await d.close()
