@@ -24,6 +24,7 @@ from crib_common.clients.netd import NetdClient
 from crib_common.settings import CribSettings
 
 from .cgroups import check_cgroup_driver, check_monitor_cgroup, runtime_global_args
+from .cgroups.monitor import in_cgroup_namespace
 from .conmon.monitor import Conmon, Monitor
 from .host import LinuxHost
 from .lifecycle.containers import Containers
@@ -55,6 +56,10 @@ class Runtimed:
         # message names the setting).
         check_cgroup_driver(cfg.cgroup_driver)
         check_monitor_cgroup(cfg.monitor_cgroup, cfg.cgroup_driver)
+        if in_cgroup_namespace():
+            log.warning("runtimed runs in a cgroup namespace: pods and monitors are placed "
+                        "inside its own container's cgroup and die when it is stopped; "
+                        "run it with the host's cgroup namespace (cgroupns=host)")
         if runtimes is None:
             # runc and crun take --systemd-cgroup before the subcommand; conmon gets the
             # same list as --runtime-arg (OciRuntime.global_args).

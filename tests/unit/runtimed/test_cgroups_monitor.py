@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,15 @@ def test_conmon_waits_on_its_start_pipe_until_moved(tmp_path: Path) -> None:
         asyncio.run(start_conmon(spec, timeout=20, join=refuse))
     pid = seen[-1][0]
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+
+
+def test_cgroup_namespace_is_told_apart(tmp_path: Path) -> None:
+    from runtimed.cgroups.monitor import in_cgroup_namespace
+    (tmp_path / "ns").touch()  # any other inode: a namespace of its own
+    assert in_cgroup_namespace(str(tmp_path / "ns"))
+    assert not in_cgroup_namespace(str(tmp_path / "missing"))
+    if os.geteuid() == 0 and shutil.which("unshare") and not in_cgroup_namespace():
+        probe = "from runtimed.cgroups.monitor import in_cgroup_namespace as f; print(f())"
+        out = subprocess.run(["unshare", "--cgroup", sys.executable, "-c", probe],
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "True"

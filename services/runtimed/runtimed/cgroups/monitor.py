@@ -42,9 +42,11 @@ from crib_common.errors import FailedPrecondition, InvalidArgument
 from .paths import CgroupDriver, clean_fs_path, pod_cgroup_path, slice_path
 
 __all__ = [
+    "INIT_CGROUP_NS",
     "MONITOR_POD",
     "MONITOR_PREFIX",
     "check_monitor_cgroup",
+    "in_cgroup_namespace",
     "hierarchies",
     "join_cgroup",
     "monitor_cgroup",
@@ -56,6 +58,18 @@ MONITOR_POD = "pod"
 # cAdvisor and the kubelet never take them for the container "<id>" itself.
 MONITOR_PREFIX = "crib-conmon-"
 _SCOPE = ".scope"
+# The inode of the initial cgroup namespace (PROC_CGROUP_INIT_INO, include/linux/proc_ns.h).
+INIT_CGROUP_NS = 0xEFFFFFFB
+
+
+def in_cgroup_namespace(ns: str = "/proc/self/ns/cgroup") -> bool:
+    """runtimed sees a cgroup namespace of its own (a container engine's default on v2):
+    its cgroup root is then its container's cgroup, and every cgroup it makes, the
+    monitors' included, is inside it; stopping that container kills them all."""
+    try:
+        return os.stat(ns).st_ino != INIT_CGROUP_NS
+    except OSError:
+        return False
 
 
 def check_monitor_cgroup(setting: str, driver: CgroupDriver) -> None:
