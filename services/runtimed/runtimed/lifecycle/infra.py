@@ -17,7 +17,7 @@ import structlog
 from crib_common.errors import NotFound, Unavailable
 from crib_common.models.imaged import ImageInfo, PullEvent, PullPod, PullRequest, SnapshotCreate
 
-from ..cgroups import container_cgroup, monitor_cgroup
+from ..cgroups import container_cgroup
 from ..conmon.monitor import ConmonSpec
 from ..oci.runtime import RuntimeImpl
 from ..oci.spec import build_pause_spec, build_sandbox_spec
@@ -110,9 +110,6 @@ async def _start_pause(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
 
 async def _run(node: Node, rec: SandboxRecord, rt: RuntimeImpl, bundle: Path) -> None:
     meta = rec.meta
-    meta.infra_monitor_cgroup = monitor_cgroup(node.cfg.monitor_cgroup, meta.cgroup_parent,
-                                               meta.id, node.cfg.cgroup_driver)
-    node.put_sandbox(rec)  # before the cgroup exists, so teardown and recovery see it
     spec = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=f"infra-{meta.name}",
                       runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
                       log_path=str(bundle / "infra.log"), exit_dir=node.exit_dir,

@@ -81,7 +81,7 @@ class SandboxMeta(BaseModel):
     cgroup_owned: bool = True
     # The infra process's cgroup path ("" in old records: <cgroup_parent>/crib-<id>).
     infra_cgroup: str = ""
-    # The infra monitor's own cgroup ("" without infra, or in old records).
+    # The infra monitor's own cgroup, made only when an infra runs ("" in old records).
     infra_monitor_cgroup: str = ""
     pod_dir: str = ""  # hostname, resolv.conf, hosts, shm
     ipc_ns: str = ""  # pinned namespace files ("" = host)
