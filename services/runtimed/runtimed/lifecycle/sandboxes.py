@@ -74,8 +74,12 @@ class Sandboxes:
         node.add_sandbox(rec)
         log.info("sandbox creating", pod=sid, name=meta.name, namespace=meta.namespace,
                  handler=rt.name)
-        async with undone_on_failure(node, rec, self.teardown, node.drop_sandbox):
+        async with node.nri.block_sync(), \
+                undone_on_failure(node, rec, self.teardown, node.drop_sandbox):
             await self._setup(rec, req.dns, rt)
+            # NRI RunPodSandbox while the pod is still "creating": unlisted, not ready;
+            # a plugin's error undoes the pod.
+            await node.nri.run_pod_sandbox(rec)
             failpoint("sandbox_before_ready")
             rec.status.state = "ready"
             node.put_sandbox(rec)
@@ -182,6 +186,7 @@ class Sandboxes:
             for c in node.pod_containers(rec.meta.id):
                 await self.containers.stop(c, 0)
             await stop_infra(node, rec)
+            await node.nri.stop_pod_sandbox(rec)  # its containers have exited; once
             if not rec.meta.host_network:
                 # Idempotent in netd; always asked, so a pod marked NotReady by its infra's
                 # death still gets its IP released.
@@ -205,6 +210,7 @@ class Sandboxes:
             failpoint("remove_sandbox_after_containers")
             await self.teardown(rec, network=False)
             node.drop_sandbox(rec.meta.id)
+        await node.nri.remove_pod_sandbox(rec)
         log.info("sandbox removed", pod=rec.meta.id)
         node.emit(rec.meta.id, "deleted", rec)
 
