@@ -253,7 +253,15 @@ class TestPlugin:
 
     # -------------------------------------------------------------- lifecycle
     async def connect(self) -> None:
-        reader, self._writer = await asyncio.open_unix_connection(self.socket_path)
+        """Connect to the socket, or use fd N for a socket path "fd:N" (a plugin runtimed
+        started: NRI_PLUGIN_SOCKET), and register."""
+        if self.socket_path.startswith("fd:"):
+            import socket as _socket
+
+            sock = _socket.socket(fileno=int(self.socket_path[3:]))
+            reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        else:
+            reader, self._writer = await asyncio.open_unix_connection(self.socket_path)
         asyncio.ensure_future(self._reader(reader))
         code, message, _ = await self.call_runtime("RegisterPlugin", api.RegisterPluginRequest(
             plugin_name=self.name, plugin_idx=self.index))
@@ -290,8 +298,14 @@ class ThreadedPlugin:
         return self
 
     def stop(self) -> None:
+        async def close() -> None:
+            await self.plugin.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
         try:
-            self.run(self.plugin.close(), 5)
+            self.run(close(), 5)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)

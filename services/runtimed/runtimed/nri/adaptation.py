@@ -84,11 +84,6 @@ class Nri:
         self._ctrs_stopped: dict[str, asyncio.Future[None]] = {}
         self.events_total: Counter | None = None
         self.errors_total: Counter | None = None
-        node.on_drop.append(self._forget)
-
-    def _forget(self, oid: str) -> None:
-        self._pods_stopped.discard(oid)
-        self._ctrs_stopped.pop(oid, None)
 
     def use_registry(self, registry: CollectorRegistry) -> None:
         """Count events and plugin errors on the daemon's /metrics."""
@@ -294,14 +289,14 @@ class Nri:
             except (TimeoutError, ConnectionError) as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "closed"
                 self._count_error(plugin, method, kind)
-                log.warning("nri plugin dropped", plugin=plugin.id, event=method, why=kind)
+                log.warning("nri plugin dropped", plugin=plugin.id, rpc=method, why=kind)
                 await self._drop(plugin)
             except TtrpcError as exc:
                 self._count_error(plugin, method, "error")
                 if fail:
                     raise FailedPrecondition(
                         f"NRI plugin {plugin.id} failed {method}: {exc.message}") from None
-                log.warning("nri plugin failed", plugin=plugin.id, event=method,
+                log.warning("nri plugin failed", plugin=plugin.id, rpc=method,
                             error=exc.message)
         return replies
 
@@ -336,6 +331,7 @@ class Nri:
 
     async def remove_pod_sandbox(self, pod: SandboxRecord) -> None:
         await self.stop_pod_sandbox(pod)
+        self._pods_stopped.discard(pod.meta.id)  # the pod is gone: forget it
         if self.wants(api.Event.REMOVE_POD_SANDBOX):
             msg = pod_message(pod)
             await self._deliver(api.Event.REMOVE_POD_SANDBOX, "RemovePodSandbox",
@@ -460,6 +456,7 @@ class Nri:
     async def remove_container(self, pod: SandboxRecord | None, rec: ContainerRecord,
                                spec: dict[str, Any] | None = None) -> None:
         await self.stop_container(pod, rec)
+        self._ctrs_stopped.pop(rec.meta.id, None)  # the container is gone: forget it
         if pod is not None and self.wants(api.Event.REMOVE_CONTAINER):
             ctr = container_message(rec, spec)
             await self._deliver(api.Event.REMOVE_CONTAINER, "RemoveContainer",
