@@ -48,12 +48,15 @@ METHODS: dict[str, tuple[type[betterproto.Message], type[betterproto.Message]]] 
     "StopContainer": (api.StopContainerRequest, api.StopContainerResponse),
     "RemoveContainer": (api.RemoveContainerRequest, api.RemoveContainerResponse),
     "StateChange": (api.StateChangeEvent, api.Empty),
+    "UpdatePodSandbox": (api.UpdatePodSandboxRequest, api.UpdatePodSandboxResponse),
+    "PostUpdatePodSandbox": (api.PostUpdatePodSandboxRequest,
+                             api.PostUpdatePodSandboxResponse),
 }
 EVENTS = {
     "RunPodSandbox": 1, "StopPodSandbox": 2, "RemovePodSandbox": 3, "CreateContainer": 4,
     "PostCreateContainer": 5, "StartContainer": 6, "PostStartContainer": 7,
     "UpdateContainer": 8, "PostUpdateContainer": 9, "StopContainer": 10,
-    "RemoveContainer": 11,
+    "RemoveContainer": 11, "UpdatePodSandbox": 12, "PostUpdatePodSandbox": 13,
 }
 
 

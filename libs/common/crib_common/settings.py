@@ -129,6 +129,10 @@ class NriSection(BaseModel):
     # Bound on each call to a plugin (containerd/nri DefaultPluginRequestTimeout, 2 s);
     # Synchronize gets at least 5 s. A plugin that misses it is dropped.
     request_timeout: float = Field(default=2.0, gt=0)
+    # Where CDI device specs are read when a plugin injects CDI devices: /etc/cdi (CDI
+    # SPEC.md) and /var/run/cdi, the static and dynamic directories of the CDI library.
+    cdi_spec_dirs: list[Path] = Field(
+        default_factory=lambda: [Path("/etc/cdi"), Path("/var/run/cdi")])
 
 
 class RuntimedSection(BaseModel):

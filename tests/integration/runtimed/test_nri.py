@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -27,15 +28,33 @@ pytestmark = pytest.mark.integration
 
 ALL = mask("RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "CreateContainer",
            "PostCreateContainer", "StartContainer", "PostStartContainer", "UpdateContainer",
-           "PostUpdateContainer", "StopContainer", "RemoveContainer")
+           "PostUpdateContainer", "StopContainer", "RemoveContainer", "UpdatePodSandbox",
+           "PostUpdatePodSandbox")
 REQUEST_TIMEOUT = 1.5
+
+
+# A CDI spec the stack reads (its own spec directory), for plugins injecting CDI devices.
+CDI_SPEC = {
+    "cdiVersion": "0.6.0", "kind": "crib.test/dev",
+    "devices": [{"name": "null", "containerEdits": {
+        "env": ["CDI_OK=yes"],
+        "deviceNodes": [{"path": "/dev/crib-null", "hostPath": "/dev/null"}]}}],
+}
 
 
 @pytest.fixture(scope="module")
 def crib() -> Iterator[Stack]:
-    with Stack.running(CRIB_RUNTIMED__NRI__REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
-                       CRIB_RUNTIMED__NRI__REGISTRATION_TIMEOUT="2") as stack:
+    stack = Stack.create(CRIB_RUNTIMED__NRI__REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
+                         CRIB_RUNTIMED__NRI__REGISTRATION_TIMEOUT="2")
+    try:
+        (stack.root / "cdi").mkdir()
+        (stack.root / "cdi" / "crib.json").write_text(json.dumps(CDI_SPEC))
+        stack.extra_env["CRIB_RUNTIMED__NRI__CDI_SPEC_DIRS"] = json.dumps(
+            [str(stack.root / "cdi")])
+        stack.start()
         yield stack
+    finally:
+        stack.cleanup()
 
 
 @pytest.fixture
@@ -106,7 +125,9 @@ def test_every_event_in_index_order_with_adjustments(cri: Cri, image: str, crib:
     # Started in reverse index order: runtimed calls them in index order anyway.
     _start(crib, plugins, "second", "10", log=log,
            replies={"CreateContainer": lambda req: nri.CreateContainerResponse(
-               adjust=nri.ContainerAdjustment(annotations={"nri.test/second": "yes"}))})
+               adjust=nri.ContainerAdjustment(
+                   annotations={"nri.test/second": "yes"},
+                   cdi_devices=[nri.CdiDevice(name="crib.test/dev=null")]))})
     _start(crib, plugins, "first", "05", log=log, replies={"CreateContainer": adjust})
     assert _listed(crib) == ["05-first", "10-second"]
 
@@ -115,14 +136,21 @@ def test_every_event_in_index_order_with_adjustments(cri: Cri, image: str, crib:
     cri.start(cid)
     assert _exec(cri, cid, ["sh", "-c", "echo $NRI_FOO; cat /nri-mnt/hello"]) == \
         "bar\nfrom the plugin\n"
+    # The CDI device the second plugin injected: its env and its device node.
+    assert _exec(cri, cid, ["sh", "-c", "echo $CDI_OK; test -c /dev/crib-null && "
+                            "echo x > /dev/crib-null && echo node"]) == "yes\nnode\n"
     cri.rt.UpdateContainerResources(api_pb2.UpdateContainerResourcesRequest(
         container_id=cid, linux=api_pb2.LinuxContainerResources(cpu_shares=256)), timeout=30)
+    cri.rt.UpdatePodSandboxResources(api_pb2.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=sid, resources=api_pb2.LinuxContainerResources(cpu_shares=512)),
+        timeout=30)
     cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     cri.rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
     cri.remove_pod(sid)
 
     expected = ["RunPodSandbox", "CreateContainer", "PostCreateContainer", "StartContainer",
                 "PostStartContainer", "UpdateContainer", "PostUpdateContainer",
+                "UpdatePodSandbox", "PostUpdatePodSandbox",
                 "StopContainer", "RemoveContainer", "StopPodSandbox", "RemovePodSandbox"]
     assert wait_until(lambda: len(_events(log, "second")) >= len(expected), timeout=10)
     assert _events(log, "first") == expected
@@ -138,6 +166,8 @@ def test_every_event_in_index_order_with_adjustments(cri: Cri, image: str, crib:
     assert any(m.destination == "/nri-mnt" for m in post.container.mounts)
     update = next(r for p, m, r in log if p == "first" and m == "UpdateContainer")
     assert update.linux_resources.cpu.shares.value == 256
+    pod_update = next(r for p, m, r in log if p == "first" and m == "UpdatePodSandbox")
+    assert (pod_update.pod.id, pod_update.linux_resources.cpu.shares.value) == (sid, 512)
     assert 'crib_nri_events_total{event="CreateContainer"}' in _metric(crib, "crib_nri_events")
 
 
@@ -244,6 +274,11 @@ def test_objects_in_their_hook_are_not_listed(cri: Cri, image: str, crib: Stack,
         assert in_hook.wait(10)
         pods = cri.rt.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=10).items
         assert config.metadata.name not in [p.metadata.name for p in pods]
+        # Asked by id all the same (runtimed's REST knows it): not ready.
+        pending_id = next(r["meta"]["id"] for r in unix_get_json(
+            crib.socket("runtimed"), "/v1/sandboxes") if r["meta"]["name"] == config.metadata.name)
+        assert cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(
+            pod_sandbox_id=pending_id), timeout=10).status.state == api_pb2.SANDBOX_NOTREADY
         release.set()
         sid, pod = running.result(30)
         in_hook.clear()

@@ -3,12 +3,16 @@ plugin setting what another set is a conflict naming both (containerd/nri result
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from crib_common.nri import v1alpha1 as api
 from runtimed.nri.adjust import AdjustmentConflict, Adjuster, Owners, Updates
+from runtimed.nri.cdi import CdiRegistry
 
 
 def _spec() -> dict[str, Any]:
@@ -65,9 +69,6 @@ def test_removal_frees_the_entry_for_another_plugin() -> None:
 
 def test_unsupported_adjustments_are_refused_by_name() -> None:
     adj = Adjuster("c1", _spec(), Owners())
-    with pytest.raises(Exception, match="CDI devices"):
-        adj.apply(api.ContainerAdjustment(cdi_devices=[api.CdiDevice(name="v.com/c=1")]),
-                  "05-a")
     with pytest.raises(Exception, match="cgroups_path"):
         adj.apply(api.ContainerAdjustment(linux=api.LinuxContainerAdjustment(
             cgroups_path="/x")), "05-a")
@@ -89,3 +90,39 @@ def test_updates_merge_per_container_and_conflict() -> None:
         updates.add([api.ContainerUpdate(container_id="c2", linux=api.LinuxContainerUpdate(
             resources=api.LinuxResources(cpu=api.LinuxCpu(
                 shares=api.OptionalUInt64(value=2)))))], "10-b")
+
+
+def test_cdi_devices_claimed_once_and_injected(tmp_path: Path) -> None:
+    adj = Adjuster("c1", _spec(), Owners())
+    adj.apply(api.ContainerAdjustment(cdi_devices=[api.CdiDevice(name="crib.test/dev=n")]),
+              "05-a")
+    with pytest.raises(AdjustmentConflict, match="05-a and 10-b both adjust CDI device"):
+        adj.apply(api.ContainerAdjustment(cdi_devices=[api.CdiDevice(
+            name="crib.test/dev=n")]), "10-b")
+    (tmp_path / "crib.json").write_text(json.dumps({
+        "cdiVersion": "0.6.0", "kind": "crib.test/dev",
+        "containerEdits": {"env": ["COMMON=1"]},
+        "devices": [{"name": "n", "containerEdits": {
+            "env": ["DEV=n"],
+            "deviceNodes": [{"path": "/dev/crib-null", "hostPath": "/dev/null"}],
+            "mounts": [{"hostPath": "/etc/hostname", "containerPath": "/cdi/hostname",
+                        "options": ["rbind", "ro"]}],
+            "hooks": [{"hookName": "createContainer", "path": "/bin/true"}],
+            "additionalGids": [0, 44]}}]}))
+    spec = adj.spec
+    CdiRegistry([tmp_path / "missing", tmp_path]).inject(spec, adj.cdi_devices)
+    assert spec["process"]["env"][-2:] == ["COMMON=1", "DEV=n"]
+    null = os.stat("/dev/null")
+    assert spec["linux"]["devices"] == [{"path": "/dev/crib-null", "type": "c",
+                                         "major": os.major(null.st_rdev),
+                                         "minor": os.minor(null.st_rdev), "fileMode": 0o666}]
+    assert spec["linux"]["resources"]["devices"][-1] == {
+        "allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+    assert spec["mounts"][-1] == {"destination": "/cdi/hostname", "source": "/etc/hostname",
+                                  "type": "bind", "options": ["rbind", "ro"]}
+    assert spec["hooks"] == {"createContainer": [{"path": "/bin/true"}]}
+    assert spec["process"]["user"]["additionalGids"] == [44]
+    with pytest.raises(Exception, match="no spec of kind other.test/x"):
+        CdiRegistry([tmp_path]).inject(_spec(), ["other.test/x=1"])
+    with pytest.raises(Exception, match="not in the crib.test/dev spec"):
+        CdiRegistry([tmp_path]).inject(_spec(), ["crib.test/dev=zz"])

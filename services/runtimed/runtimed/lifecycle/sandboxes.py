@@ -31,6 +31,7 @@ from crib_common.models.netd import PodNetworkCreate, PortMapping
 from .. import cgroups
 from ..node import Node, failpoint, new_id, now
 from ..oci.runtime import RuntimeImpl
+from ..oci.spec import resources_to_oci
 from ..store.records import SandboxMeta, SandboxRecord
 from .containers import Containers
 from .infra import start_infra, stop_infra
@@ -232,8 +233,11 @@ class Sandboxes:
             if rec.status.state != "ready":
                 raise FailedPrecondition(f"pod sandbox {rec.meta.id} is not ready")
             res = cgroups.pod_resources(resources, overhead)
+            await self.node.nri.update_pod_sandbox(  # NRI UpdatePodSandbox
+                rec, resources_to_oci(resources), resources_to_oci(overhead))
             if rec.meta.cgroup_owned:
                 await self.apply_resources(rec.meta.pod_cgroup, res)
             rec.status.resources = res
             self.node.put_sandbox(rec)
         log.info("sandbox resources updated", pod=rec.meta.id, resources=res)
+        await self.node.nri.post_update_pod_sandbox(rec)

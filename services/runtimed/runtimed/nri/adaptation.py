@@ -43,6 +43,7 @@ from ..oci.runtime import RuntimeImpl
 from ..oci.spec import is_set
 from ..store.records import ContainerRecord, SandboxRecord
 from .adjust import Adjuster, Owners, Updates
+from .cdi import CdiRegistry
 from .convert import container_message, cri_resources, merge_resources, pod_message, resources_message
 from .plugin import ALL_EVENTS, Plugin
 from .ttrpc import Code, TtrpcError
@@ -73,6 +74,7 @@ class Nri:
         self.cfg = cfg
         self.plugins: list[Plugin] = []  # active, sorted by (index, name)
         self.update_fn: UpdateFn = self._update_live
+        self.cdi = CdiRegistry(cfg.cdi_spec_dirs)
         self.evict_fn: EvictFn | None = None
         self._server: asyncio.AbstractServer | None = None
         self._pending: set[Plugin] = set()  # connected, not yet synchronised
@@ -340,6 +342,28 @@ class Nri:
                                 state_change=api.StateChangeEvent(
                                     event=api.Event(api.Event.REMOVE_POD_SANDBOX), pod=msg))
 
+    async def update_pod_sandbox(self, pod: SandboxRecord, resources: dict[str, Any],
+                                 overhead: dict[str, Any]) -> None:
+        """UpdatePodSandbox (UpdatePodSandboxResources): the pod's new resources and
+        overhead, as OCI resources; a plugin's error fails the call."""
+        if self.wants(api.Event.UPDATE_POD_SANDBOX):
+            await self._deliver(api.Event.UPDATE_POD_SANDBOX, "UpdatePodSandbox",
+                                api.UpdatePodSandboxRequest(
+                                    pod=pod_message(pod),
+                                    linux_resources=resources_message(resources),
+                                    overhead_linux_resources=resources_message(overhead)),
+                                api.UpdatePodSandboxResponse, fail=True)
+
+    async def post_update_pod_sandbox(self, pod: SandboxRecord) -> None:
+        if self.wants(api.Event.POST_UPDATE_POD_SANDBOX):
+            msg = pod_message(pod)
+            await self._deliver(api.Event.POST_UPDATE_POD_SANDBOX, "PostUpdatePodSandbox",
+                                api.PostUpdatePodSandboxRequest(pod=msg),
+                                api.PostUpdatePodSandboxResponse, fail=False,
+                                state_change=api.StateChangeEvent(
+                                    event=api.Event(api.Event.POST_UPDATE_POD_SANDBOX),
+                                    pod=msg))
+
     # ------------------------------------------------------------ container events
 
     async def create_container(self, pod: SandboxRecord, rec: ContainerRecord,
@@ -363,6 +387,8 @@ class Nri:
                 adjuster.apply(reply.adjust, plugin.id)
             updates.add(reply.update, plugin.id)
             evictions += reply.evict
+        if adjuster.cdi_devices:
+            await asyncio.to_thread(self.cdi.inject, spec, adjuster.cdi_devices)
         own = updates.by_container.pop(rec.meta.id, None)
         if own is not None:  # an update of the container being made: part of its config
             linux = spec.setdefault("linux", {})

@@ -56,6 +56,7 @@ class Adjuster:
         self.cid = cid
         self.spec = spec
         self.owners = owners
+        self.cdi_devices: list[str] = []  # in the order the plugins asked for them
 
     def apply(self, adjust: api.ContainerAdjustment, plugin: str) -> None:
         self._annotations(adjust.annotations, plugin)
@@ -67,11 +68,11 @@ class Adjuster:
         if adjust.args:
             self.owners.claim(self.cid, "args", plugin)
             self.spec.setdefault("process", {})["args"] = list(adjust.args)
-        if adjust.cdi_devices:
-            # No CDI registry on crib's side yet: refuse rather than run without them.
-            names = ", ".join(d.name for d in adjust.cdi_devices)
-            raise FailedPrecondition(f"plugin {plugin} injects CDI devices ({names}): "
-                                     "crib does not resolve CDI devices")
+        for device in adjust.cdi_devices:
+            # Injected once: a second plugin asking for the same device is a conflict
+            # (result.go adjustCDIDevices), resolved after every plugin (`cdi_devices`).
+            self._claim(f"CDI device {device.name}", plugin)
+            self.cdi_devices.append(device.name)
         if is_set(adjust.linux):
             self._linux(adjust.linux, plugin)
 
