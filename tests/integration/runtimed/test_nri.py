@@ -130,6 +130,13 @@ def test_every_event_in_index_order_with_adjustments(cri: Cri, image: str, crib:
                    cdi_devices=[nri.CdiDevice(name="crib.test/dev=null")]))})
     _start(crib, plugins, "first", "05", log=log, replies={"CreateContainer": adjust})
     assert _listed(crib) == ["05-first", "10-second"]
+    # `crib status` reads them from CRI Status' verbose info (runtimed's /healthz).
+    from crib_cli.commands.node import nri_lines
+
+    info = cri.rt.Status(api_pb2.StatusRequest(verbose=True), timeout=10).info["runtimed"]
+    lines = nri_lines(info)
+    assert lines[0] == f"nri: {crib.root / 'nri.sock'}, 2 plugin(s)"
+    assert [line.split()[0] for line in lines[1:]] == ["05-first", "10-second"]
 
     sid, pod = cri.run_pod()
     cid = cri.create(sid, pod, image, "app", command=["sleep", "300"])
