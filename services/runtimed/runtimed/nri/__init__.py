@@ -3,7 +3,9 @@
     mux.py        frames of the multiplexed plugin socket
     ttrpc.py      ttrpc messages, client and server on a multiplexed connection
     plugin.py     one plugin: registration, its Plugin client and our Runtime service
-    adaptation.py `Nri`: socket, launched plugins, handshake, events in index order
+    registry.py   socket, pre-registered plugins, handshake, synchronisation
+    adaptation.py `Nri`: every lifecycle event to the plugins, in index order
+    cdi.py        CDI devices plugins inject, resolved from the CDI spec files
     adjust.py     adjustments and updates merged with owners, laid on the OCI config
     convert.py    records and OCI config as NRI messages, NRI resources as OCI
 

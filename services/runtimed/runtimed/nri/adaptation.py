@@ -1,20 +1,19 @@
-"""`Nri`: runtimed's side of NRI (containerd/nri `pkg/adaptation`): the socket plugins
-connect to, the plugins started from the plugin directory, and every lifecycle event
-delivered to the plugins subscribed to it, in ascending index order.
+"""`Nri`: every lifecycle event delivered to the NRI plugins subscribed to it, in
+ascending index order (containerd/nri `pkg/adaptation`), on top of the plugins the
+registry (`registry.PluginRegistry`) connected and synchronised.
 
 Semantics plugins rely on (issue 15; containerd behaves the same way):
   * a plugin that times out or whose connection closes is dropped, and the event counts
     as delivered to it; any other error of a plugin fails the CRI call for RunPodSandbox,
-    CreateContainer, StartContainer and UpdateContainerResources (the rooms then undo
-    what they did; a retry works); for the notifications (Post*, Stop*, Remove*) it is
-    logged and counted;
+    CreateContainer, StartContainer, UpdateContainerResources and
+    UpdatePodSandboxResources (the rooms then undo what they did; a retry works); for
+    the notifications (Post*, Stop*, Remove*) it is logged and counted;
   * RunPodSandbox and CreateContainer are delivered while the record is still
     "creating", so it is neither listed nor reported ready before the plugins answered;
   * StopPodSandbox is delivered after the pod's containers exited, once per pod;
     StopContainer once per container, also when it exited on its own, and always before
     RemoveContainer;
-  * a plugin is synchronised with no pod or container create in flight (`block_sync`),
-    and creates that start meanwhile wait for it: none is missed.
+  * creates in flight hold off a plugin's synchronisation (`block_sync`): none is missed.
 A plugin answering Unimplemented to a notification gets it again as `StateChange`.
 """
 
@@ -22,246 +21,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import betterproto
 import structlog
-from prometheus_client import CollectorRegistry, Counter
 
 from crib_common.errors import CribError, FailedPrecondition
 from crib_common.nri import v1alpha1 as api
 from crib_common.settings import NriSection
-from crib_common.version import RUNTIME_NAME, __version__
 
-from ..bundle import read_config
 from ..oci.runtime import RuntimeImpl
 from ..oci.spec import is_set
 from ..store.records import ContainerRecord, SandboxRecord
 from .adjust import Adjuster, Owners, Updates
 from .cdi import CdiRegistry
-from .convert import container_message, cri_resources, merge_resources, pod_message, resources_message
-from .plugin import ALL_EVENTS, Plugin
+from .convert import container_message, cri_resources, merge_resources, pod_message, \
+    resources_message
+from .plugin import Plugin
+from .registry import PluginRegistry
 from .ttrpc import Code, TtrpcError
 
 if TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["Nri", "UpdateFn"]
+__all__ = ["EvictFn", "Nri", "UpdateFn"]
 
 log = structlog.get_logger("crib.runtimed.nri")
 
 _Reply = TypeVar("_Reply", bound=betterproto.Message)
 # Applies OCI resources to a live container (`<runtime> update`), for plugins' updates.
 UpdateFn = Callable[[ContainerRecord, dict[str, Any]], Awaitable[None]]
+# Stops a container a plugin evicts.
 EvictFn = Callable[[ContainerRecord, str], Awaitable[None]]
-# Synchronize may take longer than an event (issue 15: at least 5 s).
-SYNC_TIMEOUT_MIN = 5.0
-# A Synchronize message is split below ttrpc's 4 MiB message limit.
-SYNC_CHUNK_BYTES = 3 << 20
-_LAUNCHABLE = re.compile(r"^([0-9]{2})-(.+)$")
 
 
-class Nri:
-    """Plugins and event delivery (see the module docstring)."""
+class Nri(PluginRegistry):
+    """Event delivery (see the module docstring)."""
 
     def __init__(self, node: Node, cfg: NriSection) -> None:
-        self.node = node
-        self.cfg = cfg
-        self.plugins: list[Plugin] = []  # active, sorted by (index, name)
+        super().__init__(node, cfg)
         self.update_fn: UpdateFn = self._update_live
-        self.cdi = CdiRegistry(cfg.cdi_spec_dirs)
         self.evict_fn: EvictFn | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._pending: set[Plugin] = set()  # connected, not yet synchronised
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._cond = asyncio.Condition()
-        self._syncing = 0
-        self._blockers = 0
+        self.cdi = CdiRegistry(cfg.cdi_spec_dirs)
         self._pods_stopped: set[str] = set()
         self._ctrs_stopped: dict[str, asyncio.Future[None]] = {}
-        self.events_total: Counter | None = None
-        self.errors_total: Counter | None = None
-
-    def use_registry(self, registry: CollectorRegistry) -> None:
-        """Count events and plugin errors on the daemon's /metrics."""
-        self.events_total = Counter("crib_nri_events_total",
-                                    "NRI events delivered to plugins, by event",
-                                    ["event"], registry=registry)
-        self.errors_total = Counter("crib_nri_plugin_errors_total",
-                                    "NRI plugin failures, by plugin, event and kind "
-                                    "(timeout, closed, error)",
-                                    ["plugin", "event", "kind"], registry=registry)
-
-    # ------------------------------------------------------------ start, stop
-
-    async def start(self) -> None:
-        """Listen on the socket and start the pre-registered plugins."""
-        if not self.cfg.enable:
-            return
-        path = self.cfg.socket
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket of a previous run
-        self._server = await asyncio.start_unix_server(self._accept, path=str(path))
-        os.chmod(path, 0o600)
-        log.info("nri listening", socket=str(path))
-        await self._launch_all()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.cfg.socket.unlink()
-        for task in list(self._tasks):
-            task.cancel()
-        for plugin in [*self.plugins, *self._pending]:
-            with contextlib.suppress(Exception):
-                await plugin.call("Shutdown", api.Empty(), api.Empty, 0.5)
-            await plugin.close()
-        self.plugins.clear()
-        self._pending.clear()
-
-    def describe(self) -> list[dict[str, Any]]:
-        """The connected plugins, in call order (for the REST API and `crib status`)."""
-        return [p.describe() for p in self.plugins]
-
-    async def _accept(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        plugin = Plugin(reader, writer, update_containers=self._plugin_updates)
-        self._spawn(self._handshake(plugin))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _launch_all(self) -> None:
-        directory = self.cfg.plugin_dir
-        if not directory.is_dir():
-            return
-        for entry in sorted(directory.iterdir()):
-            m = _LAUNCHABLE.match(entry.name)
-            if m is None or not entry.is_file() or not os.access(entry, os.X_OK):
-                continue
-            try:
-                await self._launch(entry, m.group(1), m.group(2))
-            except OSError as exc:
-                log.error("nri plugin not started", plugin=entry.name, error=str(exc))
-
-    async def _launch(self, path: Path, index: str, name: str) -> None:
-        """Start a pre-registered plugin on a connected socket pair, its end as fd 3."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_fd = theirs.fileno()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                str(path), env={**_base_env(), "NRI_PLUGIN_NAME": name,
-                                "NRI_PLUGIN_IDX": index, "NRI_PLUGIN_SOCKET": "3"},
-                stdin=asyncio.subprocess.DEVNULL, close_fds=False,
-                # dup2 leaves fd 3 inheritable; every other fd of ours is close-on-exec.
-                preexec_fn=lambda: os.dup2(child_fd, 3))
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        plugin = Plugin(reader, writer, update_containers=self._plugin_updates, name=name,
-                        index=index, config=self._plugin_config(index, name), process=process)
-        log.info("nri plugin started", plugin=plugin.id, pid=process.pid)
-        await self._handshake(plugin)
-
-    def _plugin_config(self, index: str, name: str) -> str:
-        for candidate in (f"{index}-{name}.conf", f"{name}.conf"):
-            with contextlib.suppress(FileNotFoundError):
-                return (self.cfg.plugin_config_dir / candidate).read_text()
-        return ""
-
-    async def _handshake(self, plugin: Plugin) -> None:
-        """RegisterPlugin within the registration timeout, Configure, Synchronize; only
-        then does the plugin get events."""
-        self._pending.add(plugin)
-        try:
-            async with asyncio.timeout(self.cfg.registration_timeout):
-                await plugin.registered
-            reply = await plugin.call("Configure", api.ConfigureRequest(
-                config=plugin.config, runtime_name=RUNTIME_NAME, runtime_version=__version__,
-                registration_timeout=int(self.cfg.registration_timeout * 1000),
-                request_timeout=int(self.cfg.request_timeout * 1000)),
-                api.ConfigureResponse, self.cfg.request_timeout)
-            events = reply.events or ALL_EVENTS  # none named: every event (NRI)
-            if events & ~ALL_EVENTS:
-                raise ValueError(f"invalid event mask {events:#x}")
-            plugin.events = events
-            await self._synchronize(plugin)
-        except asyncio.CancelledError:
-            await plugin.close()
-            raise
-        except Exception as exc:
-            log.warning("nri plugin refused", plugin=plugin.id, error=str(exc) or
-                        type(exc).__name__)
-            self._count_error(plugin, "Register", "handshake")
-            await plugin.close()
-            return
-        finally:
-            self._pending.discard(plugin)
-        self._spawn(self._watch(plugin))
-
-    async def _watch(self, plugin: Plugin) -> None:
-        await plugin.closed.wait()
-        if plugin in self.plugins:
-            self.plugins.remove(plugin)
-            log.warning("nri plugin disconnected", plugin=plugin.id)
-        await plugin.close()
-
-    # ------------------------------------------------------------ synchronisation
-
-    @contextlib.asynccontextmanager
-    async def block_sync(self) -> AsyncIterator[None]:
-        """Held by a pod or container create from its first event to its record's
-        "ready"/"created": a plugin is never synchronised in between (it would see
-        neither the object nor its event)."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._syncing == 0)
-            self._blockers += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._blockers -= 1
-                self._cond.notify_all()
-
-    async def _synchronize(self, plugin: Plugin) -> None:
-        async with self._cond:
-            self._syncing += 1
-            await self._cond.wait_for(lambda: self._blockers == 0)
-        try:
-            node = self.node
-            pods = [pod_message(p) for p in node.sandboxes.values()
-                    if p.status.state != "creating"]
-            ctrs = [container_message(c, _spec(c)) for c in node.containers.values()
-                    if c.status.state != "creating"]
-            timeout = max(self.cfg.request_timeout, SYNC_TIMEOUT_MIN)
-            updates: list[api.ContainerUpdate] = []
-            for chunk_pods, chunk_ctrs, more in _chunks(pods, ctrs):
-                reply = await plugin.call("Synchronize", api.SynchronizeRequest(
-                    pods=chunk_pods, containers=chunk_ctrs, more=more),
-                    api.SynchronizeResponse, timeout)
-                updates += reply.update
-            self.plugins.append(plugin)
-            self.plugins.sort(key=lambda p: (p.index, p.name))
-            log.info("nri plugin synchronised", plugin=plugin.id, pods=len(pods),
-                     containers=len(ctrs), events=plugin.describe()["events"])
-        finally:
-            async with self._cond:
-                self._syncing -= 1
-                self._cond.notify_all()
-        if updates:
-            merged = Updates()
-            merged.add(updates, plugin.id)
-            with contextlib.suppress(CribError):
-                await self._apply_updates(merged, skip="")
 
     # ------------------------------------------------------------ delivery
 
@@ -276,13 +80,14 @@ class Nri:
                        ) -> list[tuple[Plugin, _Reply]]:
         """`request` to each subscribed plugin in index order; their replies."""
         replies: list[tuple[Plugin, _Reply]] = []
+        payload = bytes(request)  # betterproto encodes slowly: once for every plugin
         for plugin in [p for p in self.plugins if p.subscribed(event)]:
             if self.events_total is not None:
                 self.events_total.labels(method).inc()
             try:
                 try:
                     replies.append((plugin, await plugin.call(
-                        method, request, reply_type, self.cfg.request_timeout)))
+                        method, payload, reply_type, self.cfg.request_timeout)))
                 except TtrpcError as exc:
                     if exc.code != Code.UNIMPLEMENTED or state_change is None:
                         raise
@@ -302,14 +107,6 @@ class Nri:
                             error=exc.message)
         return replies
 
-    def _count_error(self, plugin: Plugin, method: str, kind: str) -> None:
-        if self.errors_total is not None:
-            self.errors_total.labels(plugin.id, method, kind).inc()
-
-    async def _drop(self, plugin: Plugin) -> None:
-        if plugin in self.plugins:
-            self.plugins.remove(plugin)
-        await plugin.close()
 
     # ------------------------------------------------------------ pod events
 
@@ -371,6 +168,8 @@ class Nri:
         """CreateContainer: every subscribed plugin's adjustment laid on `spec` (the
         config.json about to be written), in index order; their updates to other
         containers applied. A conflict or a failed update fails the create."""
+        if self.plugins:
+            self._specs[rec.meta.id] = spec
         if not self.wants(api.Event.CREATE_CONTAINER):
             return
         replies = await self._deliver(
@@ -406,7 +205,7 @@ class Nri:
             await self._deliver(api.Event.START_CONTAINER, "StartContainer",
                                 api.StartContainerRequest(pod=pod_message(pod),
                                                           container=container_message(
-                                                              rec, _spec(rec))),
+                                                              rec, self._spec(rec))),
                                 api.StartContainerResponse, fail=True)
 
     async def post_start_container(self, pod: SandboxRecord, rec: ContainerRecord) -> None:
@@ -423,7 +222,7 @@ class Nri:
         replies = await self._deliver(
             api.Event.UPDATE_CONTAINER, "UpdateContainer",
             api.UpdateContainerRequest(pod=pod_message(pod),
-                                       container=container_message(rec, _spec(rec)),
+                                       container=container_message(rec, self._spec(rec)),
                                        linux_resources=resources_message(resources)),
             api.UpdateContainerResponse, fail=True)
         updates = Updates()
@@ -455,7 +254,7 @@ class Nri:
         self._ctrs_stopped[cid] = done
         try:
             if pod is not None and self.wants(api.Event.STOP_CONTAINER):
-                ctr = container_message(rec, _spec(rec))
+                ctr = container_message(rec, self._spec(rec))
                 replies = await self._deliver(
                     api.Event.STOP_CONTAINER, "StopContainer",
                     api.StopContainerRequest(pod=pod_message(pod), container=ctr),
@@ -498,7 +297,7 @@ class Nri:
                       rec: ContainerRecord) -> None:
         if not self.wants(event):
             return
-        pod_msg, ctr = pod_message(pod), container_message(rec, _spec(rec))
+        pod_msg, ctr = pod_message(pod), container_message(rec, self._spec(rec))
         await self._deliver(event, method, request_type(pod=pod_msg, container=ctr),
                             reply_type, fail=False, state_change=api.StateChangeEvent(
                                 event=api.Event(event), pod=pod_msg, container=ctr))
@@ -554,35 +353,3 @@ class Nri:
                 log.warning("nri plugin evicts container", container=ev.container_id,
                             reason=ev.reason)
                 await self.evict_fn(rec, ev.reason)
-
-
-def _spec(rec: ContainerRecord) -> dict[str, Any] | None:
-    try:
-        return read_config(Path(rec.meta.bundle))
-    except (OSError, ValueError):
-        return None
-
-
-def _chunks(pods: list[api.PodSandbox], ctrs: list[api.Container],
-            ) -> list[tuple[list[api.PodSandbox], list[api.Container], bool]]:
-    """Pods and containers in Synchronize messages under SYNC_CHUNK_BYTES each; all but
-    the last say `more` (SynchronizeRequest.more)."""
-    chunks: list[tuple[list[api.PodSandbox], list[api.Container], bool]] = []
-    cur_p: list[api.PodSandbox] = []
-    cur_c: list[api.Container] = []
-    size = 0
-    for item in [*pods, *ctrs]:
-        n = len(bytes(item)) + 8
-        if size + n > SYNC_CHUNK_BYTES and (cur_p or cur_c):
-            chunks.append((cur_p, cur_c, True))
-            cur_p, cur_c, size = [], [], 0
-        (cur_p if isinstance(item, api.PodSandbox) else cur_c).append(item)  # type: ignore[arg-type]
-        size += n
-    chunks.append((cur_p, cur_c, False))
-    return chunks
-
-
-def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ")}
-
-

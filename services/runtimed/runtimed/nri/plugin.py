@@ -123,11 +123,14 @@ class Plugin:
             # Nobody may be waiting for it any more: retrieve, so it is not reported.
             self.registered.exception()
 
-    async def call(self, method: str, request: betterproto.Message, reply: type[_Reply],
-                   timeout: float) -> _Reply:
-        """`Plugin/<method>`; TtrpcError for its error, TimeoutError, ConnectionClosed."""
-        payload = await self.client.call(PLUGIN_SERVICE, method, bytes(request), timeout)
-        return reply().parse(payload)
+    async def call(self, method: str, request: betterproto.Message | bytes,
+                   reply: type[_Reply], timeout: float) -> _Reply:
+        """`Plugin/<method>` with `request` (a message, or one already encoded: an event
+        for several plugins is encoded once); TtrpcError for the plugin's error,
+        TimeoutError, ConnectionClosed."""
+        payload = request if isinstance(request, bytes) else bytes(request)
+        answer = await self.client.call(PLUGIN_SERVICE, method, payload, timeout)
+        return reply().parse(answer)
 
     async def close(self) -> None:
         """Close the connection; a plugin runtimed started is stopped too."""
