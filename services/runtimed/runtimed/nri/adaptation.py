@@ -29,6 +29,7 @@ import structlog
 
 from crib_common.errors import CribError, FailedPrecondition
 from crib_common.nri import v1alpha1 as api
+from crib_common.protowire import field, varint
 from crib_common.settings import NriSection
 
 from ..oci.runtime import RuntimeImpl
@@ -36,8 +37,8 @@ from ..oci.spec import is_set
 from ..store.records import ContainerRecord, SandboxRecord
 from .adjust import Adjuster, Owners, Updates
 from .cdi import CdiRegistry
-from .convert import container_message, cri_resources, merge_resources, pod_message, \
-    resources_message
+from .convert import cri_resources, merge_resources
+from .encode import container_bytes, pod_bytes, resources_bytes
 from .plugin import Plugin
 from .registry import PluginRegistry
 from .ttrpc import Code, TtrpcError
@@ -74,13 +75,13 @@ class Nri(PluginRegistry):
         message when none did)."""
         return any(p.subscribed(event) for p in self.plugins)
 
-    async def _deliver(self, event: int, method: str, request: betterproto.Message,
+    async def _deliver(self, event: int, method: str, payload: bytes,
                        reply_type: type[_Reply], *, fail: bool,
-                       state_change: api.StateChangeEvent | None = None,
+                       state_change: Callable[[], bytes] | None = None,
                        ) -> list[tuple[Plugin, _Reply]]:
-        """`request` to each subscribed plugin in index order; their replies."""
+        """The encoded request to each subscribed plugin in index order; their replies.
+        `state_change` builds the StateChangeEvent for plugins that answer Unimplemented."""
         replies: list[tuple[Plugin, _Reply]] = []
-        payload = bytes(request)  # betterproto encodes slowly: once for every plugin
         for plugin in [p for p in self.plugins if p.subscribed(event)]:
             if self.events_total is not None:
                 self.events_total.labels(method).inc()
@@ -91,7 +92,7 @@ class Nri(PluginRegistry):
                 except TtrpcError as exc:
                     if exc.code != Code.UNIMPLEMENTED or state_change is None:
                         raise
-                    await plugin.call("StateChange", state_change, api.Empty,
+                    await plugin.call("StateChange", state_change(), api.Empty,
                                       self.cfg.request_timeout)
             except (TimeoutError, ConnectionError) as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else "closed"
@@ -107,59 +108,59 @@ class Nri(PluginRegistry):
                             error=exc.message)
         return replies
 
+    async def _notify(self, event: int, method: str, reply_type: type[betterproto.Message],
+                      pod: SandboxRecord, rec: ContainerRecord | None = None,
+                      spec: dict[str, Any] | None = None) -> None:
+        """A notification: {pod = 1; container = 2} (every Post*, Stop*, Remove* request
+        has that shape in api.proto); StateChange {event 1, pod 2, container 3} for a
+        plugin that answers Unimplemented."""
+        if not self.wants(event):
+            return
+        pod_b = pod_bytes(pod)
+        ctr_b = None if rec is None else container_bytes(rec, spec)
+        payload = field(1, pod_b) + (b"" if ctr_b is None else field(2, ctr_b))
+        await self._deliver(event, method, payload, reply_type, fail=False,
+                            state_change=lambda: varint(1 << 3) + varint(event)
+                            + field(2, pod_b) + (b"" if ctr_b is None else field(3, ctr_b)))
 
     # ------------------------------------------------------------ pod events
 
     async def run_pod_sandbox(self, pod: SandboxRecord) -> None:
         if self.wants(api.Event.RUN_POD_SANDBOX):
+            # RunPodSandboxRequest {pod = 1}
             await self._deliver(api.Event.RUN_POD_SANDBOX, "RunPodSandbox",
-                                api.RunPodSandboxRequest(pod=pod_message(pod)),
-                                api.RunPodSandboxResponse, fail=True)
+                                field(1, pod_bytes(pod)), api.RunPodSandboxResponse,
+                                fail=True)
 
     async def stop_pod_sandbox(self, pod: SandboxRecord) -> None:
         """Once per pod, after its containers exited."""
         if pod.meta.id in self._pods_stopped:
             return
         self._pods_stopped.add(pod.meta.id)
-        if self.wants(api.Event.STOP_POD_SANDBOX):
-            msg = pod_message(pod)
-            await self._deliver(api.Event.STOP_POD_SANDBOX, "StopPodSandbox",
-                                api.StopPodSandboxRequest(pod=msg), api.StopPodSandboxResponse,
-                                fail=False, state_change=api.StateChangeEvent(
-                                    event=api.Event(api.Event.STOP_POD_SANDBOX), pod=msg))
+        await self._notify(api.Event.STOP_POD_SANDBOX, "StopPodSandbox",
+                           api.StopPodSandboxResponse, pod)
 
     async def remove_pod_sandbox(self, pod: SandboxRecord) -> None:
         await self.stop_pod_sandbox(pod)
         self._pods_stopped.discard(pod.meta.id)  # the pod is gone: forget it
-        if self.wants(api.Event.REMOVE_POD_SANDBOX):
-            msg = pod_message(pod)
-            await self._deliver(api.Event.REMOVE_POD_SANDBOX, "RemovePodSandbox",
-                                api.RemovePodSandboxRequest(pod=msg),
-                                api.RemovePodSandboxResponse, fail=False,
-                                state_change=api.StateChangeEvent(
-                                    event=api.Event(api.Event.REMOVE_POD_SANDBOX), pod=msg))
+        await self._notify(api.Event.REMOVE_POD_SANDBOX, "RemovePodSandbox",
+                           api.RemovePodSandboxResponse, pod)
 
     async def update_pod_sandbox(self, pod: SandboxRecord, resources: dict[str, Any],
                                  overhead: dict[str, Any]) -> None:
         """UpdatePodSandbox (UpdatePodSandboxResources): the pod's new resources and
         overhead, as OCI resources; a plugin's error fails the call."""
         if self.wants(api.Event.UPDATE_POD_SANDBOX):
+            # UpdatePodSandboxRequest {pod = 1; overhead_linux_resources = 2;
+            # linux_resources = 3}
             await self._deliver(api.Event.UPDATE_POD_SANDBOX, "UpdatePodSandbox",
-                                api.UpdatePodSandboxRequest(
-                                    pod=pod_message(pod),
-                                    linux_resources=resources_message(resources),
-                                    overhead_linux_resources=resources_message(overhead)),
+                                field(1, pod_bytes(pod)) + field(2, resources_bytes(overhead))
+                                + field(3, resources_bytes(resources)),
                                 api.UpdatePodSandboxResponse, fail=True)
 
     async def post_update_pod_sandbox(self, pod: SandboxRecord) -> None:
-        if self.wants(api.Event.POST_UPDATE_POD_SANDBOX):
-            msg = pod_message(pod)
-            await self._deliver(api.Event.POST_UPDATE_POD_SANDBOX, "PostUpdatePodSandbox",
-                                api.PostUpdatePodSandboxRequest(pod=msg),
-                                api.PostUpdatePodSandboxResponse, fail=False,
-                                state_change=api.StateChangeEvent(
-                                    event=api.Event(api.Event.POST_UPDATE_POD_SANDBOX),
-                                    pod=msg))
+        await self._notify(api.Event.POST_UPDATE_POD_SANDBOX, "PostUpdatePodSandbox",
+                           api.PostUpdatePodSandboxResponse, pod)
 
     # ------------------------------------------------------------ container events
 
@@ -172,10 +173,10 @@ class Nri(PluginRegistry):
             self._specs[rec.meta.id] = spec
         if not self.wants(api.Event.CREATE_CONTAINER):
             return
+        # CreateContainerRequest {pod = 1; container = 2}
         replies = await self._deliver(
             api.Event.CREATE_CONTAINER, "CreateContainer",
-            api.CreateContainerRequest(pod=pod_message(pod),
-                                       container=container_message(rec, spec)),
+            field(1, pod_bytes(pod)) + field(2, container_bytes(rec, spec)),
             api.CreateContainerResponse, fail=True)
         owners = Owners()
         adjuster = Adjuster(rec.meta.id, spec, owners)
@@ -197,21 +198,19 @@ class Nri(PluginRegistry):
 
     async def post_create_container(self, pod: SandboxRecord, rec: ContainerRecord) -> None:
         await self._notify(api.Event.POST_CREATE_CONTAINER, "PostCreateContainer",
-                           api.PostCreateContainerRequest, api.PostCreateContainerResponse,
-                           pod, rec)
+                           api.PostCreateContainerResponse, pod, rec, self._spec(rec))
 
     async def start_container(self, pod: SandboxRecord, rec: ContainerRecord) -> None:
         if self.wants(api.Event.START_CONTAINER):
+            # StartContainerRequest {pod = 1; container = 2}
             await self._deliver(api.Event.START_CONTAINER, "StartContainer",
-                                api.StartContainerRequest(pod=pod_message(pod),
-                                                          container=container_message(
-                                                              rec, self._spec(rec))),
+                                field(1, pod_bytes(pod))
+                                + field(2, container_bytes(rec, self._spec(rec))),
                                 api.StartContainerResponse, fail=True)
 
     async def post_start_container(self, pod: SandboxRecord, rec: ContainerRecord) -> None:
         await self._notify(api.Event.POST_START_CONTAINER, "PostStartContainer",
-                           api.PostStartContainerRequest, api.PostStartContainerResponse,
-                           pod, rec)
+                           api.PostStartContainerResponse, pod, rec, self._spec(rec))
 
     async def update_container(self, pod: SandboxRecord, rec: ContainerRecord,
                                resources: dict[str, Any]) -> dict[str, Any]:
@@ -219,11 +218,11 @@ class Nri(PluginRegistry):
         changed them; their updates to other containers applied."""
         if not self.wants(api.Event.UPDATE_CONTAINER):
             return resources
+        # UpdateContainerRequest {pod = 1; container = 2; linux_resources = 3}
         replies = await self._deliver(
             api.Event.UPDATE_CONTAINER, "UpdateContainer",
-            api.UpdateContainerRequest(pod=pod_message(pod),
-                                       container=container_message(rec, self._spec(rec)),
-                                       linux_resources=resources_message(resources)),
+            field(1, pod_bytes(pod)) + field(2, container_bytes(rec, self._spec(rec)))
+            + field(3, resources_bytes(resources)),
             api.UpdateContainerResponse, fail=True)
         updates = Updates()
         evictions: list[api.ContainerEviction] = []
@@ -239,8 +238,7 @@ class Nri(PluginRegistry):
 
     async def post_update_container(self, pod: SandboxRecord, rec: ContainerRecord) -> None:
         await self._notify(api.Event.POST_UPDATE_CONTAINER, "PostUpdateContainer",
-                           api.PostUpdateContainerRequest, api.PostUpdateContainerResponse,
-                           pod, rec)
+                           api.PostUpdateContainerResponse, pod, rec, self._spec(rec))
 
     async def stop_container(self, pod: SandboxRecord | None, rec: ContainerRecord) -> None:
         """StopContainer, once per container (StopContainer, an exit of its own, or
@@ -254,13 +252,12 @@ class Nri(PluginRegistry):
         self._ctrs_stopped[cid] = done
         try:
             if pod is not None and self.wants(api.Event.STOP_CONTAINER):
-                ctr = container_message(rec, self._spec(rec))
+                pod_b, ctr_b = pod_bytes(pod), container_bytes(rec, self._spec(rec))
                 replies = await self._deliver(
                     api.Event.STOP_CONTAINER, "StopContainer",
-                    api.StopContainerRequest(pod=pod_message(pod), container=ctr),
-                    api.StopContainerResponse, fail=False,
-                    state_change=api.StateChangeEvent(
-                        event=api.Event(api.Event.STOP_CONTAINER), pod=pod_message(pod), container=ctr))
+                    field(1, pod_b) + field(2, ctr_b), api.StopContainerResponse,
+                    fail=False, state_change=lambda: varint(1 << 3)
+                    + varint(api.Event.STOP_CONTAINER) + field(2, pod_b) + field(3, ctr_b))
                 updates = Updates()
                 for plugin, reply in replies:
                     with contextlib.suppress(CribError):
@@ -278,29 +275,12 @@ class Nri(PluginRegistry):
         pod = self.node.sandboxes.get(rec.meta.pod_id)
         self._spawn(self.stop_container(pod, rec))
 
-    async def remove_container(self, pod: SandboxRecord | None, rec: ContainerRecord,
-                               spec: dict[str, Any] | None = None) -> None:
+    async def remove_container(self, pod: SandboxRecord | None, rec: ContainerRecord) -> None:
         await self.stop_container(pod, rec)
         self._ctrs_stopped.pop(rec.meta.id, None)  # the container is gone: forget it
-        if pod is not None and self.wants(api.Event.REMOVE_CONTAINER):
-            ctr = container_message(rec, spec)
-            await self._deliver(api.Event.REMOVE_CONTAINER, "RemoveContainer",
-                                api.RemoveContainerRequest(pod=pod_message(pod), container=ctr),
-                                api.RemoveContainerResponse, fail=False,
-                                state_change=api.StateChangeEvent(
-                                    event=api.Event(api.Event.REMOVE_CONTAINER), pod=pod_message(pod),
-                                    container=ctr))
-
-    async def _notify(self, event: int, method: str,
-                      request_type: Callable[..., betterproto.Message],
-                      reply_type: type[betterproto.Message], pod: SandboxRecord,
-                      rec: ContainerRecord) -> None:
-        if not self.wants(event):
-            return
-        pod_msg, ctr = pod_message(pod), container_message(rec, self._spec(rec))
-        await self._deliver(event, method, request_type(pod=pod_msg, container=ctr),
-                            reply_type, fail=False, state_change=api.StateChangeEvent(
-                                event=api.Event(event), pod=pod_msg, container=ctr))
+        if pod is not None:
+            await self._notify(api.Event.REMOVE_CONTAINER, "RemoveContainer",
+                               api.RemoveContainerResponse, pod, rec)
 
     # ------------------------------------------------------------ updates
 

@@ -1,6 +1,7 @@
-"""Between crib's records and OCI config and NRI's messages (containerd/nri
-`pkg/api/api.proto`): the pod and container a plugin is shown, and NRI's resources as
-OCI `linux.resources` (runtime-spec config-linux.md)."""
+"""Between OCI config (runtime-spec config.md, config-linux.md) and NRI's messages
+(containerd/nri `pkg/api/api.proto`), for what plugins answer: NRI's resources and hooks
+as OCI, merged, and as the CRI fields crib's records keep. (Requests are written by
+`encode`.)"""
 
 from __future__ import annotations
 
@@ -9,79 +10,13 @@ from typing import Any
 from crib_common.nri import v1alpha1 as api
 
 from ..oci.spec import is_set
-from ..store.records import ContainerRecord, SandboxRecord
 
-__all__ = ["container_message", "oci_resources", "pod_message", "resources_message"]
+__all__ = ["HOOK_LISTS", "cri_resources", "hook_oci", "merge_resources", "oci_resources"]
 
-_STATES = {
-    "creating": api.ContainerState.CONTAINER_UNKNOWN,
-    "created": api.ContainerState.CONTAINER_CREATED,
-    "running": api.ContainerState.CONTAINER_RUNNING,
-    "exited": api.ContainerState.CONTAINER_STOPPED,
-}
 # OCI hook lists (config.md "POSIX-platform Hooks") and NRI's Hooks fields.
 HOOK_LISTS = (("prestart", "prestart"), ("createRuntime", "create_runtime"),
               ("createContainer", "create_container"), ("startContainer", "start_container"),
               ("poststart", "poststart"), ("poststop", "poststop"))
-
-
-def pod_message(pod: SandboxRecord) -> api.PodSandbox:
-    meta = pod.meta
-    return api.PodSandbox(
-        id=meta.id, name=meta.name, uid=meta.uid, namespace=meta.namespace,
-        labels=dict(meta.labels), annotations=dict(meta.annotations),
-        runtime_handler=meta.handler, pid=pod.status.infra_pid, ips=list(pod.status.ips),
-        linux=api.LinuxPodSandbox(cgroup_parent=meta.cgroup_parent,
-                                  cgroups_path=meta.cgroup_path))
-
-
-def container_message(rec: ContainerRecord, spec: dict[str, Any] | None) -> api.Container:
-    """The container as NRI shows it; `spec` (its config.json) gives what was made."""
-    meta, status = rec.meta, rec.status
-    ctr = api.Container(
-        id=meta.id, pod_sandbox_id=meta.pod_id, name=meta.name,
-        state=api.ContainerState(_STATES.get(status.state, 0)),
-        labels=dict(meta.labels), annotations=dict(meta.annotations), pid=status.pid,
-        created_at=meta.created_at, started_at=status.started_at,
-        finished_at=status.finished_at, exit_code=status.exit_code,
-        status_reason=status.reason, status_message=status.message,
-        user=api.User(uid=meta.uid, gid=meta.gid, additional_gids=list(meta.groups)))
-    if not spec:
-        return ctr
-    process = spec.get("process") or {}
-    linux = spec.get("linux") or {}
-    ctr.annotations = dict(spec.get("annotations") or {})
-    ctr.args = list(process.get("args") or [])
-    ctr.env = list(process.get("env") or [])
-    ctr.mounts = [api.Mount(destination=m.get("destination", ""), type=m.get("type", ""),
-                            source=m.get("source", ""), options=list(m.get("options") or []))
-                  for m in spec.get("mounts") or []]
-    hooks = spec.get("hooks") or {}
-    ctr.hooks = api.Hooks(**{field: [_hook_message(h) for h in hooks.get(oci) or []]
-                             for oci, field in HOOK_LISTS})
-    ctr.rlimits = [api.PosixRlimit(type=r["type"], hard=int(r.get("hard", 0)),
-                                   soft=int(r.get("soft", 0)))
-                   for r in process.get("rlimits") or []]
-    ctr.linux = api.LinuxContainer(
-        namespaces=[api.LinuxNamespace(type=n.get("type", ""), path=n.get("path", ""))
-                    for n in linux.get("namespaces") or []],
-        devices=[api.LinuxDevice(path=d.get("path", ""), type=d.get("type", ""),
-                                 major=int(d.get("major", 0)), minor=int(d.get("minor", 0)))
-                 for d in linux.get("devices") or []],
-        resources=resources_message(linux.get("resources") or {}),
-        cgroups_path=str(linux.get("cgroupsPath") or ""),
-        sysctl=dict(linux.get("sysctl") or {}))
-    if "oomScoreAdj" in process:
-        ctr.linux.oom_score_adj = api.OptionalInt(value=int(process["oomScoreAdj"]))
-    return ctr
-
-
-def _hook_message(h: dict[str, Any]) -> api.Hook:
-    hook = api.Hook(path=h.get("path", ""), args=list(h.get("args") or []),
-                    env=list(h.get("env") or []))
-    if "timeout" in h:
-        hook.timeout = api.OptionalInt(value=int(h["timeout"]))
-    return hook
 
 
 def hook_oci(h: api.Hook) -> dict[str, Any]:
@@ -101,30 +36,6 @@ _MEMORY = (("limit", "limit"), ("reservation", "reservation"), ("swap", "swap"),
            ("disableOOMKiller", "disable_oom_killer"))
 _CPU = (("shares", "shares"), ("quota", "quota"), ("period", "period"),
         ("realtimeRuntime", "realtime_runtime"), ("realtimePeriod", "realtime_period"))
-
-
-def resources_message(oci: dict[str, Any]) -> api.LinuxResources:
-    """OCI `linux.resources` as NRI's LinuxResources."""
-    res = api.LinuxResources()
-    mem, cpu = oci.get("memory") or {}, oci.get("cpu") or {}
-    memory = api.LinuxMemory()
-    for key, field in _MEMORY:
-        if key in mem:
-            wrapper = type(getattr(memory, field))
-            setattr(memory, field, wrapper(value=mem[key]))
-    cpu_msg = api.LinuxCpu(cpus=str(cpu.get("cpus") or ""), mems=str(cpu.get("mems") or ""))
-    for key, field in _CPU:
-        if key in cpu:
-            wrapper = type(getattr(cpu_msg, field))
-            setattr(cpu_msg, field, wrapper(value=int(cpu[key])))
-    res.memory, res.cpu = memory, cpu_msg
-    res.hugepage_limits = [api.HugepageLimit(page_size=h.get("pageSize", ""),
-                                             limit=int(h.get("limit", 0)))
-                           for h in oci.get("hugepageLimits") or []]
-    res.unified = dict(oci.get("unified") or {})
-    if oci.get("pids"):
-        res.pids = api.LinuxPids(limit=int(oci["pids"].get("limit", 0)))
-    return res
 
 
 def oci_resources(res: api.LinuxResources) -> dict[str, Any]:

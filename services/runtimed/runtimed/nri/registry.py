@@ -25,13 +25,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from crib_common.errors import CribError
 from crib_common.nri import v1alpha1 as api
+from crib_common.protowire import field, varint
 from crib_common.settings import NriSection
 from crib_common.version import RUNTIME_NAME, __version__
 
 from ..bundle import read_config
 from ..store.records import ContainerRecord
 from .adjust import Updates
-from .convert import container_message, pod_message
+from .encode import container_bytes, pod_bytes
 from .plugin import ALL_EVENTS, Plugin
 
 if TYPE_CHECKING:
@@ -227,16 +228,15 @@ class PluginRegistry:
             await self._cond.wait_for(lambda: self._blockers == 0)
         try:
             node = self.node
-            pods = [pod_message(p) for p in node.sandboxes.values()
+            pods = [pod_bytes(p) for p in node.sandboxes.values()
                     if p.status.state != "creating"]
-            ctrs = [container_message(c, self._spec(c)) for c in node.containers.values()
+            ctrs = [container_bytes(c, self._spec(c)) for c in node.containers.values()
                     if c.status.state != "creating"]
             timeout = max(self.cfg.request_timeout, SYNC_TIMEOUT_MIN)
             updates: list[api.ContainerUpdate] = []
-            for chunk_pods, chunk_ctrs, more in _chunks(pods, ctrs):
-                reply = await plugin.call("Synchronize", api.SynchronizeRequest(
-                    pods=chunk_pods, containers=chunk_ctrs, more=more),
-                    api.SynchronizeResponse, timeout)
+            for request in _sync_requests(pods, ctrs):
+                reply = await plugin.call("Synchronize", request, api.SynchronizeResponse,
+                                          timeout)
                 updates += reply.update
             self.plugins.append(plugin)
             self.plugins.sort(key=lambda p: (p.index, p.name))
@@ -275,22 +275,19 @@ class PluginRegistry:
             return None
 
 
-def _chunks(pods: list[api.PodSandbox], ctrs: list[api.Container],
-            ) -> list[tuple[list[api.PodSandbox], list[api.Container], bool]]:
-    """Pods and containers in Synchronize messages under SYNC_CHUNK_BYTES each; all but
-    the last say `more` (SynchronizeRequest.more)."""
-    chunks: list[tuple[list[api.PodSandbox], list[api.Container], bool]] = []
-    cur_p: list[api.PodSandbox] = []
-    cur_c: list[api.Container] = []
-    size = 0
-    for item in [*pods, *ctrs]:
-        n = len(bytes(item)) + 8
-        if size + n > SYNC_CHUNK_BYTES and (cur_p or cur_c):
-            chunks.append((cur_p, cur_c, True))
-            cur_p, cur_c, size = [], [], 0
-        (cur_p if isinstance(item, api.PodSandbox) else cur_c).append(item)  # type: ignore[arg-type]
-        size += n
-    chunks.append((cur_p, cur_c, False))
+def _sync_requests(pods: list[bytes], ctrs: list[bytes]) -> list[bytes]:
+    """SynchronizeRequest {pods = 1; containers = 2; more = 3} messages under
+    SYNC_CHUNK_BYTES each; all but the last say `more` (containerd/nri plugin.go splits
+    the same way)."""
+    items = [field(1, p) for p in pods] + [field(2, c) for c in ctrs]
+    chunks: list[bytes] = []
+    current = b""
+    for item in items:
+        if current and len(current) + len(item) > SYNC_CHUNK_BYTES:
+            chunks.append(current + varint(3 << 3) + varint(1))
+            current = b""
+        current += item
+    chunks.append(current)
     return chunks
 
 
