@@ -221,6 +221,8 @@ def test_plugin_error_fails_the_call_leaves_nothing_and_retry_works(
                 raise PluginFailure(f"{method} refused by policy")
         return reply
 
+    log: list[Any] = []
+    _start(crib, plugins, "witness", "29", log=log)
     _start(crib, plugins, "strict", "30",
            replies={m: fail_once(m) for m in failures})
     config = cri.pod_config()
@@ -239,6 +241,15 @@ def test_plugin_error_fails_the_call_leaves_nothing_and_retry_works(
         cri.create(sid, pod, image, "app", command=["sleep", "300"])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert not unix_get_json(crib.socket("runtimed"), f"/v1/containers?pod={sid}")
+    # The plugin that had accepted them is told to forget the failed pod and container.
+    witnessed = [(m, getattr(r, "container", None) and r.container.id or r.pod.name)
+                 for p, m, r in log if p == "witness" and m not in ("Configure", "Synchronize")]
+    failed_ctr = next(cid for m, cid in witnessed[3:] if m == "CreateContainer")
+    assert witnessed == [
+        ("RunPodSandbox", config.metadata.name), ("StopPodSandbox", config.metadata.name),
+        ("RemovePodSandbox", config.metadata.name), ("RunPodSandbox", config.metadata.name),
+        ("CreateContainer", failed_ctr), ("StopContainer", failed_ctr),
+        ("RemoveContainer", failed_ctr)]
     cid = cri.create(sid, pod, image, "app", command=["sleep", "300"])
     cri.start(cid)
     assert cri.status(cid).state == api_pb2.CONTAINER_RUNNING

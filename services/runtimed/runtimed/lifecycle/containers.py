@@ -121,11 +121,15 @@ class Containers:
         node.add_container(rec)
         log.info("container creating", container=cid, pod=pod.meta.id, name=metadata.name,
                  image=config.image.image)
-        async with node.nri.block_sync(), \
-                undone_on_failure(node, rec, self.teardown, node.drop_container):
-            await self._setup(rec, pod, config, image.config, rt)
-            rec.status.state = "created"
-            node.put_container(rec)
+        try:
+            async with node.nri.block_sync(), \
+                    undone_on_failure(node, rec, self.teardown, node.drop_container):
+                await self._setup(rec, pod, config, image.config, rt)
+                rec.status.state = "created"
+                node.put_container(rec)
+        except Exception:
+            await node.nri.undo_create_container(pod, rec)
+            raise
         log.info("container created", container=cid, pid=rec.status.pid)
         self.exits.watch(rec)
         node.emit(cid, "created")

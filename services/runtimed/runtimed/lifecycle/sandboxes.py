@@ -75,15 +75,19 @@ class Sandboxes:
         node.add_sandbox(rec)
         log.info("sandbox creating", pod=sid, name=meta.name, namespace=meta.namespace,
                  handler=rt.name)
-        async with node.nri.block_sync(), \
-                undone_on_failure(node, rec, self.teardown, node.drop_sandbox):
-            await self._setup(rec, req.dns, rt)
-            # NRI RunPodSandbox while the pod is still "creating": unlisted, not ready;
-            # a plugin's error undoes the pod.
-            await node.nri.run_pod_sandbox(rec)
-            failpoint("sandbox_before_ready")
-            rec.status.state = "ready"
-            node.put_sandbox(rec)
+        try:
+            async with node.nri.block_sync(), \
+                    undone_on_failure(node, rec, self.teardown, node.drop_sandbox):
+                await self._setup(rec, req.dns, rt)
+                # NRI RunPodSandbox while the pod is still "creating": unlisted, not
+                # ready; a plugin's error undoes the pod.
+                await node.nri.run_pod_sandbox(rec)
+                failpoint("sandbox_before_ready")
+                rec.status.state = "ready"
+                node.put_sandbox(rec)
+        except Exception:
+            await node.nri.undo_run_pod_sandbox(rec)
+            raise
         log.info("sandbox ready", pod=sid, ips=rec.status.ips)
         # containerd's RunPodSandbox sends both, for the sandbox id.
         node.emit(sid, "created", sid)

@@ -67,6 +67,10 @@ class Nri(PluginRegistry):
         self.cdi = CdiRegistry(cfg.cdi_spec_dirs)
         self._pods_stopped: set[str] = set()
         self._ctrs_stopped: dict[str, asyncio.Future[None]] = {}
+        # Pods and containers whose RunPodSandbox/CreateContainer went out, until they
+        # are removed: a create that fails afterwards tells the plugins to forget them.
+        self._pods_run: set[str] = set()
+        self._ctrs_created: set[str] = set()
 
     # ------------------------------------------------------------ delivery
 
@@ -127,6 +131,7 @@ class Nri(PluginRegistry):
 
     async def run_pod_sandbox(self, pod: SandboxRecord) -> None:
         if self.wants(api.Event.RUN_POD_SANDBOX):
+            self._pods_run.add(pod.meta.id)
             # RunPodSandboxRequest {pod = 1}
             await self._deliver(api.Event.RUN_POD_SANDBOX, "RunPodSandbox",
                                 field(1, pod_bytes(pod)), api.RunPodSandboxResponse,
@@ -140,9 +145,17 @@ class Nri(PluginRegistry):
         await self._notify(api.Event.STOP_POD_SANDBOX, "StopPodSandbox",
                            api.StopPodSandboxResponse, pod)
 
+    async def undo_run_pod_sandbox(self, pod: SandboxRecord) -> None:
+        """RunPodSandbox failed after plugins saw it (one of them refused, or a later
+        step): StopPodSandbox and RemovePodSandbox, so none keeps what it set aside for
+        the pod (containerd's NRI does the same)."""
+        if pod.meta.id in self._pods_run:
+            await self.remove_pod_sandbox(pod)
+
     async def remove_pod_sandbox(self, pod: SandboxRecord) -> None:
         await self.stop_pod_sandbox(pod)
         self._pods_stopped.discard(pod.meta.id)  # the pod is gone: forget it
+        self._pods_run.discard(pod.meta.id)
         await self._notify(api.Event.REMOVE_POD_SANDBOX, "RemovePodSandbox",
                            api.RemovePodSandboxResponse, pod)
 
@@ -173,6 +186,7 @@ class Nri(PluginRegistry):
             self._specs[rec.meta.id] = spec
         if not self.wants(api.Event.CREATE_CONTAINER):
             return
+        self._ctrs_created.add(rec.meta.id)
         # CreateContainerRequest {pod = 1; container = 2}
         replies = await self._deliver(
             api.Event.CREATE_CONTAINER, "CreateContainer",
@@ -275,9 +289,16 @@ class Nri(PluginRegistry):
         pod = self.node.sandboxes.get(rec.meta.pod_id)
         self._spawn(self.stop_container(pod, rec))
 
+    async def undo_create_container(self, pod: SandboxRecord, rec: ContainerRecord) -> None:
+        """CreateContainer failed after plugins saw it: StopContainer and
+        RemoveContainer, as for a container removed (containerd's NRI does the same)."""
+        if rec.meta.id in self._ctrs_created:
+            await self.remove_container(pod, rec)
+
     async def remove_container(self, pod: SandboxRecord | None, rec: ContainerRecord) -> None:
         await self.stop_container(pod, rec)
         self._ctrs_stopped.pop(rec.meta.id, None)  # the container is gone: forget it
+        self._ctrs_created.discard(rec.meta.id)
         if pod is not None:
             await self._notify(api.Event.REMOVE_CONTAINER, "RemoveContainer",
                                api.RemoveContainerResponse, pod, rec)
