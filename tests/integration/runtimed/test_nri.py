@@ -481,3 +481,36 @@ def test_pre_registered_plugin_started_from_the_plugin_directory(
         crib.kill("runtimed")
         crib.start_one("runtimed")
     assert wait_until(lambda: not _listed(crib), timeout=10)
+
+
+def test_messages_larger_than_a_frame_both_ways(cri: Cri, image: str, crib: Stack,
+                                                 plugins: list[ThreadedPlugin]) -> None:
+    """A request and a reply far over the 4096-byte first frame: split into frames on
+    the way out, reassembled on the way in, on both sides."""
+    big = {f"nri.test/big-{i}": "v" * 500 for i in range(200)}  # ~100 KiB reply
+    log: list[Any] = []
+    _start(crib, plugins, "big", "85", log=log, events=mask("CreateContainer"),
+           replies={"CreateContainer": lambda _req: nri.CreateContainerResponse(
+               adjust=nri.ContainerAdjustment(annotations=big))})
+    sid, pod = cri.run_pod()
+    env = [api_pb2.KeyValue(key=f"K{i}", value="x" * 200) for i in range(100)]  # ~20 KiB
+    cid = cri.create(sid, pod, image, "app", command=["sleep", "300"], envs=env)
+    request = next(r for p, m, r in log if m == "CreateContainer")
+    assert sum(e.startswith("K") for e in request.container.env) == 100
+    info = json.loads(cri.rt.ContainerStatus(api_pb2.ContainerStatusRequest(
+        container_id=cid, verbose=True), timeout=10).info["info"])
+    annotations = info.get("runtimeSpec", {}).get("annotations") or {}
+    assert annotations.get("nri.test/big-199") == "v" * 500
+    cri.remove_pod(sid)
+
+
+def test_invalid_registration_is_refused(crib: Stack) -> None:
+    plugin = TestPlugin(crib.root / "nri.sock", "bad", "7", ALL)  # the index is 2 digits
+    threaded = ThreadedPlugin(plugin)
+    try:
+        with pytest.raises(RuntimeError, match="invalid plugin index"):
+            threaded.run(plugin.connect())
+        assert threaded.run(asyncio.wait_for(plugin.closed.wait(), 5)) is True
+        assert "7-bad" not in _listed(crib)
+    finally:
+        threaded.stop()
