@@ -139,6 +139,9 @@ class PluginRegistry:
             if m is None or not entry.is_file() or not os.access(entry, os.X_OK):
                 continue
             try:
+                # One after the other, each through its handshake, before runtimed
+                # listens (app.py): pods are not made before the node's own plugins are
+                # in place, as containerd starts them before serving the CRI.
                 await self._launch(entry, m.group(1), m.group(2))
             except OSError as exc:
                 log.error("nri plugin not started", plugin=entry.name, error=str(exc))
