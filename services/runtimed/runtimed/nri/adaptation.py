@@ -257,13 +257,24 @@ class Nri(PluginRegistry):
     async def stop_container(self, pod: SandboxRecord | None, rec: ContainerRecord) -> None:
         """StopContainer, once per container (StopContainer, an exit of its own, or
         before RemoveContainer, whichever comes first); a second caller waits for it."""
-        cid = rec.meta.id
-        sent = self._ctrs_stopped.get(cid)
-        if sent is not None:
-            await asyncio.shield(sent)
+        done = self._claim_stop(rec.meta.id)
+        if done is None:
+            await asyncio.shield(self._ctrs_stopped[rec.meta.id])
             return
+        await self._send_stop(pod, rec, done)
+
+    def _claim_stop(self, cid: str) -> asyncio.Future[None] | None:
+        """Take the container's one StopContainer, synchronously (so a later caller,
+        whatever runs in between, finds it taken); None if already taken."""
+        if cid in self._ctrs_stopped:
+            return None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ctrs_stopped[cid] = done
+        return done
+
+    async def _send_stop(self, pod: SandboxRecord | None, rec: ContainerRecord,
+                         done: asyncio.Future[None]) -> None:
+        cid = rec.meta.id
         try:
             if pod is not None and self.wants(api.Event.STOP_CONTAINER):
                 pod_b, ctr_b = pod_bytes(pod), container_bytes(rec, self._spec(rec))
@@ -283,11 +294,13 @@ class Nri(PluginRegistry):
             done.set_result(None)
 
     def container_exited(self, rec: ContainerRecord) -> None:
-        """A container exited on its own: StopContainer in the background."""
-        if rec.meta.id in self._ctrs_stopped or not self.wants(api.Event.STOP_CONTAINER):
+        """A container exited on its own: StopContainer in the background, its turn
+        taken now (before any RemoveContainer can come)."""
+        if not self.wants(api.Event.STOP_CONTAINER):
             return
-        pod = self.node.sandboxes.get(rec.meta.pod_id)
-        self._spawn(self.stop_container(pod, rec))
+        done = self._claim_stop(rec.meta.id)
+        if done is not None:
+            self._spawn(self._send_stop(self.node.sandboxes.get(rec.meta.pod_id), rec, done))
 
     async def undo_create_container(self, pod: SandboxRecord, rec: ContainerRecord) -> None:
         """CreateContainer failed after plugins saw it: StopContainer and
