@@ -157,6 +157,7 @@ class TestPlugin:
         self._calls: dict[int, asyncio.Future[tuple[int, str, bytes]]] = {}
         self._stream = 1
         self._writer: asyncio.StreamWriter | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -------------------------------------------------------------- wire
     def _write(self, conn: int, stream: int, kind: int, body: bytes) -> None:
@@ -181,7 +182,9 @@ class TestPlugin:
                     body = bytes(buf[10:10 + size])
                     del buf[:10 + size]
                     if conn == PLUGIN_CONN and kind == 1:
-                        asyncio.ensure_future(self._serve(stream, body))
+                        task = asyncio.ensure_future(self._serve(stream, body))
+                        self._tasks.add(task)  # the loop keeps only a weak reference
+                        task.add_done_callback(self._tasks.discard)
                     elif conn == RUNTIME_CONN and kind == 2:
                         self._answered(stream, body)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -265,7 +268,7 @@ class TestPlugin:
             reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         else:
             reader, self._writer = await asyncio.open_unix_connection(self.socket_path)
-        asyncio.ensure_future(self._reader(reader))
+        self._tasks.add(asyncio.ensure_future(self._reader(reader)))
         code, message, _ = await self.call_runtime("RegisterPlugin", api.RegisterPluginRequest(
             plugin_name=self.name, plugin_idx=self.index))
         if code:
