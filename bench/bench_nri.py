@@ -5,8 +5,10 @@ subscribed to no lifecycle event, and with one subscribed to every event.
     sudo python -m bench.bench_nri [--iterations 30] [--handler runc]
 
 The plugin is tests/support/nri_plugin.py's TestPlugin, in a thread of this process,
-answering at once (no adjustment): what is measured is runtimed's side of the protocol
-(building messages, framing, ttrpc round trips in index order), not a plugin's work.
+answering every event at once with an empty reply and without parsing it (raw mode; a Go
+plugin parses in microseconds, betterproto in milliseconds): what is measured is
+runtimed's side of the protocol (messages, framing, ttrpc round trips), not a plugin's
+work. A last table times the events alone, in-process, with no CRI call around them.
 "Subscribed to nothing" answers Configure with only UpdatePodSandbox (event 12), which
 those calls never raise: an events mask of 0 would mean every event (NRI). The stack is
 tests/support/stack.py's Stack on private sockets, the same busybox image from a local
@@ -16,6 +18,7 @@ registry; everything is removed at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import time
@@ -62,15 +65,78 @@ def lifecycle(rt: Any, image: str, handler: str, iterations: int,
         rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=120)
 
 
+def event_round_trips(n: int) -> dict[str, Stats]:
+    """runtimed's NRI side alone, in this process: `Nri` on a temporary socket with one
+    TestPlugin subscribed to every event, p50/p90 of RunPodSandbox, CreateContainer (a
+    config.json of bench size) and StartContainer deliveries, no CRI, no runc. What a
+    plugin costs apart from the machine's load."""
+    import asyncio
+    import tempfile
+    from collections.abc import Callable
+
+    from crib_common.settings import NriSection
+    from runtimed.nri import Nri
+    from runtimed.store.records import ContainerMeta, ContainerRecord, SandboxMeta, SandboxRecord
+
+    class _Node:
+        def __init__(self) -> None:
+            self.sandboxes: dict[str, SandboxRecord] = {}
+            self.containers: dict[str, ContainerRecord] = {}
+            self.on_drop: list[Callable[[str], None]] = []
+            self.runtimes: dict[str, Any] = {}
+
+    spec = {"process": {"args": ["sh", "-c", TRAPPER], "env": [f"K{i}=v" for i in range(8)]},
+            "mounts": [{"destination": f"/m{i}", "type": "bind", "source": "/s",
+                        "options": ["rbind", "ro"]} for i in range(10)],
+            "annotations": {f"io.kubernetes.cri.{i}": "v" for i in range(8)},
+            "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
+                      "resources": {"cpu": {"shares": 2}, "memory": {"limit": 1 << 28}}}}
+
+    async def run(root: str) -> dict[str, Stats]:
+        nri = Nri(_Node(), NriSection(socket=f"{root}/nri.sock",  # type: ignore[arg-type]
+                                      plugin_dir=f"{root}/none"))
+        await nri.start()
+        plugin = TestPlugin(nri.cfg.socket, "bench", "50", EVERYTHING, raw=True)
+        await plugin.connect()
+        while not nri.plugins:
+            await asyncio.sleep(0.01)
+        pod = SandboxRecord(meta=SandboxMeta(id="p" * 64, name="p", namespace="n", uid="u",
+                                             handler="runc", created_at=1))
+        ctr = ContainerRecord(meta=ContainerMeta(id="c" * 64, pod_id=pod.meta.id, name="c",
+                                                 handler="runc", image="i", bundle="/x",
+                                                 created_at=1))
+        samples: dict[str, list[float]] = {}
+        clock = asyncio.get_running_loop().time
+        for i in range(n + 20):
+            for name, call in (
+                    ("event: RunPodSandbox", lambda: nri.run_pod_sandbox(pod)),
+                    ("event: CreateContainer", lambda: nri.create_container(
+                        pod, ctr, json.loads(json.dumps(spec)))),
+                    ("event: StartContainer", lambda: nri.start_container(pod, ctr))):
+                t0 = clock()
+                await call()
+                if i >= 20:
+                    samples.setdefault(name, []).append(clock() - t0)
+        await plugin.close()
+        await nri.close()
+        return {k: Stats.of(v) for k, v in samples.items()}
+
+    with tempfile.TemporaryDirectory(prefix="crib-nri-") as root:
+        return asyncio.run(run(root))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3,
                         help="the iterations are split in rounds of each configuration")
     parser.add_argument("--handler", default="runc")
+    parser.add_argument("--events", type=int, default=500,
+                        help="in-process event round trips per event kind")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     results: dict[str, dict[str, Stats]] = {}
+    trips = event_round_trips(args.events)
     try:
         with Registry() as registry:
             pushed = push_image(registry, "crib-bench/busybox", "v1",
@@ -87,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for _ in range(args.rounds):
                     for label, events in CONFIGS.items():
                         plugin = None if events is None else ThreadedPlugin(TestPlugin(
-                            stack.root / "nri.sock", "bench", "50", events)).start()
+                            stack.root / "nri.sock", "bench", "50", events, raw=True)).start()
                         try:
                             lifecycle(rt, pushed.reference, args.handler, per_round,
                                       samples[label])
@@ -108,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The harness' footer speaks of crib against a peer; here both sides are crib.
         print(table.rsplit("\n", 1)[0])
         print("(milliseconds; ratio = with the plugin / without)")
+    print()
+    print(report([Row(k, v) for k, v in trips.items()], ours="nri", peer="-",
+                 title=f"NRI alone: one event to one plugin and its answer, in-process "
+                       f"({args.events} each)").rsplit("\n", 1)[0])
+    print("(milliseconds)")
 
 
 if __name__ == "__main__":
