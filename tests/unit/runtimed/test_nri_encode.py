@@ -19,6 +19,7 @@ def _pod() -> SandboxRecord:
     rec.status.state = "ready"
     rec.status.infra_pid = 4242
     rec.status.ips = ["10.0.0.2", "fd00::2"]
+    rec.status.resources = {"cpu_shares": 1024, "memory_limit_in_bytes": 1 << 28}
     return rec
 
 
@@ -72,6 +73,8 @@ def test_pod_sandbox_reads_back() -> None:
     assert pod.labels == {"app": "web"} and pod.annotations == {"a": "1"}
     assert pod.ips == ["10.0.0.2", "fd00::2"]
     assert (pod.linux.cgroup_parent, pod.linux.cgroups_path) == ("/kubepods/pod1",) * 2
+    assert pod.linux.pod_resources.cpu.shares.value == 1024
+    assert pod.linux.pod_resources.memory.limit.value == 1 << 28
 
 
 def test_container_reads_back() -> None:

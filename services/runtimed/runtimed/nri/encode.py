@@ -16,6 +16,7 @@ from typing import Any
 
 from crib_common.protowire import field, varint
 
+from ..oci.spec import resources_to_oci
 from ..store.records import ContainerRecord, SandboxRecord
 from .convert import HOOK_LISTS
 
@@ -57,10 +58,14 @@ def message(*parts: bytes) -> bytes:
 
 def pod_bytes(pod: SandboxRecord) -> bytes:
     """PodSandbox: id 1, name 2, uid 3, namespace 4, labels 5, annotations 6,
-    runtime_handler 7, linux 8 (LinuxPodSandbox: cgroup_parent 3, cgroups_path 4),
-    pid 9, ips 10."""
+    runtime_handler 7, linux 8 (LinuxPodSandbox: pod_resources 2, cgroup_parent 3,
+    cgroups_path 4), pid 9, ips 10. The pod's resources are those its cgroup got (the
+    containers' sum plus the overhead, `cgroups.pod_resources`)."""
     meta = pod.meta
-    linux = _str(3, meta.cgroup_parent) + _str(4, meta.cgroup_path)
+    linux = b""
+    if pod.status.resources:
+        linux += field(2, resources_bytes(resources_to_oci(pod.status.resources)))
+    linux += _str(3, meta.cgroup_parent) + _str(4, meta.cgroup_path)
     return (_str(1, meta.id) + _str(2, meta.name) + _str(3, meta.uid)
             + _str(4, meta.namespace) + _map(5, meta.labels) + _map(6, meta.annotations)
             + _str(7, meta.handler) + field(8, linux) + _int(9, pod.status.infra_pid)
