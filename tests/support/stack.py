@@ -99,6 +99,10 @@ class Stack:
                 "CRIB_RUNTIMED__PINNS_DIR": str(r / "run/ns"),
                 "CRIB_RUNTIMED__POD_LOG_DIR": str(r / "podlogs"),
                 "CRIB_RUNTIMED__CGROUP_PARENT": self.cgroup_parent,
+                # NRI on the stack's own socket, never /var/run/nri (issue 15).
+                "CRIB_RUNTIMED__NRI__SOCKET": str(r / "nri.sock"),
+                "CRIB_RUNTIMED__NRI__PLUGIN_DIR": str(r / "nri-plugins"),
+                "CRIB_RUNTIMED__NRI__PLUGIN_CONFIG_DIR": str(r / "nri-conf"),
                 "CRIB_NETD__SOCKET": str(self.socket("netd")),
                 "CRIB_NETD__ROOT": str(r / "lib/netd"),
                 "CRIB_NETD__CACHE_DIR": str(r / "lib/netd/cache"),

@@ -26,6 +26,7 @@ __all__ = [
     "ImagedSection",
     "LogSection",
     "NetdSection",
+    "NriSection",
     "RegistryConfig",
     "RuntimeHandler",
     "RuntimedSection",
@@ -109,6 +110,31 @@ def _default_handlers() -> dict[str, RuntimeHandler]:
     }
 
 
+class NriSection(BaseModel):
+    """NRI (containerd/nri): node resource plugins served on a unix socket, as containerd
+    2.x and CRI-O serve them; on by default as in containerd 2.x."""
+
+    model_config = _Section
+    enable: bool = True
+    # Where external plugins connect (containerd's and CRI-O's default).
+    socket: Path = Path("/var/run/nri/nri.sock")
+    # Pre-registered plugins: executables named <two-digit index>-<name>, started at
+    # runtimed's start with a connected socket (fd 3), as containerd starts them; their
+    # configuration from <plugin_config_dir>/<index>-<name>.conf or <name>.conf.
+    plugin_dir: Path = Path("/opt/nri/plugins")
+    plugin_config_dir: Path = Path("/etc/nri/conf.d")
+    # A plugin must call RegisterPlugin within this many seconds of connecting
+    # (containerd/nri DefaultPluginRegistrationTimeout, 5 s).
+    registration_timeout: float = Field(default=5.0, gt=0)
+    # Bound on each call to a plugin (containerd/nri DefaultPluginRequestTimeout, 2 s);
+    # Synchronize gets at least 5 s. A plugin that misses it is dropped.
+    request_timeout: float = Field(default=2.0, gt=0)
+    # Where CDI device specs are read when a plugin injects CDI devices: /etc/cdi (CDI
+    # SPEC.md) and /var/run/cdi, the static and dynamic directories of the CDI library.
+    cdi_spec_dirs: list[Path] = Field(
+        default_factory=lambda: [Path("/etc/cdi"), Path("/var/run/cdi")])
+
+
 class RuntimedSection(BaseModel):
     model_config = _Section
     socket: Path = Path("/run/crib/runtimed.sock")
@@ -161,6 +187,8 @@ class RuntimedSection(BaseModel):
     # AppArmor profile of RuntimeDefault on AppArmor hosts: loaded from crib's template
     # under this name when the kernel does not hold it yet.
     apparmor_profile: str = "crib-default"
+    # NRI plugins (issue 15).
+    nri: NriSection = Field(default_factory=NriSection)
 
     @field_validator("apparmor_profile")
     @classmethod

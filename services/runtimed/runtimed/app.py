@@ -6,7 +6,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from crib_common.server import CriTable, Health, RouteTable, create_daemon_app
+from crib_common.server import (
+    CriTable,
+    Health,
+    RouteTable,
+    create_daemon_app,
+    metrics_registry,
+)
 from crib_common.settings import CribSettings
 
 from .cri import (
@@ -35,7 +41,7 @@ from .cri import (
     sandbox_update_resources,
 )
 from .oci import security
-from .api import records
+from .api import nri, records
 from .daemon import Runtimed
 from .messages.listing import forget_item
 from .stream_targets import RuntimeTargets
@@ -74,6 +80,7 @@ def create_app(settings: CribSettings) -> web.Application:
         streaming.register(cri, stream)
     routes = RouteTable()
     records.register(routes, runtimed)
+    nri.register(routes, runtimed)
 
     async def health() -> Health:
         ready, reason, message, details = runtimed.health()
@@ -86,6 +93,9 @@ def create_app(settings: CribSettings) -> web.Application:
                           "state_dir": str(settings.runtimed.run_dir),
                           "user_namespaces": runtimed.node.userns_reason,
                           "cgroups": runtimed.cgroup_info(),
+                          "nri": {"enabled": runtimed.node.nri.cfg.enable,
+                                  "socket": str(runtimed.node.nri.cfg.socket),
+                                  "plugins": runtimed.node.nri.describe()},
                           "apparmor": defaults.apparmor.status().message,
                           "selinux": "enforced labels" if defaults.selinux.enabled()
                           else "not enabled on this host: SELinux options are ignored"})
@@ -103,6 +113,17 @@ def create_app(settings: CribSettings) -> web.Application:
             await runtimed.close()
 
     app.cleanup_ctx.append(runtime_ctx)
+
+    async def nri_ctx(app: web.Application) -> AsyncIterator[None]:
+        # After recovery, so a plugin's Synchronize sees every pod and container.
+        runtimed.node.nri.use_registry(metrics_registry(app))
+        await runtimed.node.nri.start()
+        try:
+            yield
+        finally:
+            await runtimed.node.nri.close()
+
+    app.cleanup_ctx.append(nri_ctx)
     # After recovery; stopped first, which ends every session and kills its exec processes.
     app.cleanup_ctx.append(stream.context)
     return app

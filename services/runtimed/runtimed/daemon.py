@@ -39,6 +39,7 @@ from .oom import oom_policy
 from .parking import Parking
 from .ports import Host, ImagedPeer, NetdPeer
 from .sandbox.idmapped import probe_idmap
+from .store.records import ContainerRecord
 
 __all__ = ["Runtimed"]
 
@@ -79,6 +80,11 @@ class Runtimed:
         self.execs = ExecSync(self.node)
         self.sweeper = Sweeper(self.node)
         self.parking = Parking()
+
+        async def evict(rec: ContainerRecord, _reason: str) -> None:
+            await self.containers.stop(rec, 0)
+
+        self.node.nri.evict_fn = evict  # a plugin's eviction stops the container
         self.ready = False
         self._sweeping: asyncio.Task[None] | None = None
 

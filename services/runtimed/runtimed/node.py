@@ -36,6 +36,7 @@ from crib_common.settings import CribSettings
 from crib_common.state import StateStore
 
 from .conmon.monitor import Monitor
+from .nri import Nri
 from .oci.runtime import RuntimeImpl
 from .ports import Host, ImagedPeer, NetdPeer
 from .store.records import (
@@ -155,6 +156,8 @@ class Node:
         self._sweep_after: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._subscribers: set[Subscription[Any]] = set()
+        # NRI plugins (issue 15): the rooms call its events; served from app.py.
+        self.nri = Nri(self, cfg.nri)
 
     def directories(self) -> list[Any]:
         return [self.exit_dir, self.sock_dir, self.bundles, self.pods_dir, self.cfg.pinns_dir]

@@ -12,10 +12,16 @@ from runtimed.app import RUNTIME_KEY, create_app
 from runtimed.store.records import SandboxMeta, SandboxRecord
 
 
+def _nri(tmp_path: Path) -> dict[str, str]:
+    """NRI on a socket of the test's own (never /var/run/nri), no plugin directory."""
+    return {"socket": str(tmp_path / "nri.sock"), "plugin_dir": str(tmp_path / "nri-plugins"),
+            "plugin_config_dir": str(tmp_path / "nri-conf")}
+
+
 async def test_records_health_and_openapi(tmp_path: Path) -> None:
     settings = load_settings(runtimed={
         "root": str(tmp_path / "lib"), "run_dir": str(tmp_path / "run"),
-        "pinns_dir": str(tmp_path / "ns"),
+        "pinns_dir": str(tmp_path / "ns"), "nri": _nri(tmp_path),
         "handlers": {"runc": {"path": "/usr/sbin/runc"},
                      "broken": {"path": str(tmp_path / "nope")}}})
     app = create_app(settings)
@@ -38,12 +44,15 @@ async def test_records_health_and_openapi(tmp_path: Path) -> None:
         assert health["details"]["handlers"]["broken"]["usable"] is False
         doc = await (await client.get("/openapi.json")).json()
         assert "/v1/sandboxes/{id}" in doc["paths"]
+        nri = await (await client.get("/v1/nri/plugins")).json()
+        assert nri == {"enabled": True, "socket": str(tmp_path / "nri.sock"), "plugins": []}
+        assert (tmp_path / "nri.sock").is_socket()
 
 
 async def test_not_ready_without_a_working_handler(tmp_path: Path) -> None:
     settings = load_settings(runtimed={
         "root": str(tmp_path / "lib"), "run_dir": str(tmp_path / "run"),
-        "pinns_dir": str(tmp_path / "ns"), "default_handler": "broken",
+        "pinns_dir": str(tmp_path / "ns"), "default_handler": "broken", "nri": _nri(tmp_path),
         "handlers": {"broken": {"path": str(tmp_path / "nope")}}})
     app = create_app(settings)
     async with TestClient(TestServer(app)) as client:

@@ -65,6 +65,8 @@ async def status(args: argparse.Namespace, settings: CribSettings) -> int:
             print(line)
         for line in cgroup_lines(reply.info.get("runtimed", "")):
             print(line)
+        for line in nri_lines(reply.info.get("runtimed", "")):
+            print(line)
     finally:
         channel.close()
     # Images recovery dropped are reported here, not only in imaged's log (issue 11).
@@ -100,6 +102,26 @@ def cgroup_lines(runtimed_health: str) -> list[str]:
                    f"(runtimed lacks CAP_SYS_RESOURCE)")
     elif oom:
         out.append("oom_score_adj: applied as the kubelet asks")
+    return out
+
+
+def nri_lines(runtimed_health: str) -> list[str]:
+    """The NRI socket and its connected plugins, in call order, from runtimed's /healthz
+    (Status verbose info); nothing when runtimed did not answer."""
+    try:
+        details = json.loads(runtimed_health).get("details") or {}
+    except (ValueError, AttributeError):
+        return []
+    nri = details.get("nri") if isinstance(details, dict) else None
+    if not isinstance(nri, dict):
+        return []
+    if not nri.get("enabled"):
+        return ["nri: disabled"]
+    plugins = nri.get("plugins") or []
+    out = [f"nri: {nri.get('socket')}, {len(plugins)} plugin(s)"]
+    for p in plugins:
+        events = ",".join(p.get("events") or []) or "none"
+        out.append(f"  {p.get('id')} ({p.get('kind')}, pid {p.get('pid')}): {events}")
     return out
 
 

@@ -126,19 +126,22 @@ class Containers:
         log.info("container creating", container=cid, pod=pod.meta.id, name=metadata.name,
                  image=config.image.image)
         try:
-            async with undone_on_failure(node, rec, self.teardown, node.drop_container):
+            async with node.nri.block_sync(), \
+                    undone_on_failure(node, rec, self.teardown, node.drop_container):
                 await self._setup(rec, pod, config, image.config, rt)
                 rec.status.state = "created"
                 node.put_container(rec)
-        except CribError:
+        except Exception as exc:
+            await node.nri.undo_create_container(pod, rec)
             # runc's "failed to setns into ipc namespace" is the pod's fault, not the
             # container's: say so, and stop reporting the pod Ready.
-            if check_pins(node, pod):
+            if isinstance(exc, CribError) and check_pins(node, pod):
                 raise pins_lost_error(pod) from None
             raise
         log.info("container created", container=cid, pid=rec.status.pid)
         self.exits.watch(rec)
         node.emit(cid, "created")
+        await node.nri.post_create_container(pod, rec)
         return cid
 
     async def _setup(self, rec: ContainerRecord, pod: SandboxRecord, config: ContainerConfig,
@@ -224,6 +227,8 @@ class Containers:
             recursive_read_only=rt.recursive_read_only, handler=rt.name,
             image_sources=image_sources, mapped_sources=mapped_sources, security=defaults,
             pod_selinux=_pod_selinux(pod) if defaults.selinux.enabled() else None))
+        # NRI CreateContainer: the plugins' adjustments land in config.json.
+        await node.nri.create_container(pod, rec, spec)
         write_config(bundle, spec)
         node.put_container(rec)
 
@@ -260,6 +265,9 @@ class Containers:
             if rec.status.state != "created":
                 raise FailedPrecondition(
                     f"container {rec.meta.id} is {rec.status.state}, not created")
+            pod = node.sandboxes.get(rec.meta.pod_id)
+            if pod is not None:
+                await node.nri.start_container(pod, rec)
             started = now()
             try:
                 await rt.start(rec.meta.id, timeout=node.cfg.create_timeout)
@@ -280,10 +288,17 @@ class Containers:
             node.put_container(rec)
         log.info("container started", container=rec.meta.id)
         node.emit(rec.meta.id, "started")
+        if pod is not None:
+            await node.nri.post_start_container(pod, rec)
 
     async def stop(self, rec: ContainerRecord, timeout: int) -> None:
         """The stop signal, up to `timeout` seconds, then SIGKILL; returns once the exit
         is recorded. An exited (or still creating) container is left as it is."""
+        await self._stop(rec, timeout)
+        if rec.status.state == "exited":  # NRI StopContainer, once per container
+            await self.node.nri.stop_container(self.node.sandboxes.get(rec.meta.pod_id), rec)
+
+    async def _stop(self, rec: ContainerRecord, timeout: int) -> None:
         if rec.status.state in ("exited", "creating"):
             return
         rt = self.node.runtimes.get(rec.meta.handler)
@@ -330,6 +345,7 @@ class Containers:
                 node.drop_container(rec.meta.id)
         log.info("container removed", container=rec.meta.id)
         node.emit(rec.meta.id, "deleted", rec.meta.pod_id)
+        await node.nri.remove_container(node.sandboxes.get(rec.meta.pod_id), rec)
 
     def _queue_release(self, rec: ContainerRecord,
                        deleted: asyncio.Future[bool] | None = None) -> None:
@@ -399,11 +415,16 @@ class Containers:
         oci = resources_to_oci(resources, pids_limit=node.cfg.pids_limit,
                                swap_controller=node.host.swap_controller)
         oci.pop("devices", None)
+        pod = node.sandboxes.get(rec.meta.pod_id)
+        if pod is not None:  # NRI UpdateContainer: plugins may change what is applied
+            oci = await node.nri.update_container(pod, rec, oci)
         await rt.update(rec.meta.id, oci)
         merged = dict(rec.status.resources)
         merged.update({k: v for k, v in resources.items() if v not in (None, "", 0, [], {})})
         rec.status.resources = merged
         node.put_container(rec)
+        if pod is not None:
+            await node.nri.post_update_container(pod, rec)
 
     async def reopen_log(self, rec: ContainerRecord) -> None:
         """Ask the monitor to reopen the log; returns once the new file exists."""

@@ -131,6 +131,7 @@ class Exits:
         log.info("container exited", container=rec.meta.id, exit_code=code,
                  reason=rec.status.reason)
         node.emit(rec.meta.id, "stopped")
+        node.nri.container_exited(rec)  # NRI StopContainer for an exit of its own
         return True
 
     def watch(self, rec: ContainerRecord) -> None:

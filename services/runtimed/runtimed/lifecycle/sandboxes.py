@@ -33,6 +33,7 @@ from crib_common.models.netd import PodNetworkCreate, PortMapping
 from .. import cgroups
 from ..node import Node, failpoint, new_id, now
 from ..oci.runtime import RuntimeImpl
+from ..oci.spec import resources_to_oci
 from ..store.records import SandboxMeta, SandboxRecord
 from ..userns.mappings import PodUserns
 from .containers import Containers
@@ -77,11 +78,19 @@ class Sandboxes:
         node.add_sandbox(rec)
         log.info("sandbox creating", pod=sid, name=meta.name, namespace=meta.namespace,
                  handler=rt.name)
-        async with undone_on_failure(node, rec, self.teardown, node.drop_sandbox):
-            await self._setup(rec, req.dns, rt)
-            failpoint("sandbox_before_ready")
-            rec.status.state = "ready"
-            node.put_sandbox(rec)
+        try:
+            async with node.nri.block_sync(), \
+                    undone_on_failure(node, rec, self.teardown, node.drop_sandbox):
+                await self._setup(rec, req.dns, rt)
+                # NRI RunPodSandbox while the pod is still "creating": unlisted, not
+                # ready; a plugin's error undoes the pod.
+                await node.nri.run_pod_sandbox(rec)
+                failpoint("sandbox_before_ready")
+                rec.status.state = "ready"
+                node.put_sandbox(rec)
+        except Exception:
+            await node.nri.undo_run_pod_sandbox(rec)
+            raise
         log.info("sandbox ready", pod=sid, ips=rec.status.ips)
         # containerd's RunPodSandbox sends both, for the sandbox id.
         node.emit(sid, "created", sid)
@@ -209,6 +218,7 @@ class Sandboxes:
             for c in node.pod_containers(rec.meta.id):
                 await self.containers.stop(c, 0)
             await stop_infra(node, rec)
+            await node.nri.stop_pod_sandbox(rec)  # its containers have exited; once
             if not rec.meta.host_network:
                 # Idempotent in netd; always asked, so a pod marked NotReady by its infra's
                 # death still gets its IP released.
@@ -232,6 +242,7 @@ class Sandboxes:
             failpoint("remove_sandbox_after_containers")
             await self.teardown(rec, network=False)
             node.drop_sandbox(rec.meta.id)
+        await node.nri.remove_pod_sandbox(rec)
         log.info("sandbox removed", pod=rec.meta.id)
         node.emit(rec.meta.id, "deleted", rec)
 
@@ -253,8 +264,11 @@ class Sandboxes:
             if rec.status.state != "ready":
                 raise FailedPrecondition(f"pod sandbox {rec.meta.id} is not ready")
             res = cgroups.pod_resources(resources, overhead)
+            await self.node.nri.update_pod_sandbox(  # NRI UpdatePodSandbox
+                rec, resources_to_oci(resources), resources_to_oci(overhead))
             if rec.meta.cgroup_owned:
                 await self.apply_resources(rec.meta.pod_cgroup, res)
             rec.status.resources = res
             self.node.put_sandbox(rec)
         log.info("sandbox resources updated", pod=rec.meta.id, resources=res)
+        await self.node.nri.post_update_pod_sandbox(rec)

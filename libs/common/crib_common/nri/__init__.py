@@ -1,0 +1,1 @@
+"""Generated NRI types (see ../nri_proto/ORIGIN.md). Do not edit."""
