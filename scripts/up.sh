@@ -13,9 +13,9 @@ cd "$here"
 [ "$(id -u)" = 0 ] || { echo "crib: make up must run as root" >&2; exit 1; }
 bash scripts/deps.sh
 mkdir -p /var/log/crib /run/crib /var/lib/crib
-# runtimed refuses to start unless its state directories propagate mounts (issue 17): on a
-# host without systemd, / is private, so make them shared mounts first (idempotent).
-bash scripts/share-mounts.sh /run/crib /var/lib/crib /var/log/pods >/dev/null
+# runtimed refuses to start when its directories do not propagate mounts (/ is private on
+# hosts without systemd); they stay shared after `make down`, for the pods left running.
+bash scripts/share-mounts.sh /run/crib /var/lib/crib /var/log/pods
 launcher=${CRIB_LAUNCHER:-process}
 if [ "$launcher" = node ]; then
     if [ -f /run/crib/node.pid ] && [ "$(cat /proc/"$(cat /run/crib/node.pid)"/comm 2>/dev/null)" = crib-node ]; then

@@ -252,9 +252,9 @@ class ComposeStack:
 
     # ------------------------------------------------------------------ stack
     def share_mounts(self) -> None:
-        out = _run(["bash", str(ROOT / "scripts/share-mounts.sh")],
-                   env={**os.environ, "CRIB_HOST_ROOT": str(self.host)}).stdout
-        self.shared += out.split()
+        _run(["bash", str(ROOT / "scripts/share-mounts.sh")],
+             env={**os.environ, "CRIB_HOST_ROOT": str(self.host)})
+        self.shared = _mounts_under(self.host)
 
     def up(self) -> None:
         self.compose("up", "-d", "--no-build")

@@ -2,6 +2,10 @@
 
 Every test stack lives under a short directory in /tmp (UNIX socket paths must stay under
 108 bytes), uses its own CNI conf dir, bridge name and subnet, and is torn down by PID.
+That directory is bound onto itself and made shared, as runtimed requires of its state
+directories (`runtimed.propagation`); cleanup unmounts it. A daemon named in
+`own_cgroups` runs in a cgroup of its own (as under a container engine or a systemd
+unit), which `kill_cgroup` empties with SIGKILL as an engine stopping its container does.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +48,13 @@ class Stack:
     node: subprocess.Popen[bytes] | None = None
     # Under crib-node, the pid `kill` took last per daemon: `start_one` waits for another.
     killed: dict[str, int] = field(default_factory=dict)
+    # Daemons started in their own cgroup (`daemon_cgroup`), joined before exec.
+    own_cgroups: set[str] = field(default_factory=set)
 
     @classmethod
     def create(cls, launcher: str = "process", **extra_env: str) -> Stack:
         root = Path(tempfile.mkdtemp(prefix="crib-", dir="/tmp"))
+        _make_shared(root)
         return cls(root=root, extra_env=extra_env, launcher=launcher)
 
     @classmethod
@@ -87,6 +94,7 @@ class Stack:
                 "CRIB_RUNTIMED__ROOT": str(r / "lib/runtimed"),
                 "CRIB_RUNTIMED__RUN_DIR": str(r / "run/runtimed"),
                 "CRIB_RUNTIMED__PINNS_DIR": str(r / "run/ns"),
+                "CRIB_RUNTIMED__POD_LOG_DIR": str(r / "podlogs"),
                 "CRIB_RUNTIMED__CGROUP_PARENT": self.cgroup_parent,
                 "CRIB_NETD__SOCKET": str(self.socket("netd")),
                 "CRIB_NETD__ROOT": str(r / "lib/netd"),
@@ -107,6 +115,56 @@ class Stack:
     @property
     def cgroup_parent(self) -> str:
         return f"/crib-test-{self.root.name[5:]}"
+
+    def daemon_cgroup(self, service: str) -> str:
+        """The cgroup a daemon of `own_cgroups` runs in: under the stack's parent, so
+        cleanup finds it, apart from the pods' cgroups."""
+        return f"{self.cgroup_parent}/daemon-{service}"
+
+    def _cgroup_dirs(self, service: str) -> list[Path]:
+        """That cgroup in every hierarchy but memory's, which belongs to the host here
+        (the test process's own memory cgroup is left as it is)."""
+        rel = self.daemon_cgroup(service).lstrip("/")
+        return [h / rel for h in _hierarchies() if h.name != "memory"]
+
+    def _join_before_exec(self, service: str) -> Callable[[], None] | None:
+        """A preexec function moving the child into its cgroup before it execs (the test
+        runner can afford the fork that preexec_fn costs)."""
+        if service not in self.own_cgroups:
+            return None
+        procs = []
+        for d in self._cgroup_dirs(service):
+            _mkdir_cgroup(d)
+            procs.append(str(d / "cgroup.procs"))
+
+        def join() -> None:
+            for path in procs:
+                with open(path, "w") as f:
+                    f.write("0")  # "0": the writing process itself (cgroup-v2.rst)
+
+        return join
+
+    def cgroup_pids(self, service: str) -> set[int]:
+        return _pids_in([d for d in self._cgroup_dirs(service) if d.is_dir()])
+
+    def kill_cgroup(self, service: str, timeout: float = 10.0) -> set[int]:
+        """SIGKILL every process in the daemon's cgroup, in any hierarchy, until none is
+        left (as an engine stops a container, or systemd a unit's control group);
+        returns the pids killed."""
+        killed: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while pids := self.cgroup_pids(service) - {os.getpid()}:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{service}'s cgroup still holds {sorted(pids)}")
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed |= pids
+            time.sleep(0.02)
+        proc = self.procs.pop(service, None)
+        if proc is not None:
+            proc.wait(timeout=30)
+        return killed
 
     # ------------------------------------------------------------- lifecycle
     def start(self, services: tuple[str, ...] = SERVICES) -> Stack:
@@ -177,6 +235,7 @@ class Stack:
         proc = subprocess.Popen(
             [*self.wrappers.get(service, []), str(BIN / f"crib-{service}")], env=self.env(), stdout=log, stderr=log,
             stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=self._join_before_exec(service),
         )
         self.procs[service] = proc
         wait_for_socket(self.cri_socket if service == "gateway" else sock, timeout, proc,
@@ -281,6 +340,39 @@ class Stack:
         for target in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _make_shared(root: Path) -> None:
+    """Bind `root` onto itself and make it shared (`mount --make-rshared`): runtimed
+    requires its directories to propagate mounts, and /tmp is private on hosts without
+    systemd. `cleanup` unmounts it with everything below."""
+    for argv in (["mount", "--bind", str(root), str(root)],
+                 ["mount", "--make-rshared", str(root)]):
+        subprocess.run(argv, check=True, capture_output=True)
+
+
+def _hierarchies() -> list[Path]:
+    """Every mounted cgroup hierarchy (v1 controllers, name=systemd, the hybrid cgroup2;
+    or the one v2 tree)."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.procs").exists():
+        return [root]
+    return [h for h in sorted(root.iterdir())
+            if not h.is_symlink() and (h / "cgroup.procs").exists()]
+
+
+def _mkdir_cgroup(d: Path) -> None:
+    """mkdir -p a cgroup; new v1 cpuset levels get their parent's cpus and mems."""
+    missing = []
+    p = d
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for level in reversed(missing):
+        level.mkdir()
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if (level / name).exists() and not (level / name).read_text().strip():
+                (level / name).write_text((level.parent / name).read_text())
 
 
 def _pids_in(cgroup_dirs: list[Path]) -> set[int]:

@@ -118,6 +118,9 @@ class RuntimedSection(BaseModel):
     default_handler: str = "runc"
     conmon: str = "/usr/bin/conmon"
     pinns_dir: Path = Path("/run/crib/ns")
+    # Where the kubelet puts pod logs (PodSandboxConfig.log_directory lives below): one of
+    # the directories that must propagate mounts to the host (checked at start).
+    pod_log_dir: Path = Path("/var/log/pods")
     catatonit: str = "/usr/bin/catatonit"
     # Empty: sandboxes hold namespaces by bind mounts, no infra container (CRI-O's
     # drop_infra_ctr). Set an image to run a pause container instead.
@@ -129,6 +132,12 @@ class RuntimedSection(BaseModel):
     # slices and scopes through runc/crun's systemd cgroup manager. Must match the
     # kubelet's cgroupDriver; "systemd" needs systemd as PID 1.
     cgroup_driver: Literal["cgroupfs", "systemd"] = "cgroupfs"
+    # Where each container's monitor (conmon) runs, always in a cgroup of its own outside
+    # runtimed's, so that killing runtimed's cgroup (its container, its unit) leaves the
+    # containers running (CRI-O's conmon_cgroup): "pod" under the pod's cgroup parent,
+    # charged to the pod; or a cgroupfs path ("/crib.monitors"), with the systemd driver a
+    # slice ("system.slice").
+    monitor_cgroup: str = "pod"
     # pids.max of every container (0: unlimited); the CRI has no per-container field.
     pids_limit: int = Field(default=0, ge=0)
     # conmon --log-size-max per container log file (0: unlimited; kubelet rotates).

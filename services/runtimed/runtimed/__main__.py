@@ -16,14 +16,18 @@ from crib_common.server import run_daemon
 from crib_common.settings import CribSettings
 
 from .app import create_app
+from .propagation import check_propagation, state_directories
 
 
 def _build(settings: CribSettings) -> web.Application:
     try:
+        # Before anything is mounted: directories that do not propagate mounts to the
+        # host would hide the pods' namespace pins from the next runtimed (issue 17).
+        check_propagation(state_directories(settings.runtimed))
         return create_app(settings)
     except FailedPrecondition as exc:
-        # A setting this host cannot honour (cgroup_driver = "systemd" without systemd):
-        # one clear line and a non-zero exit, not a traceback.
+        # A setting this host cannot honour (cgroup_driver = "systemd" without systemd,
+        # directories on private mounts): one clear line and exit 2, not a traceback.
         print(f"crib-runtimed: cannot start: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
 

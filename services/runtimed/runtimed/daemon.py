@@ -23,7 +23,8 @@ from crib_common.clients.imaged import ImagedClient
 from crib_common.clients.netd import NetdClient
 from crib_common.settings import CribSettings
 
-from .cgroups import check_cgroup_driver, runtime_global_args
+from .cgroups import check_cgroup_driver, check_monitor_cgroup, runtime_global_args
+from .cgroups.monitor import in_cgroup_namespace
 from .conmon.monitor import Conmon, Monitor
 from .host import LinuxHost
 from .lifecycle.containers import Containers
@@ -54,6 +55,11 @@ class Runtimed:
         # every container create; refuse to start instead (FailedPrecondition, the
         # message names the setting).
         check_cgroup_driver(cfg.cgroup_driver)
+        check_monitor_cgroup(cfg.monitor_cgroup, cfg.cgroup_driver)
+        if in_cgroup_namespace():
+            log.warning("runtimed runs in a cgroup namespace: pods and monitors are placed "
+                        "inside its own container's cgroup and die when it is stopped; "
+                        "run it with the host's cgroup namespace (cgroupns=host)")
         if runtimes is None:
             # runc and crun take --systemd-cgroup before the subcommand; conmon gets the
             # same list as --runtime-arg (OciRuntime.global_args).
@@ -61,8 +67,9 @@ class Runtimed:
                                          root=h.root or cfg.run_dir / "rt" / name,
                                          extra=runtime_global_args(cfg.cgroup_driver))
                         for name, h in cfg.handlers.items()}
-        self.node = Node(settings, runtimes=runtimes, monitor=monitor or Conmon(),
-                         host=host or LinuxHost(),
+        host = host or LinuxHost()
+        self.node = Node(settings, runtimes=runtimes,
+                         monitor=monitor or Conmon(join=host.join_cgroup), host=host,
                          imaged=imaged or ImagedClient(settings.imaged.socket),
                          netd=netd or NetdClient(settings.netd.socket))
         self.exits = Exits(self.node)

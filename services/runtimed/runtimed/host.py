@@ -13,7 +13,13 @@ from crib_common.models.imaged import Mount
 from .cgroups import CgroupHost, CgroupStats
 from .oci.mount import mount_all
 from .sandbox.files import mount_shm, write_pod_files
-from .sandbox.namespaces import mounts_under, pin_namespaces, umount, unpin_namespaces
+from .sandbox.namespaces import (
+    lost_pins,
+    mounts_under,
+    pin_namespaces,
+    umount,
+    unpin_namespaces,
+)
 
 __all__ = ["LinuxHost"]
 
@@ -39,6 +45,9 @@ class LinuxHost:
     def unpin_namespaces(self, ns_dir: Path) -> None:
         unpin_namespaces(ns_dir)
 
+    def lost_pins(self, pins: dict[str, str]) -> list[str]:
+        return lost_pins(pins)
+
     def write_pod_files(self, pod_dir: Path, hostname: str, dns: Any, ips: list[str],
                         host_network: bool) -> None:
         write_pod_files(pod_dir, hostname, dns, ips, host_network)
@@ -54,6 +63,12 @@ class LinuxHost:
 
     def kill_cgroup(self, cgroup_path: str) -> int:
         return self.cgroups.kill(cgroup_path)
+
+    def join_cgroup(self, cgroup_path: str, pid: int) -> None:
+        self.cgroups.join(cgroup_path, pid)
+
+    def cgroup_children(self, cgroup_path: str) -> set[str]:
+        return self.cgroups.children(cgroup_path)
 
     def remove_cgroup(self, cgroup_path: str) -> list[str]:
         return self.cgroups.remove(cgroup_path)

@@ -193,7 +193,9 @@ def leftovers(stack: Stack) -> dict[str, list[str]]:
     for ctrl in Path("/sys/fs/cgroup").iterdir():
         top = ctrl / stack.cgroup_parent.lstrip("/")
         if top.is_dir():
-            cgs += [str(p) for p in top.iterdir() if p.is_dir()]
+            # A daemon's own cgroup (`Stack.own_cgroups`) is the stack's, not a leak.
+            cgs += [str(p) for p in top.iterdir()
+                    if p.is_dir() and not p.name.startswith("daemon-")]
     out["cgroups"] = cgs
     netns = Path(root) / "run/netns"
     out["netns"] = [str(p) for p in netns.iterdir()] if netns.is_dir() else []

@@ -209,6 +209,8 @@ class FakeMonitor:
         self.controls: list[tuple[str, int]] = []
         self.starts: dict[int, int] = {}
         self._next_pid = 4_000_000  # above any pid_max: never a real process
+        # Placed as `Conmon(join=host.join_cgroup)` places it, when a host is given.
+        self.host: FakeHost | None = None
 
     async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
         await self.steps.ahit("monitor.start")
@@ -219,6 +221,8 @@ class FakeMonitor:
         spec.persist_dir.mkdir(parents=True, exist_ok=True)
         spec.socket_dir.mkdir(parents=True, exist_ok=True)
         os.symlink(spec.bundle, spec.socket_dir / spec.cid)
+        if spec.cgroup and self.host is not None:
+            self.host.join_cgroup(spec.cgroup, monitor_pid)
         self.live |= {monitor_pid, pid}
         self.starts[monitor_pid] = self.starts[pid] = monitor_pid  # any stable number
         runtime.containers[spec.cid] = "created"
@@ -279,6 +283,10 @@ class FakeHost:
         self.pins[str(ns_dir)] = pins
         return pins
 
+    def lost_pins(self, pins: dict[str, str]) -> list[str]:
+        held = {path for p in self.pins.values() for path in p.values()}
+        return [kind for kind, path in pins.items() if path not in held]
+
     def unpin_namespaces(self, ns_dir: Path) -> None:
         self.steps.hit("host.unpin_namespaces")
         self.pins.pop(str(ns_dir), None)
@@ -304,6 +312,14 @@ class FakeHost:
     def kill_cgroup(self, cgroup_path: str) -> int:
         self.steps.hit("host.kill_cgroup")
         return 0
+
+    def join_cgroup(self, cgroup_path: str, pid: int) -> None:
+        self.steps.hit("host.join_cgroup")
+        self.cgroups.setdefault(cgroup_path, {}).setdefault("procs", []).append(pid)
+
+    def cgroup_children(self, cgroup_path: str) -> set[str]:
+        prefix = cgroup_path.rstrip("/") + "/"
+        return {p[len(prefix):].split("/")[0] for p in self.cgroups if p.startswith(prefix)}
 
     def remove_cgroup(self, cgroup_path: str) -> list[str]:
         self.steps.hit("host.remove_cgroup")
@@ -435,6 +451,7 @@ class Fakes:
         self.monitor = FakeMonitor(self.steps)
         self.runtime = FakeRuntime(self.steps, self.monitor, self.exit_dir)
         self.host = FakeHost(self.steps)
+        self.monitor.host = self.host
         self.imaged = FakeImaged(self.steps)
         self.netd = FakeNetd(self.steps)
 

@@ -75,13 +75,18 @@ def test_the_kubelets_parent_is_used_as_given() -> None:
     got = _parent("cgroupfs", "/kubepods/burstable/pod1234")
     assert got == {"cgroup_parent": "/kubepods/burstable/pod1234",
                    "cgroup_path": "/kubepods/burstable/pod1234", "cgroup_owned": False,
-                   "infra_cgroup": "/kubepods/burstable/pod1234/" + "ab" * 32}
+                   "infra_cgroup": "/kubepods/burstable/pod1234/" + "ab" * 32,
+                   # The infra's monitor beside it, in a cgroup of its own (monitor_cgroup
+                   # "pod").
+                   "infra_monitor_cgroup": "/kubepods/burstable/pod1234/crib-conmon-"
+                                           + "ab" * 32}
     own = _parent("cgroupfs", "")
     assert own["cgroup_parent"] == "/crib/crib-" + "ab" * 8 and own["cgroup_owned"] is True
     sd = _parent("systemd", "kubepods-burstable-pod1234.slice")
     assert sd["cgroup_path"] == ("/kubepods.slice/kubepods-burstable.slice/"
                                  "kubepods-burstable-pod1234.slice")
     assert sd["infra_cgroup"].endswith("/crib-" + "ab" * 32 + ".scope")
+    assert sd["infra_monitor_cgroup"] == sd["cgroup_path"] + "/crib-conmon-" + "ab" * 32 + ".scope"
     with pytest.raises(InvalidArgument, match="cgroupDriver"):
         _parent("cgroupfs", "kubepods-burstable-pod1234.slice")
 

@@ -49,16 +49,26 @@ def test_releasing_container_is_not_an_orphan(tmp_path: Path) -> None:
     for cid in (RELEASING, ORPHAN):
         (tmp_path / "c" / cid).mkdir()
     unmounted: list[str] = []
+    removed_cgroups: list[str] = []
+    monitors = {"/crib.monitors": [f"crib-conmon-{RELEASING}", f"crib-conmon-{ORPHAN}",
+                                   "someone-else"]}
     imaged = FakeImaged()
     node = SimpleNamespace(
         store=store, sandboxes={}, containers={}, imaged=imaged, netd=FakeNetd(),
         pods_dir=tmp_path / "p", bundles=tmp_path / "c", sock_dir=tmp_path / "s",
-        exit_dir=tmp_path / "exits", cfg=SimpleNamespace(pinns_dir=str(tmp_path / "ns")),
-        host=SimpleNamespace(unmount_under=unmounted.append, unpin_namespaces=None))
+        exit_dir=tmp_path / "exits",
+        cfg=SimpleNamespace(pinns_dir=str(tmp_path / "ns"), monitor_cgroup="/crib.monitors",
+                            cgroup_driver="cgroupfs"),
+        host=SimpleNamespace(unmount_under=unmounted.append, unpin_namespaces=None,
+                             cgroup_children=lambda path: set(monitors.get(path, ())),
+                             remove_cgroup=removed_cgroups.append))
     clean, removed = asyncio.run(Sweeper(node).sweep())  # type: ignore[arg-type]
     assert clean
     assert imaged.removed == [ORPHAN]
     assert (tmp_path / "c" / RELEASING).is_dir()
     assert not (tmp_path / "c" / ORPHAN).exists()
-    assert removed == {"snapshots": 1, "directories": 1}
+    # The monitor cgroup of the container being released stays; the orphan's goes, and
+    # a cgroup crib did not name is not looked at.
+    assert removed_cgroups == [f"/crib.monitors/crib-conmon-{ORPHAN}"]
+    assert removed == {"snapshots": 1, "directories": 1, "monitor_cgroups": 1}
     store.close()

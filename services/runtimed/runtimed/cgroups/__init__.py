@@ -3,6 +3,7 @@ for cgroup v1 and v2, and where pods and containers sit in the tree.
 
     host.py    CgroupMode, detect_mode, CgroupHost (one facade over v1/v2),
                check_cgroup_driver
+    monitor.py the cgroup of each container's monitor, outside runtimed's; joining one
     paths.py   the kubelet's tree as given, container cgroup names for both drivers,
                systemd slice expansion (pure)
     limits.py  pod_resources (the pod sum rule), shares->weight, swap conversion
@@ -18,6 +19,13 @@ from __future__ import annotations
 
 from .host import CgroupHost, CgroupMode, check_cgroup_driver, detect_mode, mount_fstype
 from .limits import DEFAULT_CFS_PERIOD, cpu_shares_to_weight, memory_swap_to_v2, pod_resources
+from .monitor import (
+    MONITOR_POD,
+    check_monitor_cgroup,
+    join_cgroup,
+    monitor_cgroup,
+    monitor_id,
+)
 from .paths import (
     CgroupDriver,
     ContainerCgroup,
@@ -46,12 +54,17 @@ __all__ = [
     "CgroupStats",
     "ContainerCgroup",
     "IoDeviceStats",
+    "MONITOR_POD",
     "apply_pod_resources",
     "check_cgroup_driver",
+    "check_monitor_cgroup",
     "container_cgroup",
     "cpu_shares_to_weight",
     "detect_mode",
+    "join_cgroup",
     "memory_swap_to_v2",
+    "monitor_cgroup",
+    "monitor_id",
     "mount_fstype",
     "oom_killed",
     "pod_cgroup_parent",

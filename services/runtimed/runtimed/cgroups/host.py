@@ -12,7 +12,9 @@ IsCgroup2UnifiedMode looks at the filesystem type of /sys/fs/cgroup alone).
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from crib_common.errors import FailedPrecondition
 from crib_common.mountinfo import MOUNTINFO, mount_fstype
 
-from . import v1, v2
+from . import monitor, v1, v2
 from .stats import CgroupStats
 
 __all__ = ["CgroupHost", "CgroupMode", "check_cgroup_driver", "detect_mode", "mount_fstype"]
@@ -125,6 +127,21 @@ class CgroupHost:
         if self.mode is CgroupMode.HYBRID:
             n = v2.kill_cgroup(cgroup_path, self.root / "unified")
         return n + v1.kill_cgroup(cgroup_path, self.root)
+
+    def join(self, cgroup_path: str, pid: int) -> list[str]:
+        """Move `pid` into the cgroup (made where missing) in every hierarchy
+        (`monitor.join_cgroup`)."""
+        return monitor.join_cgroup(cgroup_path, pid, self.root, self.unified)
+
+    def children(self, cgroup_path: str) -> set[str]:
+        """Names of the cgroups directly below `cgroup_path`, in any hierarchy (a v1
+        cgroup may be left in some trees and not others)."""
+        rel = cgroup_path.strip("/")
+        names: set[str] = set()
+        for top in monitor.hierarchies(self.root, self.unified):
+            with contextlib.suppress(OSError):
+                names |= {e.name for e in os.scandir(top / rel) if e.is_dir()}
+        return names
 
     def remove(self, cgroup_path: str) -> list[str]:
         """rmdir the cgroup tree (every v1 hierarchy, or the one v2 tree); returns what

@@ -28,6 +28,7 @@ __all__ = [
     "CgroupDriver",
     "ContainerCgroup",
     "SCOPE_PREFIX",
+    "clean_fs_path",
     "container_cgroup",
     "pod_cgroup_parent",
     "pod_cgroup_path",
@@ -72,7 +73,8 @@ def slice_path(name: str) -> str:
     return out
 
 
-def _clean_fs(path: str) -> str:
+def clean_fs_path(path: str) -> str:
+    """A cgroupfs path made absolute and normal; InvalidArgument for . or .. parts."""
     parts = [p for p in path.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise InvalidArgument(f"cgroup path {path!r} must not contain . or ..")
@@ -94,7 +96,7 @@ def pod_cgroup_parent(requested: str, *, setting: str, sandbox_id: str,
                 f"cgroup_parent {requested!r} is not a cgroupfs path: with the cgroupfs "
                 f"driver the kubelet sends /kubepods/...; is the kubelet's cgroupDriver "
                 f"systemd?")
-        return _clean_fs(requested)
+        return clean_fs_path(requested)
     short = sandbox_id[:16]
     if driver == "systemd":
         base = setting.strip("/")
@@ -106,12 +108,12 @@ def pod_cgroup_parent(requested: str, *, setting: str, sandbox_id: str,
         name = f"pod{short}{_SLICE}" if base == "-" else f"{base}-pod{short}{_SLICE}"
         slice_path(name)
         return name
-    return _clean_fs(f"{setting}/crib-{short}")
+    return clean_fs_path(f"{setting}/crib-{short}")
 
 
 def pod_cgroup_path(parent: str, driver: CgroupDriver) -> str:
     """The pod cgroup's path under the cgroup root (stats, limits, removal)."""
-    return slice_path(parent) if driver == "systemd" else _clean_fs(parent)
+    return slice_path(parent) if driver == "systemd" else clean_fs_path(parent)
 
 
 def container_cgroup(parent: str, container_id: str, driver: CgroupDriver) -> ContainerCgroup:
@@ -123,7 +125,7 @@ def container_cgroup(parent: str, container_id: str, driver: CgroupDriver) -> Co
         return ContainerCgroup(
             oci_path=f"{parent}:{SCOPE_PREFIX}:{container_id}",
             fs_path=f"{base.rstrip('/')}/{SCOPE_PREFIX}-{container_id}.scope")
-    path = f"{_clean_fs(parent).rstrip('/')}/{container_id}"
+    path = f"{clean_fs_path(parent).rstrip('/')}/{container_id}"
     return ContainerCgroup(oci_path=path, fs_path=path)
 
 

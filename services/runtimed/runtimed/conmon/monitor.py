@@ -5,6 +5,10 @@ holds the container's stdio, writes the CRI log (`-l k8s-file:<path>`), and at e
 the code to `<exit-dir>/<id>` and `<persist-dir>/exit`, so runtimed may die and come back
 (conmon README). It reports the container's pid on the sync pipe named by `_OCI_SYNCPIPE`
 as one JSON line `{"data": <pid>}` (a negative pid and "message" on failure).
+
+Before conmon forks anything it waits on its start pipe (`_OCI_STARTPIPE`); runtimed
+moves it into its own cgroup first (`cgroups.monitor`), so that no moment exists in which
+a kill of runtimed's cgroup could take the monitor along.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import struct
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,7 @@ from crib_common.proc import DEVNULL, Child, wait_fd
 from ..oci.runtime import without_warnings
 
 __all__ = [
+    "CgroupJoin",
     "Conmon",
     "ConmonSpec",
     "Monitor",
@@ -67,6 +73,9 @@ class ConmonSpec:
     stdin_once: bool = False
     log_level: str = "info"
     log_size_max: int = 0
+    # The monitor's own cgroup, a path under the cgroup root (`cgroups.monitor_cgroup`);
+    # "" leaves it where runtimed is (unit tests).
+    cgroup: str = ""
 
     @property
     def pidfile(self) -> Path:
@@ -124,11 +133,20 @@ class Monitor(Protocol):
     def control(self, bundle: Path, msg_type: int) -> None: ...
 
 
+# Moves a pid into a cgroup (path under the cgroup root) in every hierarchy
+# (`ports.Host.join_cgroup`).
+CgroupJoin = Callable[[str, int], object]
+
+
 class Conmon:
-    """`Monitor` through Debian's conmon."""
+    """`Monitor` through Debian's conmon; `join` places each one in its `spec.cgroup`."""
+
+    def __init__(self, join: CgroupJoin | None = None) -> None:
+        self.join = join
 
     async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
-        return await start_conmon(spec, timeout=timeout)
+        return await start_conmon(spec, timeout=timeout,
+                                  join=self.join if spec.cgroup else None)
 
     def alive(self, pid: int, started: int = 0) -> bool:
         return process_alive(pid) and (not started or process_start_time(pid) == started)
@@ -180,8 +198,11 @@ class Conmon:
         control(bundle, msg_type)
 
 
-async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
-    """Run conmon, which runs `<runtime> create`; returns (conmon pid, container pid)."""
+async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0,
+                       join: CgroupJoin | None = None) -> tuple[int, int]:
+    """Run conmon, which runs `<runtime> create`; returns (conmon pid, container pid).
+    With `join`, conmon is held on its start pipe until `join(spec.cgroup, pid)` has
+    moved it (a failure kills it and is FailedPrecondition)."""
     spec.persist_dir.mkdir(parents=True, exist_ok=True)
     spec.socket_dir.mkdir(parents=True, exist_ok=True)
     if spec.log_path:
@@ -192,15 +213,29 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
     os.set_blocking(r, False)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
            "_OCI_SYNCPIPE": str(w)}
+    child_fds = [w]
+    start_r = start_w = -1
+    if join is not None:
+        start_r, start_w = os.pipe()
+        env["_OCI_STARTPIPE"] = str(start_r)
+        child_fds.append(start_r)
     errfile = open(spec.bundle / "conmon.err", "wb")
     try:
-        child = Child(argv, env=env, pass_fds=[w], stdin=DEVNULL, stdout=DEVNULL,
+        child = Child(argv, env=env, pass_fds=child_fds, stdin=DEVNULL, stdout=DEVNULL,
                       stderr=errfile, start_new_session=True,
                       # conmon writes its "oom" marker relative to its working directory.
                       cwd=str(spec.bundle))
+    except BaseException:
+        os.close(r)
+        if start_w >= 0:
+            os.close(start_w)
+        raise
     finally:
-        os.close(w)
+        for fd in child_fds:
+            os.close(fd)
         errfile.close()
+    if join is not None:
+        await _release(child, spec, join, start_w, r)
     try:
         async with asyncio.timeout(timeout):
             # The first conmon process exits as soon as its child has detached. (Its
@@ -232,6 +267,36 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int,
                 "conmon closed the sync pipe: " + _tail(spec.bundle / "conmon.err"))
         raise FailedPrecondition(f"creating container {spec.cid}: {text.strip()}")
     return conmon_pid, pid
+
+
+async def _release(child: Child, spec: ConmonSpec, join: CgroupJoin, start_w: int,
+                   sync_r: int) -> None:
+    """Move the waiting conmon into its cgroup, then let it go on (one byte on the start
+    pipe). A move that fails (or is cancelled) kills it: a monitor left in runtimed's
+    cgroup would die with runtimed.
+
+    In a thread: the kernel makes the first cgroup.procs write after a quiet spell wait for
+    an RCU grace period (cgroup_threadgroup_rwsem taken for writing), ~10 ms measured here,
+    which must not stall the event loop; the writes to the other hierarchies that follow
+    cost ~20 us each."""
+    try:
+        begun = time.perf_counter()
+        try:
+            await asyncio.to_thread(join, spec.cgroup, child.pid)
+        except BaseException as exc:
+            await child.reap()
+            os.close(sync_r)
+            if not isinstance(exc, OSError):
+                raise
+            raise FailedPrecondition(
+                f"moving the monitor of {spec.cid} into cgroup {spec.cgroup}: "
+                f"{exc.strerror} ({exc.filename or 'cgroup.procs'})") from None
+        log.debug("monitor placed", container=spec.cid, cgroup=spec.cgroup,
+                  ms=round((time.perf_counter() - begun) * 1000, 3))
+        with contextlib.suppress(BrokenPipeError):  # conmon died: its exit status says why
+            os.write(start_w, b"\0")
+    finally:
+        os.close(start_w)
 
 
 async def _read_line(fd: int) -> bytes:

@@ -19,6 +19,7 @@ from crib_common.errors import FailedPrecondition, InvalidArgument
 from crib_common.server import CriTable
 
 from ..daemon import Runtimed
+from ..lifecycle.pins import pins_lost_error
 from ..oci.spec import is_set
 from ..store.records import SandboxRecord
 
@@ -40,6 +41,8 @@ def register(table: CriTable, runtimed: Runtimed) -> None:
 
         async def create() -> str:
             if pod.status.state != "ready":
+                if pod.status.lost_namespaces:
+                    raise pins_lost_error(pod)
                 raise FailedPrecondition(f"pod sandbox {pod.meta.id} is not ready")
             handler = node.runtime_for(pod.meta.handler)
             image = await node.imaged.resolve_image(config.image.image)

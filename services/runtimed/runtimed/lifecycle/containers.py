@@ -44,7 +44,7 @@ from crib_common.errors import CribError, DeadlineExceeded, FailedPrecondition
 from crib_common.models.imaged import ImageInfo, SnapshotCreate
 
 from ..bundle import write_config
-from ..cgroups import container_cgroup
+from ..cgroups import container_cgroup, monitor_cgroup
 from ..conmon.monitor import REOPEN_LOGS_EVENT, ConmonSpec
 from ..node import Node, failpoint, new_id, now
 from ..oci import security
@@ -60,7 +60,8 @@ from ..oci.user import resolve_user
 from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
 from .infra import KILL_WAIT
-from .undo import attempt, undone_on_failure, unmount_and_remove
+from .pins import check_pins, pins_lost_error
+from .undo import attempt, release_monitor, undone_on_failure, unmount_and_remove
 from .volumes import mount_image_volumes, mount_record
 
 __all__ = ["Containers", "RELEASE_KIND"]
@@ -115,16 +116,25 @@ class Containers:
             mounts=[mount_record(m) for m in config.mounts],
             cgroup_path=container_cgroup(pod.meta.cgroup_parent, cid,
                                          node.cfg.cgroup_driver).fs_path,
+            monitor_cgroup=monitor_cgroup(node.cfg.monitor_cgroup, pod.meta.cgroup_parent,
+                                          cid, node.cfg.cgroup_driver),
         )
         rec = ContainerRecord(meta=meta)
         rec.status.resources = _resources(config)
         node.add_container(rec)
         log.info("container creating", container=cid, pod=pod.meta.id, name=metadata.name,
                  image=config.image.image)
-        async with undone_on_failure(node, rec, self.teardown, node.drop_container):
-            await self._setup(rec, pod, config, image.config, rt)
-            rec.status.state = "created"
-            node.put_container(rec)
+        try:
+            async with undone_on_failure(node, rec, self.teardown, node.drop_container):
+                await self._setup(rec, pod, config, image.config, rt)
+                rec.status.state = "created"
+                node.put_container(rec)
+        except CribError:
+            # runc's "failed to setns into ipc namespace" is the pod's fault, not the
+            # container's: say so, and stop reporting the pod Ready.
+            if check_pins(node, pod):
+                raise pins_lost_error(pod) from None
+            raise
         log.info("container created", container=cid, pid=rec.status.pid)
         self.exits.watch(rec)
         node.emit(cid, "created")
@@ -189,7 +199,7 @@ class Containers:
                              bundle=bundle, log_path=meta.log_path or str(bundle / "ctr.log"),
                              exit_dir=node.exit_dir, socket_dir=node.sock_dir, tty=meta.tty,
                              stdin=meta.stdin, stdin_once=meta.stdin_once,
-                             log_size_max=node.cfg.log_size_max)
+                             log_size_max=node.cfg.log_size_max, cgroup=meta.monitor_cgroup)
         conmon_pid, pid = await node.monitor.start(monitor, timeout=node.cfg.create_timeout)
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
         rec.status.conmon_started = node.monitor.started(conmon_pid)
@@ -207,7 +217,8 @@ class Containers:
         released = await (deleted if deleted is not None else self.exits.released(meta.id))
         if rt is not None and not released:
             await attempt(failed, "runtime delete", rt.delete(meta.id), container=meta.id)
-        node.monitor.kill(rec.status.conmon_pid)
+        await release_monitor(node, rec.status.conmon_pid, rec.status.conmon_started,
+                              meta.monitor_cgroup, meta.id)
         await unmount_and_remove(node, failed, meta.bundle,
                                  [meta.snapshot_key, *meta.image_mounts], container=meta.id)
         for leftover in (node.sock_dir / meta.id, node.exit_dir / meta.id):
@@ -235,6 +246,9 @@ class Containers:
                 # The runtime failed the process start (bad binary, ...): the monitor
                 # records the exit; report it like containerd, an exited container.
                 await self.exits.settle(rec, fallback_code=128, message=exc.message)
+                pod = node.sandboxes.get(rec.meta.pod_id)
+                if pod is not None:
+                    check_pins(node, pod)
                 raise
             if rec.status.state == "created":  # the exit watcher may have been faster
                 rec.status.state = "running"

@@ -113,7 +113,7 @@ async def _run(node: Node, rec: SandboxRecord, rt: RuntimeImpl, bundle: Path) ->
     spec = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=f"infra-{meta.name}",
                       runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
                       log_path=str(bundle / "infra.log"), exit_dir=node.exit_dir,
-                      socket_dir=node.sock_dir)
+                      socket_dir=node.sock_dir, cgroup=meta.infra_monitor_cgroup)
     conmon_pid, pid = await node.monitor.start(spec)
     rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
     rec.status.infra_started = node.monitor.started(pid)

@@ -7,11 +7,14 @@ may be gone. Per record, under its own timeout:
 
     container creating  ──> rolled back, dropped (a create killed half-way)
     container created/running ──exit file──> exited
+                              (a live monitor of an older runtimed, still in runtimed's
+                               cgroup, is moved into its own: `cgroups.monitor`)
                               ──monitor alive, runtime says running──> running
                               ──monitor gone, no exit file──> exited (255, message)
                               ──cannot tell──> unknown
     sandbox creating    ──> its containers and itself rolled back, dropped
     sandbox ready, infra gone ──> notready
+    sandbox ready, a pinned namespace gone ──> notready (`lifecycle.pins`)
     release queued by RemoveContainer ──> torn down, forgotten
 
 Then bundles and exit files that no record names are removed.
@@ -26,10 +29,12 @@ import shutil
 
 import structlog
 
+from ..cgroups import monitor_cgroup
 from ..node import Node, now
 from ..store.records import ContainerRecord, SandboxRecord
 from .containers import Containers
 from .exits import LOST_MESSAGE, LOST_REASON, Exits
+from .pins import check_pins
 from .sandboxes import Sandboxes
 from .undo import rollback
 
@@ -96,6 +101,7 @@ async def _container(node: Node, containers: Containers, exits: Exits,
     st = await rt.state(c.meta.id) if rt is not None else None
     status = (st or {}).get("status", "")
     if node.monitor.alive(c.status.conmon_pid, c.status.conmon_started):
+        await _place_old_monitor(node, c.meta.pod_id, c.status.conmon_pid, c)
         if status == "running" and c.status.state == "created":
             # Killed between `runtime start` and persisting "running".
             c.status.state = "running"
@@ -128,3 +134,37 @@ async def _sandbox(node: Node, sandboxes: Sandboxes, containers: Containers,
             not node.monitor.alive(s.status.infra_pid, s.status.infra_started):
         s.status.state = "notready"
         node.put_sandbox(s)
+    if s.status.state == "ready":
+        check_pins(node, s)
+    if s.status.state == "ready" and s.meta.has_infra:
+        await _place_old_monitor(node, s.meta.id, s.status.infra_conmon_pid, s)
+
+
+async def _place_old_monitor(node: Node, pod_id: str, pid: int,
+                             rec: ContainerRecord | SandboxRecord) -> None:
+    """A monitor started before monitors had cgroups of their own still shares runtimed's
+    cgroup, and would die with it: moved into its own now (conmon forked long ago; its one
+    child, the container's process, is in the container's cgroup)."""
+    if isinstance(rec, ContainerRecord):
+        if rec.meta.monitor_cgroup:
+            return
+    elif rec.meta.infra_monitor_cgroup or not node.monitor.alive(pid):
+        return
+    pod = node.sandboxes.get(pod_id)
+    if pod is None or pid <= 0:
+        return
+    path = monitor_cgroup(node.cfg.monitor_cgroup, pod.meta.cgroup_parent, rec.meta.id,
+                          node.cfg.cgroup_driver)
+    try:
+        await asyncio.to_thread(node.host.join_cgroup, path, pid)
+    except OSError as exc:
+        log.warning("monitor not moved out of runtimed's cgroup", id=rec.meta.id,
+                    cgroup=path, error=str(exc))
+        return
+    if isinstance(rec, ContainerRecord):
+        rec.meta.monitor_cgroup = path
+        node.put_container(rec)
+    else:
+        rec.meta.infra_monitor_cgroup = path
+        node.put_sandbox(rec)
+    log.info("monitor moved into its own cgroup", id=rec.meta.id, cgroup=path)

@@ -34,7 +34,7 @@ from ..oci.runtime import RuntimeImpl
 from ..store.records import SandboxMeta, SandboxRecord
 from .containers import Containers
 from .infra import start_infra, stop_infra
-from .undo import attempt, undone_on_failure, unmount_and_remove
+from .undo import attempt, release_monitor, undone_on_failure, unmount_and_remove
 
 __all__ = ["SandboxRequest", "Sandboxes"]
 
@@ -97,7 +97,9 @@ class Sandboxes:
         return {"cgroup_parent": parent,
                 "cgroup_path": cgroups.pod_cgroup_path(parent, driver),
                 "cgroup_owned": not asked,
-                "infra_cgroup": cgroups.container_cgroup(parent, sid, driver).fs_path}
+                "infra_cgroup": cgroups.container_cgroup(parent, sid, driver).fs_path,
+                "infra_monitor_cgroup": cgroups.monitor_cgroup(cfg.monitor_cgroup, parent,
+                                                               sid, driver)}
 
     async def _setup(self, rec: SandboxRecord, dns: DnsConfig | None,
                      rt: RuntimeImpl) -> None:
@@ -146,7 +148,8 @@ class Sandboxes:
         rt = node.runtimes.get(meta.handler)
         if rt is not None and meta.has_infra:
             await attempt(failed, "delete infra", rt.delete(meta.id), pod=meta.id)
-            node.monitor.kill(rec.status.infra_conmon_pid)
+        await release_monitor(node, rec.status.infra_conmon_pid, 0,
+                              meta.infra_monitor_cgroup if meta.has_infra else "", meta.id)
         if network and not meta.host_network:
             await attempt(failed, "remove network", node.netd.remove_pod_network(meta.id),
                           pod=meta.id)

@@ -1,5 +1,6 @@
 """The orphan sweep: what netd, imaged and the host still hold for pods and containers
-runtimed has no record of.
+runtimed has no record of (networks, snapshots, directories, and the empty cgroups made
+for monitors, `cgroups.monitor`).
 
 A create rolled back while netd or imaged was down drops its record but not the network
 or snapshot it made there. A record is always written before the work it covers, so
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ import structlog
 
 from crib_common.errors import CribError
 
+from .. import cgroups
 from ..node import ID_LEN, Node
 from .containers import RELEASE_KIND
 
@@ -80,6 +83,7 @@ class Sweeper:
             node.imaged.remove_snapshot)
         removed = {"networks": nets, "snapshots": snaps}
         removed["directories"] = await asyncio.to_thread(self._sweep_directories)
+        removed["monitor_cgroups"] = await asyncio.to_thread(self._sweep_monitor_cgroups)
         removed = {k: v for k, v in removed.items() if v}
         if removed:
             log.warning("orphans removed", **removed)
@@ -129,6 +133,41 @@ class Sweeper:
                 except OSError as exc:
                     log.warning("orphan directory not removed", path=entry.path,
                                 error=str(exc))
+        return count
+
+
+    def _monitor_parents(self) -> set[str]:
+        """Where monitor cgroups are made: the named parent, and with "pod" the parent of
+        every known pod (and of pods of an earlier setting: monitors recorded)."""
+        node = self.node
+        parents = {posixpath.dirname(c.meta.monitor_cgroup)
+                   for c in node.containers.values() if c.meta.monitor_cgroup}
+        parents |= {posixpath.dirname(s.meta.infra_monitor_cgroup)
+                    for s in node.sandboxes.values() if s.meta.infra_monitor_cgroup}
+        if node.cfg.monitor_cgroup == cgroups.MONITOR_POD:
+            parents |= {s.meta.pod_cgroup for s in node.sandboxes.values() if s.meta.pod_cgroup}
+        else:
+            parents.add(posixpath.dirname(cgroups.monitor_cgroup(
+                node.cfg.monitor_cgroup, "", "x", node.cfg.cgroup_driver)))
+        return {p for p in parents if p.strip("/")}
+
+    def _sweep_monitor_cgroups(self) -> int:
+        """Monitor cgroups ("crib-conmon-<id>") whose container or pod has no record. Only
+        empty ones go: rmdir refuses a cgroup with a task in it, so a monitor still
+        running (of a container being created right now, its record just written) is
+        never touched."""
+        node = self.node
+        count = 0
+        for parent in sorted(self._monitor_parents()):
+            for name in node.host.cgroup_children(parent):
+                oid = cgroups.monitor_id(name)
+                if len(oid) != ID_LEN or oid in node.sandboxes or self._container_owns(oid):
+                    continue
+                left = node.host.remove_cgroup(f"{parent.rstrip('/')}/{name}")
+                if left:
+                    log.warning("orphan monitor cgroup not removed", cgroups=left)
+                else:
+                    count += 1
         return count
 
 

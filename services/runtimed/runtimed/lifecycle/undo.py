@@ -22,13 +22,16 @@ from crib_common.errors import CribError
 
 from ..node import Node
 
-__all__ = ["UNDO_TIMEOUT", "attempt", "rollback", "run_undo", "undone_on_failure",
-           "unmount_and_remove"]
+__all__ = ["MONITOR_WAIT", "UNDO_TIMEOUT", "attempt", "release_monitor", "rollback",
+           "run_undo", "undone_on_failure", "unmount_and_remove"]
 
 log = structlog.get_logger("crib.runtimed")
 
 # Undo steps run under their own bound, never the caller's (maybe expired) deadline.
 UNDO_TIMEOUT = 60.0
+# How long a teardown waits for a killed monitor to be gone before it removes the
+# monitor's cgroup (a cgroup with a task in it cannot be removed).
+MONITOR_WAIT = 10.0
 
 
 async def run_undo(node: Node, fn: Callable[..., Awaitable[None]], rec: Any) -> None:
@@ -110,3 +113,21 @@ async def unmount_and_remove(node: Node, failed: list[Exception], path: str,
         if key:
             await attempt(failed, "remove snapshot", node.imaged.remove_snapshot(key), **where)
     shutil.rmtree(path, ignore_errors=True)
+
+
+async def release_monitor(node: Node, pid: int, started: int, cgroup: str,
+                          owner: str) -> None:
+    """End a container's (or infra's) monitor if it still runs, then remove the cgroup
+    crib made for it. One that stays (a task still leaving) is the sweep's, which removes
+    empty monitor cgroups nobody owns (`lifecycle.sweep`)."""
+    node.monitor.kill(pid)
+    if pid > 0 and node.monitor.alive(pid, started):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MONITOR_WAIT):
+                await node.monitor.wait(pid)
+    if not cgroup:
+        return
+    left = await asyncio.to_thread(node.host.remove_cgroup, cgroup)
+    if left:
+        log.warning("monitor cgroup left behind", id=owner, cgroups=left)
+        node.want_sweep(after=owner)

@@ -20,7 +20,8 @@ from crib_common.errors import Internal
 
 from ..oci.runtime import run_command
 
-__all__ = ["pin_namespaces", "unpin_namespaces", "umount", "is_mountpoint", "mounts_under"]
+__all__ = ["lost_pins", "pin_namespaces", "unpin_namespaces", "umount", "is_mountpoint",
+           "mounts_under"]
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -91,3 +92,19 @@ def mounts_under(prefix: str) -> list[str]:
 
 def is_mountpoint(path: str | Path) -> bool:
     return str(path) in mounts_under(str(path))
+
+
+def lost_pins(pins: dict[str, str]) -> list[str]:
+    """The kinds ("ipc", "uts") of `pins` whose file no longer holds a namespace: gone, or
+    no longer a mount point (unmounted behind runtimed's back, or a copy seen from another
+    mount namespace after a restart). Two stats per pin, no mount table: a bind-mounted
+    namespace file is on nsfs, another device than its directory."""
+    lost = []
+    for kind, path in pins.items():
+        try:
+            mounted = os.stat(path).st_dev != os.stat(os.path.dirname(path)).st_dev
+        except OSError:
+            mounted = False
+        if not mounted:
+            lost.append(kind)
+    return lost

@@ -81,6 +81,8 @@ class SandboxMeta(BaseModel):
     cgroup_owned: bool = True
     # The infra process's cgroup path ("" in old records: <cgroup_parent>/crib-<id>).
     infra_cgroup: str = ""
+    # The infra monitor's own cgroup, made only when an infra runs ("" in old records).
+    infra_monitor_cgroup: str = ""
     pod_dir: str = ""  # hostname, resolv.conf, hosts, shm
     ipc_ns: str = ""  # pinned namespace files ("" = host)
     uts_ns: str = ""
@@ -116,6 +118,9 @@ class SandboxStatusRec(BaseModel):
     infra_pid: int = 0  # catatonit (shared PID namespace) or the pause container
     infra_conmon_pid: int = 0
     infra_started: int = 0  # the infra's start time (clock ticks), against pid reuse
+    # Pinned namespaces ("ipc", "uts") found gone (at start, or after a failed create or
+    # start): the pod is notready and cannot take containers; the kubelet recreates it.
+    lost_namespaces: list[str] = Field(default_factory=list)
     # CRI pod-level resources (LinuxPodSandboxConfig.resources plus overhead, as stored by
     # resources_to_dict) applied to the pod cgroup; UpdatePodSandboxResources rewrites them.
     resources: dict[str, Any] = Field(default_factory=dict)
@@ -162,6 +167,9 @@ class ContainerMeta(BaseModel):
     # cgroupfs "<pod parent>/<id>" (crib-<id> in old records), with systemd
     # "<pod slice path>/crib-<id>.scope". config.json holds the runtime's form.
     cgroup_path: str = ""
+    # The monitor's own cgroup (`cgroups.monitor_cgroup`), removed with the container;
+    # "" in old records (their monitor shares runtimed's cgroup).
+    monitor_cgroup: str = ""
 
 
 class ContainerStatusRec(BaseModel):
