@@ -129,7 +129,7 @@ def _podman_compose_ok(compose: Path) -> bool:
         return False
     out = _run([str(compose), "--version"], check=False, timeout=60).stdout
     match = re.search(r"podman-compose version (\d+)\.(\d+)", out)
-    return bool(match) and (int(match[1]), int(match[2])) >= MIN_PODMAN_COMPOSE
+    return match is not None and (int(match[1]), int(match[2])) >= MIN_PODMAN_COMPOSE
 
 
 def _toml(data: dict[str, dict[str, Any]]) -> str:
@@ -157,6 +157,10 @@ class ComposeStack:
     shared: list[str] = field(default_factory=list)
     # What took how long, in seconds (printed by the test).
     timings: dict[str, float] = field(default_factory=dict)
+    # Host paths podman makes on its own that were not there before (removed at teardown):
+    # its cgroupfs parent in every controller, and its blob-info cache.
+    podman_made: list[Path] = field(default_factory=lambda: [
+        p for p in _podman_host_paths() if not p.exists()])
 
     @property
     def host(self) -> Path:
@@ -270,9 +274,17 @@ class ComposeStack:
             self.podman("rm", "-a", "-f", "-t", "0", check=False)
         self._kill_cgroup_tree()
         self._unmount_under(self.workdir)
+        for made in self.podman_made:
+            if made.is_relative_to("/sys/fs/cgroup"):
+                _rmdir_tree(made)
+            else:
+                shutil.rmtree(made, ignore_errors=True)
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             _run(["ip", "link", "del", BRIDGE], check=False, timeout=30)
         left = leftovers(self.workdir)
+        still = [str(p) for p in self.podman_made if p.exists()]
+        if still:
+            left["podman"] = still
         if not left.get("mounts"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         return left
@@ -293,12 +305,7 @@ class ComposeStack:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
         for top in tops:
-            for cg in sorted((p for p in top.rglob("*") if p.is_dir()),
-                             key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    cg.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+            _rmdir_tree(top)
 
     @staticmethod
     def _unmount_under(root: Path) -> None:
@@ -308,6 +315,23 @@ class ComposeStack:
                 return
             for target in sorted(mounts, key=len, reverse=True):
                 subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
+
+
+def _podman_host_paths() -> list[Path]:
+    cgroups = [c / "libpod_parent" for c in Path("/sys/fs/cgroup").iterdir() if c.is_dir()]
+    return [*cgroups, Path("/var/lib/containers")]
+
+
+def _rmdir_tree(top: Path) -> None:
+    """Remove an (empty) cgroup directory and its children, deepest first."""
+    if not top.is_dir():
+        return
+    for cg in sorted((p for p in top.rglob("*") if p.is_dir()),
+                     key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            cg.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 def _mounts_under(root: Path) -> list[str]:
