@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import struct
 import tempfile
@@ -170,6 +171,15 @@ class Client:
                                      timeout=60)
 
 
+def _assert_new_runtimed(stack: ComposeStack, old_pid: int, cri: Client) -> None:
+    """Raises OSError until runtimed runs again under another pid and answers."""
+    state = stack.podman("inspect", "-f", "{{.State.Pid}}", stack.container("runtimed"),
+                         check=False).stdout.strip()
+    if state in ("", "0", str(old_pid)):
+        raise OSError(f"runtimed's container not restarted yet (pid {state or '?'})")
+    cri.rt.ListContainers(api_pb2.ListContainersRequest(), timeout=2)
+
+
 def _log_has(path: Path, text: str, timeout: float = 10.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
@@ -238,6 +248,20 @@ def test_compose_stack_under_podman(compose: ComposeStack, busybox_image: str,
                 (cid, st.state, st.reason, st.message)
         result = cri.exec(first, ["sh", "-c", "echo still $((6 * 7))"])
         assert (result.exit_code, result.stdout) == (0, b"still 42\n")
+
+        # A crash rather than an operator's kill: `restart: always` brings runtimed back
+        # (podman without systemd: its cleanup process restarts the container).
+        pid = int(stack.podman("inspect", "-f", "{{.State.Pid}}",
+                               stack.container("runtimed")).stdout)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        _until("runtimed restarted by its restart policy", lambda: _assert_new_runtimed(
+            stack, pid, cri), 120)
+        timings[f"runtimed killed by a signal -> restarted and ready ({PODS} pods)"] = \
+            time.monotonic() - t0
+        alive = _conmons()
+        assert all(alive.get(c) == monitors[c] for c in containers), "monitors lost"
+        assert all(cri.status(c).state == api_pb2.CONTAINER_RUNNING for c in containers)
         assert sum("hello from web" in line for line in first_log.read_text().splitlines()) == 1
         ping(pod_ip)
         cri.rt.StopContainer(api_pb2.StopContainerRequest(container_id=first, timeout=10),
