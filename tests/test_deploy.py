@@ -211,6 +211,18 @@ def test_runtimed_unit_leaves_containers_running() -> None:
     assert not service.get("OOMScoreAdjust", "0").startswith("-")
 
 
+@pytest.mark.parametrize("name", ["runtimed", "node"])
+def test_units_make_runtimeds_directories_shared_first(name: str) -> None:
+    """runtimed refuses directories that do not propagate mounts; the units run the same
+    script as `make up` before it, on the directories of deploy/crib.toml's defaults."""
+    pre = _unit(name)["Service"]["ExecStartPre"].split()
+    assert pre[0] == "/bin/bash" and pre[1] == "/opt/crib/scripts/share-mounts.sh"
+    assert (ROOT / "scripts" / "share-mounts.sh").is_file()
+    defaults = CribSettings().runtimed
+    for path in (defaults.run_dir, defaults.root, defaults.pinns_dir, defaults.pod_log_dir):
+        assert any(str(path).startswith(d) for d in pre[2:]), path
+
+
 def test_systemd_ordering() -> None:
     gateway = _unit("gateway")["Unit"]
     for dep in ("crib-runtimed.service", "crib-imaged.service", "crib-netd.service"):

@@ -212,7 +212,10 @@ class FakeMonitor:
         # Placed as `Conmon(join=host.join_cgroup)` places it, when a host is given.
         self.host: FakeHost | None = None
 
-    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
+    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0,
+                    ready: asyncio.Event | None = None) -> tuple[int, int]:
+        if ready is not None:
+            await ready.wait()
         await self.steps.ahit("monitor.start")
         runtime = self.runtimes[spec.runtime_path]
         monitor_pid, pid = self._next_pid, self._next_pid + 1

@@ -147,3 +147,45 @@ def test_cgroup_namespace_is_told_apart(tmp_path: Path) -> None:
         out = subprocess.run(["unshare", "--cgroup", sys.executable, "-c", probe],
                              capture_output=True, text=True, check=True).stdout
         assert out.strip() == "True"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/conmon").exists(),
+                    reason="needs root and Debian's conmon")
+def test_a_placed_conmon_waits_for_ready_and_dies_with_a_caller_that_gives_up(
+        tmp_path: Path) -> None:
+    """`ready` holds conmon after the move, so the caller overlaps the move with making
+    the bundle; cancelling the start kills the held conmon."""
+    placed: list[int] = []
+    spec = ConmonSpec(conmon="/usr/bin/conmon", cid="c2", name="c2", runtime_path="/bin/false",
+                      runtime_args=[], bundle=tmp_path, log_path=str(tmp_path / "c.log"),
+                      exit_dir=tmp_path / "exits", socket_dir=tmp_path / "s", cgroup="/x/y")
+
+    async def held_then_released() -> list[str]:
+        ready = asyncio.Event()
+        task = asyncio.ensure_future(start_conmon(spec, timeout=20, join=lambda c, p: placed.append(p),
+                                                  ready=ready))
+        while not placed:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # placed long ago, still held: no child, no pid file
+        pid = placed[0]
+        seen = [Path(f"/proc/{pid}/task/{pid}/children").read_text().strip(),
+                str((tmp_path / "conmon.pid").exists())]
+        ready.set()
+        with pytest.raises(FailedPrecondition):  # released: /bin/false is no runtime
+            await task
+        return seen
+
+    assert asyncio.run(held_then_released()) == ["", "False"]
+
+    async def given_up() -> int:
+        placed.clear()
+        task = asyncio.ensure_future(start_conmon(spec, timeout=20, join=lambda c, p: placed.append(p),
+                                                  ready=asyncio.Event()))
+        while not placed:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.wait({task})
+        return placed[0]
+
+    pid = asyncio.run(given_up())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped

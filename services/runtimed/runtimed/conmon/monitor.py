@@ -119,8 +119,13 @@ class Monitor(Protocol):
     through the OCI runtime, holds its stdio and log, and records its exit in
     `<exit-dir>/<id>` (and `<bundle>/persist/exit`)."""
 
-    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
-        """Start it; (monitor pid, container pid) once the container is created."""
+    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0,
+                    ready: asyncio.Event | None = None) -> tuple[int, int]:
+        """Start it; (monitor pid, container pid) once the container is created. With
+        `ready`, the monitor is started and placed in its cgroup at once but creates
+        nothing until `ready` is set (the bundle's config.json written by then): the
+        caller overlaps the placement with the rest of its setup, and cancels this to
+        give up (the held monitor is killed)."""
     def alive(self, pid: int, started: int = 0) -> bool:
         """Process `pid` runs (and, when `started` is given, is the one that started
         then: after a reboot a recorded pid may name another process)."""
@@ -144,9 +149,10 @@ class Conmon:
     def __init__(self, join: CgroupJoin | None = None) -> None:
         self.join = join
 
-    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0) -> tuple[int, int]:
+    async def start(self, spec: ConmonSpec, *, timeout: float = 60.0,
+                    ready: asyncio.Event | None = None) -> tuple[int, int]:
         return await start_conmon(spec, timeout=timeout,
-                                  join=self.join if spec.cgroup else None)
+                                  join=self.join if spec.cgroup else None, ready=ready)
 
     def alive(self, pid: int, started: int = 0) -> bool:
         return process_alive(pid) and (not started or process_start_time(pid) == started)
@@ -199,10 +205,11 @@ class Conmon:
 
 
 async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0,
-                       join: CgroupJoin | None = None) -> tuple[int, int]:
+                       join: CgroupJoin | None = None,
+                       ready: asyncio.Event | None = None) -> tuple[int, int]:
     """Run conmon, which runs `<runtime> create`; returns (conmon pid, container pid).
-    With `join`, conmon is held on its start pipe until `join(spec.cgroup, pid)` has
-    moved it (a failure kills it and is FailedPrecondition)."""
+    conmon is held on its start pipe until `join(spec.cgroup, pid)` has moved it (a
+    failure kills it and is FailedPrecondition) and `ready` is set (`Monitor.start`)."""
     spec.persist_dir.mkdir(parents=True, exist_ok=True)
     spec.socket_dir.mkdir(parents=True, exist_ok=True)
     if spec.log_path:
@@ -215,7 +222,7 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0,
            "_OCI_SYNCPIPE": str(w)}
     child_fds = [w]
     start_r = start_w = -1
-    if join is not None:
+    if join is not None or ready is not None:
         start_r, start_w = os.pipe()
         env["_OCI_STARTPIPE"] = str(start_r)
         child_fds.append(start_r)
@@ -234,8 +241,8 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0,
         for fd in child_fds:
             os.close(fd)
         errfile.close()
-    if join is not None:
-        await _release(child, spec, join, start_w, r)
+    if start_w >= 0:
+        await _release(child, spec, join, ready, start_w, r)
     try:
         async with asyncio.timeout(timeout):
             # The first conmon process exits as soon as its child has detached. (Its
@@ -269,20 +276,26 @@ async def start_conmon(spec: ConmonSpec, *, timeout: float = 60.0,
     return conmon_pid, pid
 
 
-async def _release(child: Child, spec: ConmonSpec, join: CgroupJoin, start_w: int,
-                   sync_r: int) -> None:
-    """Move the waiting conmon into its cgroup, then let it go on (one byte on the start
-    pipe). A move that fails (or is cancelled) kills it: a monitor left in runtimed's
-    cgroup would die with runtimed.
+async def _release(child: Child, spec: ConmonSpec, join: CgroupJoin | None,
+                   ready: asyncio.Event | None, start_w: int, sync_r: int) -> None:
+    """Move the waiting conmon into its cgroup, wait for `ready`, then let it go on (one
+    byte on the start pipe). A move that fails, or a caller that gives up, kills it: a
+    monitor left in runtimed's cgroup would die with runtimed.
 
-    In a thread: the kernel makes the first cgroup.procs write after a quiet spell wait for
-    an RCU grace period (cgroup_threadgroup_rwsem taken for writing), ~10 ms measured here,
-    which must not stall the event loop; the writes to the other hierarchies that follow
-    cost ~20 us each."""
+    The move runs in a thread: the kernel makes the first cgroup.procs write after a quiet
+    spell wait for an RCU grace period (cgroup_threadgroup_rwsem taken for writing; 10-15
+    ms measured here), which must not stall the event loop; the writes to the other
+    hierarchies that follow cost ~20 us each. A caller passing `ready` hides that wait
+    behind the rest of its setup."""
     try:
         begun = time.perf_counter()
         try:
-            await asyncio.to_thread(join, spec.cgroup, child.pid)
+            if join is not None:
+                await asyncio.to_thread(join, spec.cgroup, child.pid)
+                log.debug("monitor placed", container=spec.cid, cgroup=spec.cgroup,
+                          ms=round((time.perf_counter() - begun) * 1000, 3))
+            if ready is not None:
+                await ready.wait()
         except BaseException as exc:
             await child.reap()
             os.close(sync_r)
@@ -291,8 +304,6 @@ async def _release(child: Child, spec: ConmonSpec, join: CgroupJoin, start_w: in
             raise FailedPrecondition(
                 f"moving the monitor of {spec.cid} into cgroup {spec.cgroup}: "
                 f"{exc.strerror} ({exc.filename or 'cgroup.procs'})") from None
-        log.debug("monitor placed", container=spec.cid, cgroup=spec.cgroup,
-                  ms=round((time.perf_counter() - begun) * 1000, 3))
         with contextlib.suppress(BrokenPipeError):  # conmon died: its exit status says why
             os.write(start_w, b"\0")
     finally:

@@ -144,8 +144,38 @@ class Containers:
                      image_config: dict[str, Any], rt: RuntimeImpl) -> None:
         node, meta = self.node, rec.meta
         bundle = Path(meta.bundle)
+        (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
+        monitor = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=meta.name,
+                             runtime_path=rt.path, runtime_args=rt.global_args(),
+                             bundle=bundle, log_path=meta.log_path or str(bundle / "ctr.log"),
+                             exit_dir=node.exit_dir, socket_dir=node.sock_dir, tty=meta.tty,
+                             stdin=meta.stdin, stdin_once=meta.stdin_once,
+                             log_size_max=node.cfg.log_size_max, cgroup=meta.monitor_cgroup)
+        # The monitor starts now and is moved into its own cgroup while the bundle is
+        # made (the move waits for an RCU grace period, `conmon.monitor._release`); it
+        # creates the container once config.json is written.
+        bundle_ready = asyncio.Event()
+        starting = asyncio.ensure_future(node.monitor.start(
+            monitor, timeout=node.cfg.create_timeout, ready=bundle_ready))
+        try:
+            await self._make_bundle(rec, pod, config, image_config, rt)
+        except BaseException:
+            starting.cancel()  # the held monitor is killed and reaped
+            await asyncio.wait({starting})
+            raise
+        bundle_ready.set()
+        conmon_pid, pid = await starting
+        rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
+        rec.status.conmon_started = node.monitor.started(conmon_pid)
+        failpoint("create_after_conmon")
+
+    async def _make_bundle(self, rec: ContainerRecord, pod: SandboxRecord,
+                           config: ContainerConfig, image_config: dict[str, Any],
+                           rt: RuntimeImpl) -> None:
+        """The rootfs snapshot mounted, volumes, and config.json."""
+        node, meta = self.node, rec.meta
+        bundle = Path(meta.bundle)
         rootfs = bundle / "rootfs"
-        rootfs.mkdir(parents=True, exist_ok=True)
         snap = await node.imaged.create_snapshot(SnapshotCreate(
             key=meta.snapshot_key, image=meta.image_id,
             labels={"io.crib.container": meta.id, "io.crib.pod": meta.pod_id}))
@@ -194,16 +224,6 @@ class Containers:
             pod_selinux=_pod_selinux(pod) if defaults.selinux.enabled() else None))
         write_config(bundle, spec)
         node.put_container(rec)
-        monitor = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=meta.name,
-                             runtime_path=rt.path, runtime_args=rt.global_args(),
-                             bundle=bundle, log_path=meta.log_path or str(bundle / "ctr.log"),
-                             exit_dir=node.exit_dir, socket_dir=node.sock_dir, tty=meta.tty,
-                             stdin=meta.stdin, stdin_once=meta.stdin_once,
-                             log_size_max=node.cfg.log_size_max, cgroup=meta.monitor_cgroup)
-        conmon_pid, pid = await node.monitor.start(monitor, timeout=node.cfg.create_timeout)
-        rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
-        rec.status.conmon_started = node.monitor.started(conmon_pid)
-        failpoint("create_after_conmon")
 
     async def teardown(self, rec: ContainerRecord,
                        deleted: Awaitable[bool] | None = None) -> None:
