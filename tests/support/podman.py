@@ -21,9 +21,11 @@ creates named for the project (`crib-compose-test`) and kept under `workdir`:
 
 Caches, all under /var/cache/crib-compose (project-specific, safe to delete): the
 podman-compose venv, and the mmdebstrap tarball keyed by its options and the CA
-certificates (17 s and a Debian mirror saved per run). Built images are not kept: the
-whole image build takes about 20 s, and keeping it would leave ~600 MB of podman storage
-(with its overlay mounts) on every machine the suite ran on.
+certificates, rebuilt after a week (17-40 s and the Debian mirror saved per run). Built
+images are not kept: the image build takes 20-40 s here, of which a kept layer cache would
+save only the apt step (crib's sources change every commit, so pip runs again), and it
+would leave ~600 MB of podman storage, with its overlay mounts, on every machine the suite
+ran on.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ BRIDGE = "cribk0"
 SUBNET = "10.217.0.0/24"
 CGROUP_PARENT = f"/{PROJECT}"
 CA_DIR = Path("/usr/local/share/ca-certificates")
+# A cached base older than this is made again (Debian's point releases and security fixes).
+BASE_MAX_AGE = 7 * 24 * 3600.0
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # podman-compose from Debian 12 (1.0.3) adds a network beside network_mode: host.
 MIN_PODMAN_COMPOSE = (1, 6)
@@ -231,7 +235,7 @@ class ComposeStack:
         for ca in cas:
             key.update(ca.name.encode() + ca.read_bytes())
         tarball = CACHE / f"debian-12-{key.hexdigest()[:16]}.tar"
-        if not tarball.exists():
+        if not tarball.exists() or time.time() - tarball.stat().st_mtime > BASE_MAX_AGE:
             CACHE.mkdir(parents=True, exist_ok=True)
             for old in CACHE.glob("debian-12-*.tar*"):
                 old.unlink()
