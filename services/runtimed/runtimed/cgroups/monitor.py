@@ -19,7 +19,8 @@ Where, as CRI-O's `conmon_cgroup` (monitor_cgroup in newer versions) has it:
 
 "pod" is the default a real node wants: the monitor's memory and CPU are charged to the
 pod the kubelet accounts and evicts for, not to an unbounded system slice, and it lives
-and dies with the pod's cgroup (OpenShift sets the same in CRI-O for that reason). A cgroup
+and dies with the pod's cgroup. (Upstream CRI-O moved its default to "system.slice";
+OpenShift sets "pod" in its crio.conf, machine-config-operator PR 1296.) A cgroup
 of one's own per monitor (not one shared group) lets crib remove exactly what it made
 when the container goes, and never leaves a process in a cgroup the kubelet will rmdir.
 

@@ -36,25 +36,48 @@ KILL_WAIT = 10.0
 
 async def start_infra(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
     """The pause image when one is configured, else catatonit for a shared PID
-    namespace; nothing for a pod that needs neither."""
+    namespace; nothing for a pod that needs neither. Its monitor starts first and is
+    moved into its own cgroup while the bundle is made, as a container's
+    (`Containers._setup`)."""
     if node.cfg.pause_image:
-        await _start_pause(node, rec, rt)
+        make_bundle = _pause_bundle
     elif rec.meta.shared_pid:
-        await _start_catatonit(node, rec, rt)
+        make_bundle = _catatonit_bundle
+    else:
+        return
+    meta = rec.meta
+    bundle = Path(meta.pod_dir) / "infra"
+    bundle.mkdir(parents=True, exist_ok=True)
+    spec = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=f"infra-{meta.name}",
+                      runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
+                      log_path=str(bundle / "infra.log"), exit_dir=node.exit_dir,
+                      socket_dir=node.sock_dir, cgroup=meta.infra_monitor_cgroup)
+    bundle_ready = asyncio.Event()
+    starting = asyncio.ensure_future(node.monitor.start(spec, ready=bundle_ready))
+    try:
+        await make_bundle(node, rec, bundle)
+    except BaseException:
+        starting.cancel()  # the held monitor is killed and reaped
+        await asyncio.wait({starting})
+        raise
+    bundle_ready.set()
+    conmon_pid, pid = await starting
+    rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
+    rec.status.infra_started = node.monitor.started(pid)
+    node.put_sandbox(rec)
+    await rt.start(meta.id)
 
 
-async def _start_catatonit(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
+async def _catatonit_bundle(node: Node, rec: SandboxRecord, bundle: Path) -> None:
     """catatonit -P as PID 1 of the pod's shared PID namespace, bound into an empty
     rootfs."""
     meta = rec.meta
-    bundle = Path(meta.pod_dir) / "infra"
     rootfs = bundle / "rootfs"
     for sub in ("proc", "dev"):
         (rootfs / sub).mkdir(parents=True, exist_ok=True)
     (rootfs / "catatonit").touch()
     write_config(bundle, build_sandbox_spec(meta, rootfs, "/catatonit", node.cfg.catatonit,
                                             _oci_cgroup(node, rec)))
-    await _run(node, rec, rt, bundle)
 
 
 def _oci_cgroup(node: Node, rec: SandboxRecord) -> str:
@@ -83,12 +106,11 @@ async def _pause_image(node: Node, rec: SandboxRecord) -> ImageInfo:
     return await node.imaged.resolve_image(last.image_id or ref)
 
 
-async def _start_pause(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
+async def _pause_bundle(node: Node, rec: SandboxRecord, bundle: Path) -> None:
     """The pause image as the pod's infra container: a writable snapshot of it,
     config.json from its Entrypoint/Cmd."""
     meta = rec.meta
     image = await _pause_image(node, rec)
-    bundle = Path(meta.pod_dir) / "infra"
     rootfs = bundle / "rootfs"
     rootfs.mkdir(parents=True, exist_ok=True)
     meta.pause_image = image.id
@@ -105,20 +127,6 @@ async def _start_pause(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
                                    run_as_group=None, supplemental=[])
     write_config(bundle, build_pause_spec(meta, rootfs, image.config, user.uid, user.gid,
                                           _oci_cgroup(node, rec)))
-    await _run(node, rec, rt, bundle)
-
-
-async def _run(node: Node, rec: SandboxRecord, rt: RuntimeImpl, bundle: Path) -> None:
-    meta = rec.meta
-    spec = ConmonSpec(conmon=node.cfg.conmon, cid=meta.id, name=f"infra-{meta.name}",
-                      runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
-                      log_path=str(bundle / "infra.log"), exit_dir=node.exit_dir,
-                      socket_dir=node.sock_dir, cgroup=meta.infra_monitor_cgroup)
-    conmon_pid, pid = await node.monitor.start(spec)
-    rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
-    rec.status.infra_started = node.monitor.started(pid)
-    node.put_sandbox(rec)
-    await rt.start(meta.id)
 
 
 async def stop_infra(node: Node, rec: SandboxRecord) -> None:

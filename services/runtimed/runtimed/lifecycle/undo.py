@@ -118,8 +118,11 @@ async def unmount_and_remove(node: Node, failed: list[Exception], path: str,
 async def release_monitor(node: Node, pid: int, started: int, cgroup: str,
                           owner: str) -> None:
     """End a container's (or infra's) monitor if it still runs, then remove the cgroup
-    crib made for it. One that stays (a task still leaving) is the sweep's, which removes
-    empty monitor cgroups nobody owns (`lifecycle.sweep`)."""
+    crib made for it. Whatever is still in that cgroup is killed first: a monitor whose
+    pid was never recorded (runtimed died while it was held on its start pipe, which then
+    let it go) is the only thing that can be, the container being in a cgroup of its own.
+    A cgroup that stays (a task still leaving) is the sweep's, which removes empty monitor
+    cgroups nobody owns (`lifecycle.sweep`)."""
     node.monitor.kill(pid)
     if pid > 0 and node.monitor.alive(pid, started):
         with contextlib.suppress(TimeoutError):
@@ -127,7 +130,12 @@ async def release_monitor(node: Node, pid: int, started: int, cgroup: str,
                 await node.monitor.wait(pid)
     if not cgroup:
         return
-    left = await asyncio.to_thread(node.host.remove_cgroup, cgroup)
+
+    def kill_and_remove() -> list[str]:
+        node.host.kill_cgroup(cgroup)
+        return node.host.remove_cgroup(cgroup)
+
+    left = await asyncio.to_thread(kill_and_remove)
     if left:
         log.warning("monitor cgroup left behind", id=owner, cgroups=left)
         node.want_sweep(after=owner)
