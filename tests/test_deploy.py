@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DAEMONS = ("gateway", "imaged", "runtimed", "netd")
 VENV_BIN = "/opt/crib/venv/bin/"
+# The compose file's host paths, relative to a directory tests may choose (empty: "/").
+HOST_ROOT = "${CRIB_HOST_ROOT:-}"
+# Host directories the daemons and a kubelet on the host must see each other's mounts in.
+PROPAGATED = ("/run/crib", "/var/lib/crib", "/run/netns", "/var/log/pods", "/var/lib/kubelet")
 
 
 def _scripts() -> dict[str, str]:
@@ -97,7 +101,7 @@ def test_sockets_and_shared_directories_match_the_settings() -> None:
         mounts = _mounts(svc)
         # Every daemon reaches every other daemon's socket (the gateway all of them).
         assert "/run/crib" in mounts, name
-        assert mounts["/run/crib"]["source"] == "/run/crib"
+        assert mounts["/run/crib"]["source"] == HOST_ROOT + "/run/crib"
         # Nothing overrides a socket path away from the defaults the others expect.
         env = svc.get("environment", {})
         assert not [k for k in env if k.endswith("__SOCKET")], name
@@ -121,6 +125,54 @@ def test_sockets_and_shared_directories_match_the_settings() -> None:
     for name in ("netd", "imaged", "runtimed"):
         assert services[name].get("privileged") is True, name
     assert not services["gateway"].get("privileged"), "the gateway needs no privileges"
+
+
+def test_host_paths_are_the_container_paths() -> None:
+    # A kubelet on the host names its volumes and log paths by host path: inside runtimed's
+    # container they must resolve to the same directory. Only tests move the host side.
+    for name, svc in _compose()["services"].items():
+        for target, vol in _mounts(svc).items():
+            assert vol["type"] == "bind", (name, target)
+            assert vol["source"] in (HOST_ROOT + target, "/sys/fs/cgroup"), (name, target)
+            if target in PROPAGATED:
+                assert vol["bind"]["propagation"] == "rshared", (name, target)
+
+
+def test_runtimed_sees_the_kubelet_and_the_host_cgroups() -> None:
+    runtimed = _compose()["services"]["runtimed"]
+    mounts = _mounts(runtimed)
+    assert {"/var/log/pods", "/var/lib/kubelet", "/run/crib", "/var/lib/crib"} <= set(mounts)
+    # conmon goes to a cgroup outside runtimed's container: the host's tree, writable.
+    assert runtimed["cgroup"] == "host"
+    assert mounts["/sys/fs/cgroup"]["source"] == "/sys/fs/cgroup"
+    assert not mounts["/sys/fs/cgroup"].get("read_only")
+
+
+def test_compose_builds_from_a_chosen_base_and_names_its_image() -> None:
+    common = _compose()["x-crib-common"]
+    assert common["image"] == "${CRIB_IMAGE:-crib:latest}"
+    assert common["build"]["args"]["BASE_IMAGE"] == "${CRIB_BASE_IMAGE:-debian:12-slim}"
+    assert "ARG BASE_IMAGE" in (DEPLOY / "Dockerfile").read_text()
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, duration
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_podman_settings_cover_what_podman_compose_ignores() -> None:
+    conf = tomllib.loads((DEPLOY / "podman/containers.conf").read_text())
+    # `cgroup: host` is ignored by podman-compose 1.6: the engine's default must be it.
+    assert conf["containers"]["cgroupns"] == "host"
+    # No systemd as PID 1 on the hosts this is for.
+    assert conf["engine"]["cgroup_manager"] == "cgroupfs"
+    assert conf["engine"]["events_logger"] == "file"
+    # stop_grace_period reaches only podman-compose's own down/stop.
+    grace = _seconds(_compose()["x-crib-common"]["stop_grace_period"])
+    assert conf["engine"]["stop_timeout"] >= grace
+    # podman's own CNI network stays out of netd's conf_dir.
+    assert conf["network"]["network_config_dir"].rstrip("/") != str(CribSettings().netd.conf_dir)
 
 
 def test_compose_start_order() -> None:
@@ -205,7 +257,8 @@ def test_node_unit_is_an_alternative_that_leaves_daemons_and_containers() -> Non
 
 def test_dockerfile_installs_the_runtime_packages() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM debian:12", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=debian:12-slim$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
     for pkg in ("runc", "crun", "conmon", "containernetworking-plugins", "catatonit",
                 "iproute2", "iptables", "python3", "python3-venv"):
         assert re.search(rf"\s{re.escape(pkg)}(\s|\\)", text), pkg
