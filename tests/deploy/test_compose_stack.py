@@ -200,8 +200,11 @@ def test_compose_stack_under_podman(compose: ComposeStack, busybox_image: str,
     stack.up()
     cri = Client(stack)
     try:
-        version = _until("the CRI socket", lambda: cri.rt.Version(
-            api_pb2.VersionRequest(), timeout=2), 60)
+        try:
+            version = _until("the CRI socket", lambda: cri.rt.Version(
+                api_pb2.VersionRequest(), timeout=2), 60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{stack.logs()}") from exc
         timings["up -> CRI socket answers"] = time.monotonic() - t0
         assert version.runtime_name == "crib"
         _until("runtimed ready", lambda: cri.rt.ListContainers(

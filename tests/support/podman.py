@@ -178,6 +178,15 @@ class ComposeStack:
     def container(self, service: str) -> str:
         return f"{PROJECT}_{service}_1"
 
+    def logs(self, tail: int = 30) -> str:
+        """The last lines each daemon's container wrote, for a failure's message."""
+        parts = []
+        for service in ("netd", "imaged", "runtimed", "gateway"):
+            proc = self.podman("logs", "--tail", str(tail), self.container(service),
+                               check=False, timeout=30)
+            parts.append(f"--- {service} ---\n{proc.stdout}{proc.stderr}")
+        return "\n".join(parts)
+
     # ------------------------------------------------------------------ configuration
     def write_config(self) -> None:
         conf = tomllib.loads((ROOT / "deploy/podman/containers.conf").read_text())

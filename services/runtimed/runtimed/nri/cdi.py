@@ -20,14 +20,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from crib_common.errors import FailedPrecondition
 
 __all__ = ["CdiRegistry"]
 
 _HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
           "poststop")
+
+
+def _load(path: Path) -> Any:
+    """A spec file's document. YAML is imported only when a device is asked for from a
+    YAML spec (rare; the daemon does not carry the parser otherwise)."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    import yaml  # noqa: PLC0415
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class CdiRegistry:
@@ -48,9 +60,8 @@ class CdiRegistry:
                 if path.suffix not in (".json", ".yaml", ".yml"):
                     continue
                 try:
-                    text = path.read_text()
-                    doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-                except (OSError, ValueError, yaml.YAMLError) as exc:
+                    doc = _load(path)
+                except (OSError, ValueError) as exc:
                     raise FailedPrecondition(f"CDI spec {path}: {exc}") from None
                 if isinstance(doc, dict) and isinstance(doc.get("kind"), str):
                     specs[doc["kind"]] = doc
