@@ -9,8 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MOUNTINFO", "Mount", "mount_fstype", "mount_of", "mountpoint_of", "mounts",
-           "table"]
+__all__ = ["MOUNTINFO", "Mount", "mount_fstype", "mount_of", "mountpoint_of", "table"]
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 
@@ -86,32 +85,14 @@ def mount_of(directory: str | os.PathLike[str], mountinfo: Path = MOUNTINFO) -> 
     return found
 
 
-def mounts(mountinfo: Path = MOUNTINFO) -> list[tuple[str, str]] | None:
-    """(mount point, filesystem type) of every mount, in the table's order (a later one
-    is on top of an earlier one at the same point); None when the table is unreadable."""
-    try:
-        lines = mountinfo.read_text().splitlines()
-    except OSError:
-        return None
-    out = []
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5:
-            continue
-        fstype = right.split()
-        out.append((_unescape(fields[4]), fstype[0] if fstype else ""))
-    return out
-
-
 def mount_fstype(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
     """Filesystem type of what is mounted exactly at `path` (the one on top), or None
     when nothing is."""
     want = str(path).rstrip("/") or "/"
     found: str | None = None
-    for point, fstype in mounts(mountinfo) or []:
-        if point == want:
-            found = fstype or None
+    for m in table(mountinfo) or []:
+        if m.point == want:
+            found = m.fstype or None
     return found
 
 
@@ -119,13 +100,5 @@ def mountpoint_of(directory: str | os.PathLike[str], mountinfo: Path = MOUNTINFO
     """The mount point of the filesystem holding `directory` (symlinks resolved): the
     longest mount point that is the directory or one of its ancestors. Falls back to the
     resolved directory itself when the table cannot be read."""
-    real = os.path.realpath(directory)
-    table = mounts(mountinfo)
-    if table is None:
-        return real
-    best = ""
-    for point, _fstype in table:
-        inside = point == "/" or real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best = point
-    return best or real
+    found = mount_of(directory, mountinfo)
+    return found.point if found is not None else os.path.realpath(directory)

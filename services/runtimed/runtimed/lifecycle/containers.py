@@ -59,7 +59,7 @@ from ..oci.spec import (
 from ..oci.user import resolve_user
 from ..store.records import CONTAINER_KIND, ContainerMeta, ContainerRecord, SandboxRecord
 from .exits import Exits
-from .infra import KILL_WAIT
+from .infra import KILL_WAIT, monitor_around
 from .pins import check_pins, pins_lost_error
 from .rootfs import map_mounts, mount_rootfs
 from .undo import attempt, release_monitor, undone_on_failure, unmount_and_remove
@@ -155,20 +155,10 @@ class Containers:
                              exit_dir=node.exit_dir, socket_dir=node.sock_dir, tty=meta.tty,
                              stdin=meta.stdin, stdin_once=meta.stdin_once,
                              log_size_max=node.cfg.log_size_max, cgroup=meta.monitor_cgroup)
-        # The monitor starts now and is moved into its own cgroup while the bundle is
-        # made (the move waits for an RCU grace period, `conmon.monitor._release`); it
-        # creates the container once config.json is written.
-        bundle_ready = asyncio.Event()
-        starting = asyncio.ensure_future(node.monitor.start(
-            monitor, timeout=node.cfg.create_timeout, ready=bundle_ready))
-        try:
-            await self._make_bundle(rec, pod, config, image_config, rt)
-        except BaseException:
-            starting.cancel()  # the held monitor is killed and reaped
-            await asyncio.wait({starting})
-            raise
-        bundle_ready.set()
-        conmon_pid, pid = await starting
+        # The monitor creates the container once config.json is written.
+        conmon_pid, pid = await monitor_around(
+            node, monitor, self._make_bundle(rec, pod, config, image_config, rt),
+            timeout=node.cfg.create_timeout)
         rec.status.conmon_pid, rec.status.pid = conmon_pid, pid
         rec.status.conmon_started = node.monitor.started(conmon_pid)
         failpoint("create_after_conmon")

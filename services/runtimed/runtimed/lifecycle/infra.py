@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import structlog
@@ -27,7 +28,7 @@ from ..node import Node
 from ..store.records import SandboxRecord
 from .rootfs import mount_rootfs
 
-__all__ = ["KILL_WAIT", "start_infra", "stop_infra"]
+__all__ = ["KILL_WAIT", "monitor_around", "start_infra", "stop_infra"]
 
 log = structlog.get_logger("crib.runtimed")
 
@@ -53,20 +54,31 @@ async def start_infra(node: Node, rec: SandboxRecord, rt: RuntimeImpl) -> None:
                       runtime_path=rt.path, runtime_args=rt.global_args(), bundle=bundle,
                       log_path=str(bundle / "infra.log"), exit_dir=node.exit_dir,
                       socket_dir=node.sock_dir, cgroup=meta.infra_monitor_cgroup)
+    conmon_pid, pid = await monitor_around(node, spec, make_bundle(node, rec, bundle),
+                                           timeout=node.cfg.create_timeout)
+    rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
+    rec.status.infra_started = node.monitor.started(pid)
+    node.put_sandbox(rec)
+    await rt.start(meta.id)
+
+
+async def monitor_around(node: Node, spec: ConmonSpec, bundle: Awaitable[None], *,
+                         timeout: float) -> tuple[int, int]:
+    """Start the monitor held on its start pipe, await `bundle` (the bundle being made)
+    meanwhile, then let the monitor create: its move into its own cgroup (an RCU grace
+    period, `conmon.monitor._release`) overlaps the bundle work. A failed bundle kills
+    and reaps the held monitor. Returns (conmon pid, container pid)."""
     bundle_ready = asyncio.Event()
-    starting = asyncio.ensure_future(node.monitor.start(spec, ready=bundle_ready))
+    starting = asyncio.ensure_future(node.monitor.start(spec, timeout=timeout,
+                                                        ready=bundle_ready))
     try:
-        await make_bundle(node, rec, bundle)
+        await bundle
     except BaseException:
         starting.cancel()  # the held monitor is killed and reaped
         await asyncio.wait({starting})
         raise
     bundle_ready.set()
-    conmon_pid, pid = await starting
-    rec.status.infra_pid, rec.status.infra_conmon_pid = pid, conmon_pid
-    rec.status.infra_started = node.monitor.started(pid)
-    node.put_sandbox(rec)
-    await rt.start(meta.id)
+    return await starting
 
 
 async def _catatonit_bundle(node: Node, rec: SandboxRecord, bundle: Path) -> None:
