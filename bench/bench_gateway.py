@@ -30,21 +30,32 @@ from bench.peer_containerd import PeerContainerd  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 
 
-def _runtimed_direct(socket: Path, n: int) -> Stats:
-    """`Version` straight to runtimed's socket through the gateway's own client."""
+VERSION = "/runtime.v1.RuntimeService/Version"
+
+
+def _runtimed_direct(socket: Path, n: int, http: bool = False) -> Stats:
+    """`Version` straight to runtimed through the gateway's own client: over the frame
+    socket as the gateway calls it, or (`http`) as an HTTP POST on the REST socket."""
     import uvloop
 
     from crib_common.client import DaemonClient
 
     async def run() -> Stats:
         client = DaemonClient("runtimed", socket)
+
+        async def call() -> None:
+            if http:
+                await client._cri.post("/v1/cri" + VERSION, b"", {}, 10)
+            else:
+                await client.call_cri(VERSION, b"", timeout=10)
+
         try:
             for _ in range(50):
-                await client.call_cri("/runtime.v1.RuntimeService/Version", b"", timeout=10)
+                await call()
             samples = []
             for _ in range(n):
                 t0 = time.perf_counter()
-                await client.call_cri("/runtime.v1.RuntimeService/Version", b"", timeout=10)
+                await call()
                 samples.append(time.perf_counter() - t0)
             return Stats.of(samples)
         finally:
@@ -53,15 +64,34 @@ def _runtimed_direct(socket: Path, n: int) -> Stats:
     return uvloop.run(run())
 
 
-def _serve_floor(path: str) -> None:
-    """The floor server (run in a child process): Version answered with constant bytes."""
+def _serve_floor(path: str, wrapped: bool) -> None:
+    """The floor server (run in a child process): Version answered with constant bytes,
+    by a bare grpclib handler or (`wrapped`) through the gateway's own wrapper (ids,
+    deadline, metrics, errors) as a LOCAL row."""
     import uvloop
     from grpclib.const import Cardinality, Handler
+    from prometheus_client import CollectorRegistry
 
-    from cri_gateway.forward import PassthroughCodec
+    from cri_gateway.forward import Gateway, PassthroughCodec, RpcMetrics
     from cri_gateway.server import CoalescingServer
 
     reply = b"\n\x050.1.0\x12\x04crib"
+
+    if wrapped:
+        async def constant(_request: bytes, _timeout: float | None) -> bytes:
+            return reply
+
+        gateway = Gateway({}, {VERSION: constant}, max_message_bytes=16 << 20,
+                          default_timeout=10, metrics=RpcMetrics(CollectorRegistry()),
+                          routes={VERSION: "gateway"})
+
+        async def run_wrapped() -> None:
+            server = CoalescingServer([gateway], codec=PassthroughCodec())
+            await server.start(path=path)
+            await server.wait_closed()
+
+        uvloop.run(run_wrapped())
+        return
 
     class Floor:
         def __mapping__(self) -> dict[str, Handler]:
@@ -80,14 +110,14 @@ def _serve_floor(path: str) -> None:
     uvloop.run(run())
 
 
-def _grpclib_floor(n: int) -> Stats:
+def _grpclib_floor(n: int, wrapped: bool = False) -> Stats:
     from cri_api.v1 import api_pb2
 
     from tests.support.stack import wait_for_socket
 
     path = Path(f"/tmp/crib-floor-{os.getpid()}.sock")
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_gateway", "--serve-floor",
-                             str(path)], cwd=HERE)
+                             str(path), *(["--wrapped"] if wrapped else [])], cwd=HERE)
     try:
         wait_for_socket(path, 30, proc)
         rt = runtime_stub(path)
@@ -102,9 +132,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="crib gateway Version latency")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--serve-floor", metavar="SOCKET", help=argparse.SUPPRESS)
+    parser.add_argument("--wrapped", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-peer", action="store_true", help="skip containerd")
     args = parser.parse_args()
     if args.serve_floor:
-        _serve_floor(args.serve_floor)
+        _serve_floor(args.serve_floor, args.wrapped)
         return
     from cri_api.v1 import api_pb2
 
@@ -115,19 +147,27 @@ def main() -> None:
         ours = measure(lambda: rt.Version(api_pb2.VersionRequest(), timeout=10), args.n)
         status = measure(lambda: rt.Status(api_pb2.StatusRequest(), timeout=10), args.n // 4)
         direct = _runtimed_direct(stack.socket("runtimed"), args.n)
+        direct_http = _runtimed_direct(stack.socket("runtimed"), args.n, http=True)
     finally:
         stack.cleanup()
     floor = _grpclib_floor(args.n)
-    with PeerContainerd() as peer:
-        prt = runtime_stub(peer.cri_socket)
-        theirs = measure(lambda: prt.Version(api_pb2.VersionRequest(), timeout=10), args.n)
-        pstatus = measure(lambda: prt.Status(api_pb2.StatusRequest(), timeout=10), args.n // 4)
+    wrapped = _grpclib_floor(args.n, wrapped=True)
+    theirs = pstatus = None
+    if not args.no_peer:
+        with PeerContainerd() as peer:
+            prt = runtime_stub(peer.cri_socket)
+            theirs = measure(lambda: prt.Version(api_pb2.VersionRequest(), timeout=10),
+                             args.n)
+            pstatus = measure(lambda: prt.Status(api_pb2.StatusRequest(), timeout=10),
+                              args.n // 4)
     print(report(
         [
             Row("Version (gateway+runtimed)", ours, theirs),
             Row("Status (gateway, 3 health)", status, pstatus),
-            Row("runtimed HTTP hop alone", direct, None, "DaemonClient.call_cri, no gRPC"),
+            Row("runtimed frame hop alone", direct, None, "DaemonClient.call_cri, no gRPC"),
+            Row("runtimed HTTP hop alone", direct_http, None, "the same over HTTP/1.1"),
             Row("grpclib floor (no hop)", floor, None, "constant answer, same transport"),
+            Row("gateway wrapper (no hop)", wrapped, None, "constant answer as a LOCAL row"),
         ],
         title=f"CRI gateway latency, sequential calls, grpcio client (cpus={os.cpu_count()})",
     ))
