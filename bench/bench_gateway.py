@@ -1,13 +1,15 @@
 """Gateway speed: CRI `Version` through crib's gateway and runtimed, against containerd.
 
 `Version` does no work in either runtime, so its round trip is the fixed cost every CRI
-call pays: crib's grpclib gateway, the HTTP hop to runtimed and back; containerd's Go gRPC
-server. Both are driven by the same grpcio client (bench.harness), 2,000 sequential calls
-after a warm-up. Also measured, so a regression can be placed: runtimed alone over its
-HTTP socket (the hop the gateway adds), and the floor of the gRPC side, a grpclib server
-with the gateway's transport whose handler answers a constant (no hop, no decoding).
+call pays: crib's gateway, the hop to runtimed and back; containerd's Go gRPC server. Both
+are driven by the same grpcio client (bench.harness), 2,000 sequential calls after a
+warm-up. Also measured, so a regression can be placed: runtimed alone through the
+gateway's client over its frame socket and over HTTP (the hop the gateway adds), and the
+floors of the gRPC side, servers whose handler answers a constant (no hop, no decoding):
+grpclib's (what the gateway ran on before issue 14), the gateway's own, and the gateway's
+own through its wrapper.
 
-    python -m bench.bench_gateway [--n 2000]
+    python -m bench.bench_gateway [--n 2000] [--no-peer]
 """
 
 from __future__ import annotations
@@ -64,34 +66,26 @@ def _runtimed_direct(socket: Path, n: int, http: bool = False) -> Stats:
     return uvloop.run(run())
 
 
-def _serve_floor(path: str, wrapped: bool) -> None:
-    """The floor server (run in a child process): Version answered with constant bytes,
-    by a bare grpclib handler or (`wrapped`) through the gateway's own wrapper (ids,
-    deadline, metrics, errors) as a LOCAL row."""
+def _serve_floor(path: str, kind: str) -> None:
+    """A floor server (run in a child process): Version answered with constant bytes by
+    grpclib's own server ("grpclib", what the gateway ran before), by the gateway's server
+    with a bare handler ("server"), or through the gateway's wrapper (ids, deadline,
+    metrics, errors) as a LOCAL row ("wrapped")."""
     import uvloop
     from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server
     from prometheus_client import CollectorRegistry
 
-    from cri_gateway.forward import Gateway, PassthroughCodec, RpcMetrics
-    from cri_gateway.server import CoalescingServer
+    from cri_gateway.forward import Gateway, RpcMetrics
+    from cri_gateway.server import CallStream, GrpcServer
 
     reply = b"\n\x050.1.0\x12\x04crib"
 
-    if wrapped:
-        async def constant(_request: bytes, _timeout: float | None) -> bytes:
-            return reply
+    async def constant(_request: bytes, _timeout: float | None) -> bytes:
+        return reply
 
-        gateway = Gateway({}, {VERSION: constant}, max_message_bytes=16 << 20,
-                          default_timeout=10, metrics=RpcMetrics(CollectorRegistry()),
-                          routes={VERSION: "gateway"})
-
-        async def run_wrapped() -> None:
-            server = CoalescingServer([gateway], codec=PassthroughCodec())
-            await server.start(path=path)
-            await server.wait_closed()
-
-        uvloop.run(run_wrapped())
-        return
+    async def bare(_path: str, call: CallStream) -> None:
+        await call.send_message(reply)
 
     class Floor:
         def __mapping__(self) -> dict[str, Handler]:
@@ -99,25 +93,41 @@ def _serve_floor(path: str, wrapped: bool) -> None:
                 await stream.recv_message()
                 await stream.send_message(reply)
 
-            return {"/runtime.v1.RuntimeService/Version":
-                    Handler(version, Cardinality.UNARY_UNARY, bytes, bytes)}
+            return {VERSION: Handler(version, Cardinality.UNARY_UNARY, bytes, bytes)}
+
+    class Raw:  # grpclib codec moving bytes as they are
+        __content_subtype__ = "proto"
+
+        def encode(self, message: Any, message_type: Any) -> bytes:
+            return bytes(message)
+
+        def decode(self, data: bytes, message_type: Any) -> Any:
+            return data
 
     async def run() -> None:
-        server = CoalescingServer([Floor()], codec=PassthroughCodec())
-        await server.start(path=path)
-        await server.wait_closed()
+        if kind == "grpclib":
+            server = Server([Floor()], codec=Raw())  # type: ignore[arg-type]
+            await server.start(path=path)
+            await server.wait_closed()
+            return
+        gateway = Gateway({}, {VERSION: constant}, max_message_bytes=16 << 20,
+                          default_timeout=10, metrics=RpcMetrics(CollectorRegistry()),
+                          routes={VERSION: "gateway"})
+        ours = GrpcServer(gateway.serve if kind == "wrapped" else bare, max_request=16 << 20)
+        await ours.start(path)
+        await asyncio.Event().wait()
 
     uvloop.run(run())
 
 
-def _grpclib_floor(n: int, wrapped: bool = False) -> Stats:
+def _floor(n: int, kind: str) -> Stats:
     from cri_api.v1 import api_pb2
 
     from tests.support.stack import wait_for_socket
 
     path = Path(f"/tmp/crib-floor-{os.getpid()}.sock")
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_gateway", "--serve-floor",
-                             str(path), *(["--wrapped"] if wrapped else [])], cwd=HERE)
+                             str(path), "--floor-kind", kind], cwd=HERE)
     try:
         wait_for_socket(path, 30, proc)
         rt = runtime_stub(path)
@@ -132,11 +142,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="crib gateway Version latency")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--serve-floor", metavar="SOCKET", help=argparse.SUPPRESS)
-    parser.add_argument("--wrapped", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--floor-kind", default="server", help=argparse.SUPPRESS)
     parser.add_argument("--no-peer", action="store_true", help="skip containerd")
     args = parser.parse_args()
     if args.serve_floor:
-        _serve_floor(args.serve_floor, args.wrapped)
+        _serve_floor(args.serve_floor, args.floor_kind)
         return
     from cri_api.v1 import api_pb2
 
@@ -150,8 +160,9 @@ def main() -> None:
         direct_http = _runtimed_direct(stack.socket("runtimed"), args.n, http=True)
     finally:
         stack.cleanup()
-    floor = _grpclib_floor(args.n)
-    wrapped = _grpclib_floor(args.n, wrapped=True)
+    floor_grpclib = _floor(args.n, "grpclib")
+    floor = _floor(args.n, "server")
+    wrapped = _floor(args.n, "wrapped")
     theirs = pstatus = None
     if not args.no_peer:
         with PeerContainerd() as peer:
@@ -166,7 +177,8 @@ def main() -> None:
             Row("Status (gateway, 3 health)", status, pstatus),
             Row("runtimed frame hop alone", direct, None, "DaemonClient.call_cri, no gRPC"),
             Row("runtimed HTTP hop alone", direct_http, None, "the same over HTTP/1.1"),
-            Row("grpclib floor (no hop)", floor, None, "constant answer, same transport"),
+            Row("grpclib server floor", floor_grpclib, None, "constant answer, bare handler"),
+            Row("gateway server floor", floor, None, "constant answer, bare handler"),
             Row("gateway wrapper (no hop)", wrapped, None, "constant answer as a LOCAL row"),
         ],
         title=f"CRI gateway latency, sequential calls, grpcio client (cpus={os.cpu_count()})",
