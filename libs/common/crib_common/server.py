@@ -57,6 +57,7 @@ __all__ = [
     "daemon_settings",
     "limit_malloc_arenas",
     "settle_memory",
+    "trim_after_bursts",
     "METRICS_KEY",
     "metrics_registry",
     "REQUEST_ID_HEADER",
@@ -403,6 +404,15 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+class _Activity:
+    """Calls served since start, for `trim_after_bursts`."""
+
+    calls = 0
+
+
+_ACTIVITY = _Activity()
+
+
 @web.middleware
 async def _edge_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -411,6 +421,7 @@ async def _edge_middleware(
     # 16 hex digits, as uuid4().hex[:16] gave, at a seventh of its cost (issue #2).
     request_id = request.headers.get(REQUEST_ID_HEADER) or os.urandom(8).hex()
     route = _route_name(request)
+    _ACTIVITY.calls += 1
     metrics: _Metrics = request.app[METRICS_KEY]  # type: ignore[assignment]
     start = time.perf_counter()
     status = 500
@@ -479,6 +490,7 @@ class _Frames:
         route = "/v1/cri" + path
         start = time.perf_counter()
         status = 500
+        _ACTIVITY.calls += 1
         with RequestContext(request_id or os.urandom(8).hex()):
             try:
                 body = await self.cri.call_unary(path, raw, timeout)
@@ -594,22 +606,35 @@ async def serve_unix(app: web.Application, socket_path: Path, mode: int = 0o660,
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas before any thread starts (issue #5).
+    """Tune glibc's malloc before any thread starts (issues #5 and 14).
 
-    glibc gives each thread that allocates (the default executor's workers: SQLite,
-    `to_thread`, DNS) an arena of its own, up to 8 per core; each keeps the pages it once
-    used, so a burst of thread work leaves megabytes of idle RSS per arena. Our threads
-    run short blocking calls, so two arenas cost nothing measurable in contention. Same
-    as `MALLOC_ARENA_MAX=2`, but set by the daemon so every way of starting it gets it;
+    Arenas: glibc gives each thread that allocates (the default executor's workers:
+    SQLite, `to_thread`, DNS) an arena of its own, up to 8 per core; each keeps the pages
+    it once used, so a burst of thread work leaves megabytes of idle RSS per arena. Our
+    threads run short blocking calls, so two arenas cost nothing measurable in contention.
+    Same as `MALLOC_ARENA_MAX=2`, but set by the daemon so every way of starting it gets it;
     an operator's `MALLOC_ARENA_MAX` in the environment wins.
+
+    Thresholds: glibc serves allocations over 128 KiB with their own mmap, returned at
+    free, but raises that threshold (up to 32 MiB) each time such a block is freed, so after
+    the first pull or large list the big buffers land in the heap and keep it grown. Fixing
+    both thresholds (`M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD`, mallopt(3)) keeps big buffers
+    out of the heap and lets free() give the heap's top back. `MALLOC_MMAP_THRESHOLD_` in
+    the environment wins likewise.
     """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        m_arena_max = -8  # <malloc.h> M_ARENA_MAX
-        ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas)
+        libc = ctypes.CDLL("libc.so.6")
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            libc.mallopt(-8, arenas)  # <malloc.h> M_ARENA_MAX
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, _MMAP_THRESHOLD)  # M_TRIM_THRESHOLD
+
+
+# glibc's own starting value (mallopt(3)): only its growth is turned off.
+_MMAP_THRESHOLD = 128 * 1024
 
 
 def settle_memory() -> None:
@@ -630,10 +655,52 @@ def settle_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+# How often `trim_after_bursts` looks, and the longest it lets a busy heap go untrimmed.
+TRIM_CHECK_INTERVAL = 1.0
+TRIM_LONGEST = 30.0
+
+
+async def trim_after_bursts(interval: float = TRIM_CHECK_INTERVAL,
+                            longest: float = TRIM_LONGEST,
+                            trim: Callable[[int], object] | None = None) -> None:
+    """Give freed heap back to the OS once a burst of calls is over (issue 14).
+
+    glibc returns only the top of the heap on free(); pages freed below it stay with the
+    process until `malloc_trim`, so the peak of a burst (a pull, twenty pod creates) stays
+    in its RSS. Runs `malloc_trim(0)` once a check finds no call since the last one after
+    some, or every `longest` seconds under steady calls (the kubelet relists every
+    second). A trim of our heaps takes well under a millisecond.
+    """
+    if trim is None:
+        try:
+            import ctypes
+
+            trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            return
+    loop = asyncio.get_running_loop()
+    seen = _ACTIVITY.calls
+    busy_since: float | None = None
+    while True:
+        await asyncio.sleep(interval)
+        now = loop.time()
+        if _ACTIVITY.calls != seen:
+            seen = _ACTIVITY.calls
+            if busy_since is None:
+                busy_since = now
+            if now - busy_since < longest:
+                continue
+        elif busy_since is None:
+            continue
+        trim(0)
+        busy_since = None
+
+
 async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
                 shutdown_timeout: float = 10.0) -> None:
     """Serve `app` on a UNIX socket until SIGTERM or SIGINT, then drain and return."""
     runner = await serve_unix(app, socket_path, mode, shutdown_timeout)
+    trimmer = asyncio.get_running_loop().create_task(trim_after_bursts())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -644,6 +711,7 @@ async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
         await stop.wait()
         log.info("shutting down")
     finally:
+        trimmer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
