@@ -2,18 +2,19 @@
 # Bring the whole crib stack up on defaults, in the background, logs under /var/log/crib.
 # Returns once the CRI socket answers `Version`.
 #
-# CRIB_LAUNCHER=process (default): each daemon its own process, as the per-daemon systemd
-# units run them. CRIB_LAUNCHER=node: one crib-node forks the four from a parent that
-# imported them once (shared read-only memory, issue 14; deploy/systemd/crib-node.service).
-# Either way the pid files are /run/crib/<daemon>.pid, so `crib restart` and down.sh work,
-# and a crib-node adopts per-process daemons already running instead of starting twins.
+# CRIB_LAUNCHER=node (default): one crib-node forks the four daemons from a parent that
+# imported them once (shared read-only memory, issue 14; deploy/systemd/crib-node.service),
+# and forks any that dies again. CRIB_LAUNCHER=process: each daemon its own process, as the
+# per-daemon systemd units run them. Either way the pid files are /run/crib/<daemon>.pid,
+# so `crib restart` and down.sh work, and a crib-node adopts per-process daemons already
+# running instead of starting twins.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 [ "$(id -u)" = 0 ] || { echo "crib: make up must run as root" >&2; exit 1; }
 bash scripts/deps.sh
 mkdir -p /var/log/crib /run/crib /var/lib/crib
-launcher=${CRIB_LAUNCHER:-process}
+launcher=${CRIB_LAUNCHER:-node}
 if [ "$launcher" = node ]; then
     if [ -f /run/crib/node.pid ] && [ "$(cat /proc/"$(cat /run/crib/node.pid)"/comm 2>/dev/null)" = crib-node ]; then
         echo "crib-node already running (pid $(cat /run/crib/node.pid))"
