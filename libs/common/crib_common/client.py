@@ -10,11 +10,14 @@ models; callers never touch aiohttp.
 The request id bound in the logging context is sent as `X-Request-Id`; a timeout becomes
 both the client's total timeout and the `X-Crib-Timeout` header the daemon enforces.
 
-Unary CRI calls (`call_cri`), the gateway's hot path, skip aiohttp's client: `_CriTransport`
-writes one HTTP/1.1 request on a pooled keep-alive UNIX connection and reads one
-Content-Length answer. aiohttp's per-request machinery (URL building, tracing hooks,
-cookie jar, timeout objects) cost about a third of the gateway's time per `Version`.
-Everything else (JSON, streams, health) stays on the aiohttp session.
+Unary CRI calls (`call_cri`), the gateway's hot path, skip aiohttp's client: `_FrameTransport`
+sends one frame (`crib_common.frames`) on a pooled connection to the daemon's frame socket
+and reads one answer frame; a daemon without a frame socket gets one HTTP/1.1 request on
+a pooled keep-alive connection to its REST socket (`_CriTransport`, which also serves
+`health`). aiohttp's per-request machinery (URL building, tracing hooks, cookie jar,
+timeout objects) cost about a third of the gateway's time per `Version`, and HTTP itself
+(both sides) 0.03 ms of the 0.10 ms hop. Everything else (JSON, streams) stays on the
+aiohttp session.
 """
 
 from __future__ import annotations

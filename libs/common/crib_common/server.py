@@ -9,6 +9,10 @@ request as body (`application/x-protobuf`); the answer is the protobuf response,
 server-streaming RPC a chunked body of messages each prefixed with a 4-byte big-endian
 length. The kubelet's deadline arrives as the header `X-Crib-Timeout` (seconds left) and
 is enforced around the handler; the request id as `X-Request-Id`, echoed back.
+
+Unary CRI calls also arrive on the daemon's frame socket (`crib_common.frames`), which
+`serve_unix` opens beside the REST socket when the app has a `CriTable`: the same
+methods, request id, deadline, log line, metrics and error bodies, without HTTP.
 """
 
 from __future__ import annotations
