@@ -339,9 +339,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--handlers", default="runc,crun")
     parser.add_argument("--cni", choices=("same", "default"), default="same",
                         help="same: crib runs the peer's CNI chain; default: crib's own")
-    parser.add_argument("--launcher", choices=("process", "node"), default="process",
-                        help="process: one process per daemon; node: forked by crib-node "
-                             "(counted with them); see also bench/bench_node.py")
+    parser.add_argument("--launcher", choices=("process", "node"), default="node",
+                        help="node (the default, as make up): forked by crib-node (counted "
+                             "with them); process: one process per daemon; see also "
+                             "bench/bench_node.py")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     handlers = [h for h in args.handlers.split(",") if h]

@@ -2,7 +2,7 @@
 # Stop the daemons `make up` started (by their pid files). Containers keep running only if
 # they were left; `make down` stops the daemons, not the pods.
 set -uo pipefail
-# Under crib-node (CRIB_LAUNCHER=node make up), crib-node stops its daemons itself; killing
+# Under crib-node (the default of make up), crib-node stops its daemons itself; killing
 # a daemon first would only make it fork the daemon again.
 node=/run/crib/node.pid
 if [ -f "$node" ] && [ "$(cat /proc/"$(cat "$node")"/comm 2>/dev/null)" = crib-node ]; then

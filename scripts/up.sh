@@ -2,11 +2,12 @@
 # Bring the whole crib stack up on defaults, in the background, logs under /var/log/crib.
 # Returns once the CRI socket answers `Version`.
 #
-# CRIB_LAUNCHER=process (default): each daemon its own process, as the per-daemon systemd
-# units run them. CRIB_LAUNCHER=node: one crib-node forks the four from a parent that
-# imported them once (shared read-only memory, issue 14; deploy/systemd/crib-node.service).
-# Either way the pid files are /run/crib/<daemon>.pid, so `crib restart` and down.sh work,
-# and a crib-node adopts per-process daemons already running instead of starting twins.
+# CRIB_LAUNCHER=node (default): one crib-node forks the four daemons from a parent that
+# imported them once (shared read-only memory, issue 14; deploy/systemd/crib-node.service),
+# and forks any that dies again. CRIB_LAUNCHER=process: each daemon its own process, as the
+# per-daemon systemd units run them. Either way the pid files are /run/crib/<daemon>.pid,
+# so `crib restart` and down.sh work, and a crib-node adopts per-process daemons already
+# running instead of starting twins.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -16,7 +17,7 @@ mkdir -p /var/log/crib /run/crib /var/lib/crib
 # runtimed refuses to start when its directories do not propagate mounts (/ is private on
 # hosts without systemd); they stay shared after `make down`, for the pods left running.
 bash scripts/share-mounts.sh /run/crib /var/lib/crib /var/log/pods
-launcher=${CRIB_LAUNCHER:-process}
+launcher=${CRIB_LAUNCHER:-node}
 if [ "$launcher" = node ]; then
     if [ -f /run/crib/node.pid ] && [ "$(cat /proc/"$(cat /run/crib/node.pid)"/comm 2>/dev/null)" = crib-node ]; then
         echo "crib-node already running (pid $(cat /run/crib/node.pid))"

@@ -232,7 +232,7 @@ def test_systemd_ordering() -> None:
         assert dep in runtimed["After"].split() and dep in runtimed["Wants"].split()
 
 
-def test_node_unit_is_an_alternative_that_leaves_daemons_and_containers() -> None:
+def test_node_unit_is_the_default_that_leaves_daemons_and_containers() -> None:
     unit = _unit("node")
     service = unit["Service"]
     exec_start = service["ExecStart"].split()
@@ -250,6 +250,16 @@ def test_node_unit_is_an_alternative_that_leaves_daemons_and_containers() -> Non
         wanted = _unit(name)["Service"].get("StateDirectory")
         if wanted:
             assert wanted in service["StateDirectory"].split()
+
+
+@pytest.mark.parametrize("name", DAEMONS)
+def test_daemon_units_are_the_alternative_never_beside_crib_node(name: str) -> None:
+    assert "crib-node.service" in _unit(name)["Unit"]["Conflicts"].split()
+
+
+def test_make_up_starts_crib_node_by_default() -> None:
+    up = (Path(__file__).resolve().parent.parent / "scripts/up.sh").read_text()
+    assert "launcher=${CRIB_LAUNCHER:-node}" in up
 
 
 # ------------------------------------------------------------------ Dockerfile

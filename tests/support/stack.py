@@ -42,9 +42,12 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # argv put before a daemon's own (e.g. unshare + mount for a private cgroup2 view).
     wrappers: dict[str, list[str]] = field(default_factory=dict)
-    # "process": each daemon its own console script (the default, as scripts/up.sh);
-    # "node": the daemons forked by one crib-node (issue 14), pid files under `pid_dir`.
-    launcher: str = "process"
+    # "node": the daemons forked by one crib-node (issue 14; scripts/up.sh's default), pid
+    # files under `pid_dir`; "process": each daemon its own console script. The default is
+    # $CRIB_TEST_LAUNCHER, else "node". A test that restarts one daemon with another
+    # environment, keeps one down, starts one alone or reads `procs` names "process"; a
+    # stack with `wrappers` runs as separate processes (crib-node cannot wrap a fork).
+    launcher: str = "node"
     node: subprocess.Popen[bytes] | None = None
     # Under crib-node, the pid `kill` took last per daemon: `start_one` waits for another.
     killed: dict[str, int] = field(default_factory=dict)
@@ -52,17 +55,17 @@ class Stack:
     own_cgroups: set[str] = field(default_factory=set)
 
     @classmethod
-    def create(cls, launcher: str = "process", **extra_env: str) -> Stack:
+    def create(cls, launcher: str | None = None, **extra_env: str) -> Stack:
         root = Path(tempfile.mkdtemp(prefix="crib-", dir="/tmp"))
         # Searchable by others, as /run is: a pod user namespace's root (an unprivileged
         # host ID) reaches its rootfs under here.
         root.chmod(0o711)
         _make_shared(root)
-        return cls(root=root, extra_env=extra_env, launcher=launcher)
+        return cls(root=root, extra_env=extra_env, launcher=launcher or default_launcher())
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, services: tuple[str, ...] = SERVICES, launcher: str = "process",
+    def running(cls, services: tuple[str, ...] = SERVICES, launcher: str | None = None,
                 **extra_env: str) -> Iterator[Stack]:
         """A started stack, cleaned up afterwards, also when a daemon fails to start."""
         stack = cls.create(launcher, **extra_env)
@@ -175,6 +178,8 @@ class Stack:
 
     # ------------------------------------------------------------- lifecycle
     def start(self, services: tuple[str, ...] = SERVICES) -> Stack:
+        if self.wrappers:
+            self.launcher = "process"
         if self.launcher == "node":
             self.start_node(services)
             return self
@@ -407,6 +412,14 @@ def _conmons_of(root: Path) -> set[int]:
 
 # Net indices this process holds, each by a bound abstract UNIX socket.
 _NET_LOCKS: dict[int, socket.socket] = {}
+
+
+def default_launcher() -> str:
+    """How test stacks run their daemons unless a test says: $CRIB_TEST_LAUNCHER."""
+    launcher = os.environ.get("CRIB_TEST_LAUNCHER", "node")
+    if launcher not in ("process", "node"):
+        raise ValueError(f"CRIB_TEST_LAUNCHER must be process or node, not {launcher!r}")
+    return launcher
 
 
 def _claim_net_index() -> int:

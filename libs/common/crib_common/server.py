@@ -9,6 +9,10 @@ request as body (`application/x-protobuf`); the answer is the protobuf response,
 server-streaming RPC a chunked body of messages each prefixed with a 4-byte big-endian
 length. The kubelet's deadline arrives as the header `X-Crib-Timeout` (seconds left) and
 is enforced around the handler; the request id as `X-Request-Id`, echoed back.
+
+Unary CRI calls also arrive on the daemon's frame socket (`crib_common.frames`), which
+`serve_unix` opens beside the REST socket when the app has a `CriTable`: the same
+methods, request id, deadline, log line, metrics and error bodies, without HTTP.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from .version import __version__
 from .errors import CribError, DeadlineExceeded, Internal, InvalidArgument, Unimplemented
+from .frames import FrameServer, frame_socket, unpack_request
 from .logging import RequestContext
 
 if TYPE_CHECKING:
@@ -56,6 +61,7 @@ __all__ = [
     "daemon_settings",
     "limit_malloc_arenas",
     "settle_memory",
+    "trim_after_bursts",
     "METRICS_KEY",
     "metrics_registry",
     "REQUEST_ID_HEADER",
@@ -90,6 +96,7 @@ HealthCheck = Callable[[], Awaitable[Health]]
 HEALTH_KEY = web.AppKey("crib_health_check", object)
 SERVICE_KEY = web.AppKey("crib_service", str)
 METRICS_KEY = web.AppKey("crib_metrics", object)
+FRAMES_KEY = web.AppKey("crib_frames", object)
 
 
 # ---------------------------------------------------------------- operator REST routes
@@ -287,27 +294,9 @@ class CriTable:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = f"/{request.match_info['service']}/{request.match_info['method']}"
-        method = self.methods.get(path)
-        if method is None:
-            raise Unimplemented(f"{path} is not implemented by crib")
-        raw = await request.read()
-        # betterproto's parser is lenient (b"\xff\xff" parses as an empty message), so the
-        # wire format is checked first: bad input is InvalidArgument naming the field.
-        self._check_wire(raw, method.request_type)
-        try:
-            message = self._decode(method.request_type, raw)
-        except Exception as exc:  # betterproto raises assorted errors on bad wire data
-            raise InvalidArgument(f"malformed {method.request_type.__name__}: {exc}") from None
-        structlog.contextvars.bind_contextvars(rpc=path.rsplit("/", 1)[-1])
+        method, message = self._parse(path, await request.read())
         if not method.streaming:
-            timeout = _timeout_of(request)
-            try:
-                async with asyncio.timeout(timeout):
-                    reply = await method.handler(message)
-            except TimeoutError:
-                raise DeadlineExceeded(f"{path} did not finish within {timeout:.3f}s") from None
-            # A handler whose answer never changes may return it pre-encoded (Version).
-            body = reply if isinstance(reply, bytes) else self._encode(reply)
+            body = await self._call(path, method, message, _timeout_of(request))
             return web.Response(body=body, content_type=PROTO_CONTENT_TYPE)
         # Called before the answer starts: a handler that checks its request eagerly (a
         # plain function returning an iterator) fails with its own status, not mid-stream.
@@ -321,6 +310,37 @@ class CriTable:
             await response.write(struct.pack(">I", len(data)) + data)
         await response.write_eof()
         return response
+
+    async def call_unary(self, path: str, raw: bytes, timeout: float | None) -> bytes:
+        """Answer one unary CRI call from its protobuf bytes (the frame socket's path)."""
+        method, message = self._parse(path, raw)
+        if method.streaming:
+            raise InvalidArgument(f"{path} streams its answer: call it over HTTP")
+        return await self._call(path, method, message, timeout)
+
+    def _parse(self, path: str, raw: bytes) -> tuple[_CriMethod, Any]:
+        method = self.methods.get(path)
+        if method is None:
+            raise Unimplemented(f"{path} is not implemented by crib")
+        # betterproto's parser is lenient (b"\xff\xff" parses as an empty message), so the
+        # wire format is checked first: bad input is InvalidArgument naming the field.
+        self._check_wire(raw, method.request_type)
+        try:
+            message = self._decode(method.request_type, raw)
+        except Exception as exc:  # betterproto raises assorted errors on bad wire data
+            raise InvalidArgument(f"malformed {method.request_type.__name__}: {exc}") from None
+        structlog.contextvars.bind_contextvars(rpc=path.rsplit("/", 1)[-1])
+        return method, message
+
+    async def _call(self, path: str, method: _CriMethod, message: Any,
+                    timeout: float | None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await method.handler(message)
+        except TimeoutError:
+            raise DeadlineExceeded(f"{path} did not finish within {timeout:.3f}s") from None
+        # A handler whose answer never changes may return it pre-encoded (Version).
+        return reply if isinstance(reply, bytes) else self._encode(reply)
 
 
 def _timeout_of(request: web.Request) -> float | None:
@@ -388,6 +408,15 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+class _Activity:
+    """Calls served since start, for `trim_after_bursts`."""
+
+    calls = 0
+
+
+_ACTIVITY = _Activity()
+
+
 @web.middleware
 async def _edge_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -396,6 +425,7 @@ async def _edge_middleware(
     # 16 hex digits, as uuid4().hex[:16] gave, at a seventh of its cost (issue #2).
     request_id = request.headers.get(REQUEST_ID_HEADER) or os.urandom(8).hex()
     route = _route_name(request)
+    _ACTIVITY.calls += 1
     metrics: _Metrics = request.app[METRICS_KEY]  # type: ignore[assignment]
     start = time.perf_counter()
     status = 500
@@ -444,6 +474,68 @@ def _debug_enabled() -> bool:
     return _SERVER_LOGGER.isEnabledFor(logging.DEBUG)
 
 
+@dataclass
+class _Frames:
+    """A daemon's frame socket (`crib_common.frames`): started by `serve_unix` beside the
+    REST socket when the app serves CRI methods, closed with the app."""
+
+    cri: CriTable
+    metrics: _Metrics
+    server: FrameServer | None = None
+    shutdown_timeout: float = 10.0
+
+    async def dispatch(self, payload: bytes) -> tuple[int, bytes]:
+        """One unary call off the frame socket, with `_edge_middleware`'s request id, log
+        line, metrics and error bodies, so both ways in answer and count alike."""
+        try:
+            path, request_id, timeout, raw = unpack_request(payload)
+        except ValueError as exc:
+            return 400, InvalidArgument(str(exc)).body().model_dump_json().encode()
+        route = "/v1/cri" + path
+        start = time.perf_counter()
+        status = 500
+        _ACTIVITY.calls += 1
+        with RequestContext(request_id or os.urandom(8).hex()):
+            try:
+                body = await self.cri.call_unary(path, raw, timeout)
+                status = 200
+                return 200, body
+            except CribError as exc:
+                status = exc.http_status
+                log.info("request failed", route=route, kind=exc.kind, error=exc.message)
+                return status, exc.body().model_dump_json().encode()
+            except asyncio.CancelledError:
+                status = 499
+                raise
+            except Exception as exc:
+                log.exception("internal error", route=route)
+                err = Internal(f"internal error: {type(exc).__name__}: {exc}")
+                return 500, err.body().model_dump_json().encode()
+            finally:
+                elapsed = time.perf_counter() - start
+                self.metrics.observe(route, status, elapsed)
+                if _debug_enabled():
+                    log.debug("request", method="FRAME", route=route, status=status,
+                              ms=round(elapsed * 1000, 3))
+
+    async def start(self, rest_socket: Path, mode: int, shutdown_timeout: float) -> None:
+        self.shutdown_timeout = shutdown_timeout
+        server = FrameServer(self.dispatch)
+        path = frame_socket(rest_socket)
+        try:
+            await server.start(path, mode)
+        except OSError as exc:
+            # The gateway falls back to HTTP on the REST socket when this one is missing.
+            log.warning("frame socket not served", socket=str(path), error=str(exc))
+            return
+        self.server = server
+
+    async def close(self, _app: web.Application) -> None:
+        if self.server is not None:
+            await self.server.close(self.shutdown_timeout)
+            self.server = None
+
+
 async def _healthz(request: web.Request) -> web.Response:
     check: HealthCheck | None = request.app.get(HEALTH_KEY)  # type: ignore[assignment]
     health = await check() if check else Health(service=request.app[SERVICE_KEY])
@@ -474,6 +566,9 @@ def create_daemon_app(
     table.add_to(app)
     if cri is not None:
         cri.add_to(app)
+        frames = _Frames(cri, app[METRICS_KEY])  # type: ignore[arg-type]
+        app[FRAMES_KEY] = frames
+        app.on_shutdown.append(frames.close)
     extra = [
         _RouteInfo("GET", "/healthz", "Health and readiness", None, Health, False, {}, False),
         _RouteInfo("GET", "/metrics", "Prometheus metrics", None, None, False, {}, False),
@@ -506,27 +601,44 @@ async def serve_unix(app: web.Application, socket_path: Path, mode: int = 0o660,
     site = web.UnixSite(runner, str(socket_path))
     await site.start()
     os.chmod(socket_path, mode)
+    frames = app.get(FRAMES_KEY)
+    if isinstance(frames, _Frames):
+        # Unary CRI calls from the gateway: the same methods, a lighter hop.
+        await frames.start(socket_path, mode, shutdown_timeout)
     log.info("listening", socket=str(socket_path))
     return runner
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas before any thread starts (issue #5).
+    """Tune glibc's malloc before any thread starts (issues #5 and 14).
 
-    glibc gives each thread that allocates (the default executor's workers: SQLite,
-    `to_thread`, DNS) an arena of its own, up to 8 per core; each keeps the pages it once
-    used, so a burst of thread work leaves megabytes of idle RSS per arena. Our threads
-    run short blocking calls, so two arenas cost nothing measurable in contention. Same
-    as `MALLOC_ARENA_MAX=2`, but set by the daemon so every way of starting it gets it;
+    Arenas: glibc gives each thread that allocates (the default executor's workers:
+    SQLite, `to_thread`, DNS) an arena of its own, up to 8 per core; each keeps the pages
+    it once used, so a burst of thread work leaves megabytes of idle RSS per arena. Our
+    threads run short blocking calls, so two arenas cost nothing measurable in contention.
+    Same as `MALLOC_ARENA_MAX=2`, but set by the daemon so every way of starting it gets it;
     an operator's `MALLOC_ARENA_MAX` in the environment wins.
+
+    Thresholds: glibc serves allocations over 128 KiB with their own mmap, returned at
+    free, but raises that threshold (up to 32 MiB) each time such a block is freed, so after
+    the first pull or large list the big buffers land in the heap and keep it grown. Fixing
+    both thresholds (`M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD`, mallopt(3)) keeps big buffers
+    out of the heap and lets free() give the heap's top back. `MALLOC_MMAP_THRESHOLD_` in
+    the environment wins likewise.
     """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        m_arena_max = -8  # <malloc.h> M_ARENA_MAX
-        ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas)
+        libc = ctypes.CDLL("libc.so.6")
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            libc.mallopt(-8, arenas)  # <malloc.h> M_ARENA_MAX
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, _MMAP_THRESHOLD)  # M_TRIM_THRESHOLD
+
+
+# glibc's own starting value (mallopt(3)): only its growth is turned off.
+_MMAP_THRESHOLD = 128 * 1024
 
 
 def settle_memory() -> None:
@@ -547,10 +659,52 @@ def settle_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+# How often `trim_after_bursts` looks, and the longest it lets a busy heap go untrimmed.
+TRIM_CHECK_INTERVAL = 1.0
+TRIM_LONGEST = 30.0
+
+
+async def trim_after_bursts(interval: float = TRIM_CHECK_INTERVAL,
+                            longest: float = TRIM_LONGEST,
+                            trim: Callable[[int], object] | None = None) -> None:
+    """Give freed heap back to the OS once a burst of calls is over (issue 14).
+
+    glibc returns only the top of the heap on free(); pages freed below it stay with the
+    process until `malloc_trim`, so the peak of a burst (a pull, twenty pod creates) stays
+    in its RSS. Runs `malloc_trim(0)` once a check finds no call since the last one after
+    some, or every `longest` seconds under steady calls (the kubelet relists every
+    second). A trim of our heaps takes well under a millisecond.
+    """
+    if trim is None:
+        try:
+            import ctypes
+
+            trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            return
+    loop = asyncio.get_running_loop()
+    seen = _ACTIVITY.calls
+    busy_since: float | None = None
+    while True:
+        await asyncio.sleep(interval)
+        now = loop.time()
+        if _ACTIVITY.calls != seen:
+            seen = _ACTIVITY.calls
+            if busy_since is None:
+                busy_since = now
+            if now - busy_since < longest:
+                continue
+        elif busy_since is None:
+            continue
+        trim(0)
+        busy_since = None
+
+
 async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
                 shutdown_timeout: float = 10.0) -> None:
     """Serve `app` on a UNIX socket until SIGTERM or SIGINT, then drain and return."""
     runner = await serve_unix(app, socket_path, mode, shutdown_timeout)
+    trimmer = asyncio.get_running_loop().create_task(trim_after_bursts())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -561,6 +715,7 @@ async def serve(app: web.Application, socket_path: Path, mode: int = 0o660,
         await stop.wait()
         log.info("shutting down")
     finally:
+        trimmer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

@@ -26,9 +26,9 @@ from crib_common.server import (
 )
 from crib_common.settings import CribSettings
 
-from .forward import Gateway, PassthroughCodec, RpcMetrics
+from .forward import Gateway, RpcMetrics
 from .routes import IMAGED, RUNTIMED, RUNTIME
-from .server import CoalescingServer
+from .server import GrpcServer
 from .status import make_status_handler
 
 log = structlog.get_logger("crib.gateway")
@@ -62,8 +62,8 @@ async def run(settings: CribSettings) -> None:
     socket.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()
-    server = CoalescingServer([gateway], codec=PassthroughCodec())
-    await server.start(path=str(socket))
+    server = GrpcServer(gateway.serve, max_request=settings.gateway.max_message_bytes)
+    await server.start(str(socket))
     os.chmod(socket, settings.gateway.socket_mode)
     log.info("listening", socket=str(socket))
     # Runs once `_wait_for_signal` has installed its handlers, so a SIGTERM during the
@@ -71,12 +71,10 @@ async def run(settings: CribSettings) -> None:
     asyncio.get_running_loop().call_soon(settle_memory)
     await _wait_for_signal()
     # Graceful: stop accepting, let the calls in flight finish (bounded), then close.
-    # grpclib's own `Server.close()` cancels in-flight calls, so it comes last.
+    # `server.close()` cancels the calls still in flight, so it comes last.
     log.info("shutting down", inflight=gateway.inflight)
     gateway.closing = True
-    listener = getattr(server, "_server", None)  # grpclib keeps the asyncio server here
-    if listener is not None:
-        listener.close()
+    server.stop_accepting()
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()
     drained = await _drain(gateway, SHUTDOWN_TIMEOUT)

@@ -1,9 +1,10 @@
 """One wrapper around every CRI RPC: receive, forward, map errors, log, count.
 
-The gateway never decodes a request: a passthrough codec hands the protobuf bytes to the
-owning daemon over HTTP and the daemon's bytes back to the kubelet. What the gateway adds is
-policy: the size limit, the request id, the deadline passed on, and errors turned into gRPC
-statuses in one place (`errors.to_grpc`).
+The gateway never decodes a request: it hands the protobuf bytes to the owning daemon
+(`DaemonClient.call_cri`, over the daemon's frame socket) and the daemon's bytes back to
+the kubelet. What the gateway adds is policy: the size limit, the request id, the deadline
+passed on, and errors turned into gRPC statuses in one place (`errors.to_grpc`). The gRPC
+side (`server.GrpcServer`) hands each call over as a `Call`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import struct
 import time
 from functools import partial
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from grpclib.const import Cardinality, Handler, Status
-from grpclib.encoding.base import CodecBase
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crib_common.client import DaemonClient
@@ -29,7 +28,7 @@ from crib_common.errors import CribError
 from crib_common.logging import RequestContext
 
 from .errors import to_grpc, unimplemented
-from .routes import LOCAL, ROUTES, SERVER_STREAMING, UNROUTED
+from .routes import LOCAL, ROUTES, SERVER_STREAMING
 
 log = structlog.get_logger("crib.gateway")
 _DEBUG = partial(logging.getLogger("crib.gateway").isEnabledFor, logging.DEBUG)
@@ -37,16 +36,23 @@ _DEBUG = partial(logging.getLogger("crib.gateway").isEnabledFor, logging.DEBUG)
 LocalHandler = Callable[[bytes, float | None], Awaitable[bytes]]
 
 
-class PassthroughCodec(CodecBase):
-    """Moves protobuf bytes without decoding them; the owning daemon decodes."""
+class Call(Protocol):
+    """One CRI call as the wrapper sees it, whatever carries it (`server.CallStream`)."""
 
-    __content_subtype__ = "proto"
+    def metadata(self, key: str) -> str | None:
+        """A request header (gRPC metadata), lower-case key."""
 
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message)
+    def time_remaining(self) -> float | None:
+        """Seconds left of the caller's deadline; None without one."""
 
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        return data
+    def request(self) -> bytes:
+        """The request body as received: gRPC's 5-byte prefix and the message."""
+
+    async def send_initial_metadata(self) -> None:
+        """Start the answer (a stream's headers before its first message)."""
+
+    async def send_message(self, message: bytes) -> None:
+        """Send one answer message."""
 
 
 class RpcMetrics:
@@ -109,25 +115,14 @@ class Gateway:
         self._idle.clear()
         await self._idle.wait()
 
-    def __mapping__(self) -> dict[str, Handler]:
-        mapping: dict[str, Handler] = {}
-        for path in {*ROUTES, *UNROUTED, *self.routes}:
-            cardinality = (Cardinality.UNARY_STREAM if path in SERVER_STREAMING
-                           else Cardinality.UNARY_UNARY)
-            mapping[path] = Handler(self._handler_for(path, cardinality), cardinality,
-                                    bytes, bytes)
-        return mapping
+    async def serve(self, path: str, call: Call) -> None:
+        """Serve one call (`server.GrpcServer`'s handler); failures raise GRPCError."""
+        await self._serve(path, call)
 
-    def _handler_for(self, path: str, cardinality: Cardinality) -> Callable[[Stream[Any, Any]], Any]:
-        async def handle(stream: Stream[Any, Any]) -> None:
-            await self._serve(path, cardinality, stream)
-
-        return handle
-
-    async def _serve(self, path: str, cardinality: Cardinality, stream: Stream[Any, Any]) -> None:
+    async def _serve(self, path: str, call: Call) -> None:
         rpc = path.rsplit("/", 1)[-1]
         # 16 hex digits, as before from uuid4, at a fraction of its cost (issue #2).
-        request_id = _metadata_value(stream, "x-request-id") or os.urandom(8).hex()
+        request_id = call.metadata("x-request-id") or os.urandom(8).hex()
         start = time.perf_counter()
         code = Status.OK
         self.inflight += 1
@@ -136,7 +131,7 @@ class Gateway:
                 if self.closing:
                     # The kubelet retries on UNAVAILABLE, reaching the next gateway.
                     raise GRPCError(Status.UNAVAILABLE, "crib gateway is shutting down")
-                await self._forward(path, rpc, cardinality, stream)
+                await self._forward(path, rpc, call)
             except GRPCError as exc:
                 code = exc.status
                 log.info("rpc failed", code=exc.status.name, error=exc.message)
@@ -160,24 +155,19 @@ class Gateway:
                     # are logged at info above.
                     log.debug("rpc", code=code.name, ms=round(elapsed * 1000, 3))
 
-    async def _forward(
-        self, path: str, rpc: str, cardinality: Cardinality, stream: Stream[Any, Any]
-    ) -> None:
+    async def _forward(self, path: str, rpc: str, call: Call) -> None:
         owner = self.routes.get(path)
         if owner is None:
             raise unimplemented(rpc)
-        if cardinality in (Cardinality.STREAM_UNARY, Cardinality.STREAM_STREAM):
-            raise unimplemented(rpc)  # the CRI has no client-streaming RPCs
-        request = await self._recv(stream)
-        timeout = (
-            stream.deadline.time_remaining() if stream.deadline is not None
-            else self.default_timeout
-        )
+        request = self._recv(call)
+        timeout = call.time_remaining()
+        if timeout is None:
+            timeout = self.default_timeout
         if owner == LOCAL:
-            await stream.send_message(await self.local[path](request, timeout))
+            await call.send_message(await self.local[path](request, timeout))
             return
         client = self.clients[owner]
-        if cardinality is Cardinality.UNARY_UNARY:
+        if path not in SERVER_STREAMING:
             reply = await client.call_cri(path, request, timeout=timeout)
             if len(reply) > self.max_message_bytes:
                 # The kubelet would drop it with a bare "message larger than max"; say
@@ -187,22 +177,22 @@ class Gateway:
                     f"{rpc} answer of {len(reply)} bytes exceeds the limit of "
                     f"{self.max_message_bytes}",
                 )
-            await stream.send_message(reply)
+            await call.send_message(reply)
             return
-        await stream.send_initial_metadata()
+        await call.send_initial_metadata()
         async for message in client.stream_cri(path, request, timeout=None):
-            await stream.send_message(message)
+            await call.send_message(message)
 
-    async def _recv(self, stream: Stream[Any, Any]) -> bytes:
-        """Read the one request message, refusing an oversized one before buffering it."""
-        raw = getattr(stream, "_stream", None)
-        if raw is None:  # pragma: no cover - grpclib internals changed; fall back
-            message = await stream.recv_message()
-            return message or b""
-        head = await raw.recv_data(5)
-        if not head:
+    def _recv(self, call: Call) -> bytes:
+        """The one request message, checked against the size limit and gRPC's framing.
+
+        The server stops buffering a request once its declared size is over the limit,
+        so an oversized one arrives here as its 5-byte prefix alone.
+        """
+        body = call.request()
+        if len(body) < 5:
             raise GRPCError(Status.INVALID_ARGUMENT, "request carried no message")
-        compressed, size = struct.unpack(">?I", head)
+        compressed, size = struct.unpack_from(">?I", body)
         if compressed:
             raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
         if size > self.max_message_bytes:
@@ -210,15 +200,8 @@ class Gateway:
                 Status.RESOURCE_EXHAUSTED,
                 f"request of {size} bytes exceeds the limit of {self.max_message_bytes}",
             )
-        data: bytes = await raw.recv_data(size) if size else b""
-        if len(data) != size:
-            raise GRPCError(Status.INVALID_ARGUMENT, "request message cut short")
-        return data
-
-
-def _metadata_value(stream: Stream[Any, Any], key: str) -> str | None:
-    metadata = stream.metadata
-    if metadata is None:
-        return None
-    value = metadata.get(key)
-    return value if isinstance(value, str) and value else None
+        if len(body) != 5 + size:
+            # Shorter: cut short; longer: a second message, which no unary call carries.
+            raise GRPCError(Status.INVALID_ARGUMENT, "request message cut short"
+                            if len(body) < 5 + size else "more than one request message")
+        return body[5:]

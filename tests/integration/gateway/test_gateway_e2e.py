@@ -38,7 +38,7 @@ class Node:
     """The module's node: a Stack plus the fake imaged process."""
 
     def __init__(self) -> None:
-        self.stack = Stack.create()
+        self.stack = Stack.create("process")
         self.fake: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
@@ -347,7 +347,7 @@ def test_sigterm_lets_the_call_in_flight_finish(node: Node, images: Any) -> None
 
 
 def test_sigterm_exits_zero_and_removes_sockets() -> None:
-    stack = Stack.create().start(("runtimed", "gateway"))
+    stack = Stack.create("process").start(("runtimed", "gateway"))
     try:
         for service in ("gateway", "runtimed"):
             proc = stack.procs.pop(service)

@@ -36,7 +36,8 @@ CRIB = str(Path(sys.executable).parent / "crib")
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Stack]:
-    with Stack.running() as stack:
+    # `crib restart` of a dev stack's imaged by its own pid file: separate processes.
+    with Stack.running(launcher="process") as stack:
         yield stack
 
 

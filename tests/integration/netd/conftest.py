@@ -104,7 +104,9 @@ class NetdNode:
 @pytest.fixture(scope="module")
 def netd_node() -> Iterator[NetdNode]:
     before = iptables.snapshot()
-    stack = Stack.create()
+    # Tests change the plugins and conf dir while netd is down: separate processes (crib-node
+    # would fork netd again at once).
+    stack = Stack.create("process")
     plugin_dir = stack.root / "plugins"
     plugin_dir.mkdir()
     fake = plugin_dir / "crib-fake"

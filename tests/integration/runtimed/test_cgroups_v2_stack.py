@@ -41,7 +41,7 @@ WRAPPER = ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
 def v2cri(busybox_image: str) -> Iterator[tuple[Cri, Stack, str]]:
     if shutil.which("unshare") is None or not (HOST_UNIFIED / "cgroup.procs").exists():
         pytest.skip("needs unshare(1) and the hybrid cgroup2 at /sys/fs/cgroup/unified")
-    stack = Stack.create()
+    stack = Stack.create("process")  # a wrapper per daemon: separate processes
     stack.wrappers["runtimed"] = WRAPPER
     client: Cri | None = None
     try:

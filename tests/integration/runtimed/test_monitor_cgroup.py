@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def own(busybox_image: str) -> Iterator[tuple[Cri, Stack, str]]:
-    stack = Stack.create()
+    stack = Stack.create(launcher="process")
     stack.own_cgroups.add("runtimed")
     client: Cri | None = None
     try:

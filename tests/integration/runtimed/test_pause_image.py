@@ -129,9 +129,7 @@ def test_pause_pod_survives_runtimed_restart(crib: Stack, cri: Cri) -> None:
     recovery the pod is Ready and its removal still cleans up snapshot and all."""
     sid, _pod = cri.run_pod()
     pid = int(_info(cri, sid)["pid"])  # type: ignore[arg-type]
-    proc = crib.procs.pop("runtimed")
-    proc.kill()
-    proc.wait(timeout=30)
+    crib.kill("runtimed")
     crib.start_one("runtimed")
     assert Path(f"/proc/{pid}").exists()
     st = cri.rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sid),

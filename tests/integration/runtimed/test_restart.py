@@ -5,6 +5,7 @@ nothing left behind once the pods are removed."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,15 @@ from tests.support.stack import Stack
 from .conftest import Cri, leftovers
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def crib() -> Iterator[Stack]:
+    """Overrides conftest's stack: runtimed is restarted with a failpoint in its
+    environment, so each daemon runs as its own process (crib-node forks them all with
+    its own environment)."""
+    with Stack.running(launcher="process") as stack:
+        yield stack
 
 
 def _restart(stack: Stack, crash_at: str = "") -> None:

@@ -176,7 +176,8 @@ def test_runtime_default_file_is_a_setting(probe_image: str, tmp_path: Path) -> 
         finally:
             client.close()
     missing = tmp_path / "none.json"
-    stack = Stack.create(CRIB_RUNTIMED__SECCOMP_PROFILE=str(missing))
+    # One daemon started alone, expected to fail: a separate process.
+    stack = Stack.create("process", CRIB_RUNTIMED__SECCOMP_PROFILE=str(missing))
     try:
         with pytest.raises(RuntimeError, match="exited with 1") as err:
             stack.start_one("runtimed", timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -137,3 +138,24 @@ def test_server_defers_betterproto_and_settles_memory() -> None:
         "assert 'betterproto' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_heap_is_trimmed_after_a_burst_and_under_steady_calls() -> None:
+    from crib_common import server
+
+    trims: list[int] = []
+    task = asyncio.ensure_future(
+        server.trim_after_bursts(interval=0.05, longest=0.3, trim=trims.append))
+    try:
+        await asyncio.sleep(0.2)
+        assert trims == []  # no calls, nothing to give back
+        server._ACTIVITY.calls += 5  # a burst...
+        await asyncio.sleep(0.2)
+        assert trims == [0]  # ...trimmed once the next check saw no call
+        # Steady calls: trimmed every `longest` seconds all the same.
+        for _ in range(16):
+            server._ACTIVITY.calls += 1
+            await asyncio.sleep(0.05)
+        assert 2 <= len(trims) <= 4
+    finally:
+        task.cancel()

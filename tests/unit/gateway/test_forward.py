@@ -1,7 +1,9 @@
-"""The gateway's one wrapper, through grpclib's ChannelFor to daemon apps on temp sockets.
+"""The gateway's one wrapper, served by its own gRPC server on a temporary socket and
+called by grpclib's client, forwarding to daemon apps on temporary sockets.
 
 The daemons here are `crib_common.server` apps (the production daemon side) serving a few
-CRI methods; the gateway is built by `build_gateway`, as `crib-gateway` builds it.
+CRI methods; the gateway is built by `build_gateway` and served by `GrpcServer`, as
+`crib-gateway` does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from aiohttp import web
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.client import Channel
-from grpclib.testing import ChannelFor
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
@@ -35,7 +36,8 @@ from crib_common.errors import NotFound
 from crib_common.server import CriTable, Health, RouteTable, create_daemon_app, serve_unix
 from crib_common.settings import CribSettings
 from cri_gateway.__main__ import build_gateway
-from cri_gateway.forward import Gateway, PassthroughCodec
+from cri_gateway.forward import Gateway
+from cri_gateway.server import GrpcServer
 
 RT = "/runtime.v1.RuntimeService/"
 IM = "/runtime.v1.ImageService/"
@@ -76,6 +78,18 @@ def _imaged() -> web.Application:
     return create_daemon_app("imaged", RouteTable(), cri, health)
 
 
+class _Raw:
+    """grpclib codec moving bytes as they are: the tests build and parse the messages."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: bytes, message_type: type) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: type) -> bytes:
+        return data
+
+
 @dataclass
 class Env:
     channel: Channel
@@ -106,10 +120,15 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
                await serve_unix(_imaged(), tmp_path / "im.sock")]
     registry = CollectorRegistry()
     gateway, clients = build_gateway(settings, registry)
+    server = GrpcServer(gateway.serve, max_request=settings.gateway.max_message_bytes)
+    await server.start(str(tmp_path / "cri.sock"))
+    channel = Channel(path=str(tmp_path / "cri.sock"), codec=_Raw())  # type: ignore[arg-type]
     try:
-        async with ChannelFor([gateway], codec=PassthroughCodec()) as channel:
-            yield Env(channel, gateway, registry, clients)
+        yield Env(channel, gateway, registry, clients)
     finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
         for c in clients:
             await c.close()
         for r in runners:

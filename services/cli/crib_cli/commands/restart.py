@@ -7,7 +7,7 @@ Two kinds of node:
   its log in /var/log/crib: `crib restart` stops the process by its pid (SIGTERM, or
   SIGKILL with --kill, as a crash would), starts the same program again the way up.sh
   does, and rewrites the pid file;
-- under crib-node (deploy/systemd/crib-node.service, or `CRIB_LAUNCHER=node make up`), whose
+- under crib-node (deploy/systemd/crib-node.service, or `make up`, its default), whose
   own pid file `node.pid` sits beside the daemons': `crib restart` only stops the daemon
   (by its pid, SIGTERM or with --kill SIGKILL) and crib-node forks it again; starting one
   here as well would make a twin.
