@@ -21,6 +21,15 @@ from .conftest import Cri, leftovers
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(scope="module")
+def crib() -> Iterator[Stack]:
+    """Overrides conftest's stack: runtimed is killed and restarted with failpoints in its
+    environment, so each daemon runs as its own process (crib-node forks them all with
+    its own environment)."""
+    with Stack.running(launcher="process") as stack:
+        yield stack
+
 # The kubelet's shape: one range of 65536 from container ID 0 (KEP-127), at a host
 # offset nothing else on this machine uses.
 HOST_UID = 3_276_800
