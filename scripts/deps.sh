@@ -11,12 +11,16 @@ if [ "${1:-}" = test ]; then
     # containerd is the peer the conformance tests compare crib with.
     # apparmor: apparmor_parser compiles crib's AppArmor profile in the tests; gcc and
     # libc6-dev build the static syscall probe; containers-common ships podman's seccomp
-    # profile, loaded as a RuntimeDefault in a test.
+    # profile, loaded as a RuntimeDefault in a test. golang-go and golang-google-grpc-dev
+    # build a small grpc-go client offline (tests/support/grpcgo/): the kubelet, critest
+    # and crictl all speak grpc-go, so the gateway's own HTTP/2 server is tested against it.
     want+=(docker-registry busybox-static apache2-utils zstd containerd apparmor gcc libc6-dev
-           golang-github-containers-common)
+           golang-github-containers-common golang-go golang-google-grpc-dev)
 fi
-# One dpkg-query for the lot (one per package cost a tenth of a second each).
-installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${want[@]}" 2>/dev/null \
+# One dpkg-query for the lot (one per package cost a tenth of a second each). It exits 1
+# when a package was never known to dpkg, which pipefail would turn into a silent exit of
+# this script before anything is installed: the awk filter alone decides.
+installed=$( (dpkg-query -W -f='${Package} ${Status}\n' "${want[@]}" 2>/dev/null || true) \
     | awk '/ ok installed$/ {print $1}')
 missing=()
 for pkg in "${want[@]}"; do
