@@ -10,6 +10,7 @@ answers checked with the independent `cri_api` stubs; only the transport is grpc
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -226,6 +227,40 @@ def test_exec_output_of_hundreds_of_kib(cri: Cri, sleeper: str) -> None:
     assert after.get("sent_WINDOW_UPDATE", 0) > before.get("sent_WINDOW_UPDATE", 0)
 
 
+def test_answer_of_4_mib(cri: Cri, sleeper: str) -> None:
+    """Long enough for grpc-go's BDP estimator to grow its windows mid-answer (SETTINGS
+    and WINDOW_UPDATE from the client while we send)."""
+    size = 4 * 1024 * KIB
+    out = cri.call(RT + "ExecSync", api_pb2.ExecSyncRequest(
+        container_id=sleeper, cmd=["sh", "-c", f"yes 0123456789abcde | head -c {size}"]),
+        api_pb2.ExecSyncResponse)
+    assert out.stdout == b"0123456789abcde\n" * (size // 16)
+
+
+def test_request_of_hundreds_of_kib(cri: Cri, sleeper: str) -> None:
+    """A request over 64 KiB: grpc-go sends it in several DATA frames within our window."""
+    before = frames(cri.go)
+    parts = [c * (100 * KIB) for c in "abc"]
+    out = cri.call(RT + "ExecSync", api_pb2.ExecSyncRequest(
+        container_id=sleeper, cmd=["sh", "-c", 'echo $(( ${#1} + ${#2} + ${#3} ))',
+                                   "sh", *parts]), api_pb2.ExecSyncResponse)
+    assert out.stdout == b"%d\n" % (300 * KIB), out
+    assert frames(cri.go)["sent_DATA"] - before.get("sent_DATA", 0) >= 300 // 16
+
+
+def test_large_answers_at_once_share_the_window(cri: Cri, sleeper: str) -> None:
+    """Six 1 MiB answers interleaved on one connection's flow-control window."""
+    size = 1024 * KIB
+    ids = [cri.go.start(RT + "ExecSync", api_pb2.ExecSyncRequest(
+        container_id=sleeper, cmd=["sh", "-c", f"yes {n}{n}{n} | head -c {size}"])
+        .SerializeToString(), timeout=60) for n in range(6)]
+    for n, call_id in enumerate(ids):
+        result = cri.go.wait(call_id)
+        assert result.code == OK, result
+        out = api_pb2.ExecSyncResponse.FromString(result.response).stdout
+        assert out == (b"%d%d%d\n" % (n, n, n)) * (size // 4), (n, len(out))
+
+
 def test_list_answers_over_64_kib(cri: Cri, pulled: str) -> None:
     """ListPodSandbox and ListContainers answers of ~100 KiB each (long annotations)."""
     pods: dict[str, str] = {}
@@ -365,6 +400,15 @@ def test_error_status_and_message(cri: Cri) -> None:
     assert "Traceback" not in result.message
 
 
+def test_error_message_percent_encoded(cri: Cri) -> None:
+    """grpc-message carries non-ASCII text percent-encoded; grpc-go decodes it back."""
+    odd = "caf\u00e9-%-\u2603"
+    result = cri.go.call(RT + "ContainerStatus", api_pb2.ContainerStatusRequest(
+        container_id=odd).SerializeToString())
+    assert result.code not in (OK, 2), result  # a mapped error, not UNKNOWN
+    assert odd in result.message, result
+
+
 # ------------------------------------------------------------------ keepalive
 def test_connection_kept_open_with_keepalive_pings(
         keepalive: tuple[GoClient, float, GoResult], cri: Cri) -> None:
@@ -383,3 +427,25 @@ def test_connection_kept_open_with_keepalive_pings(
     assert after.dials == 1, after.frames  # never dropped, never redialled
     assert after.frames.get("received_PING_ACK", 0) >= pinged, after.frames
     assert after.frames.get("received_GOAWAY", 0) == 0, after.frames
+
+
+# ------------------------------------------------------------------ restart (last: it redials)
+def test_gateway_restart_drains_then_grpc_go_redials(cri: Cri, sleeper: str) -> None:
+    """SIGTERM: the call in flight is answered, the GOAWAY is taken by grpc-go, and once
+    a new gateway listens, the same ClientConn dials it again (as the kubelet's does)."""
+    slow = cri.go.start(RT + "ExecSync", api_pb2.ExecSyncRequest(
+        container_id=sleeper, cmd=["sh", "-c", "sleep 1; echo done"]).SerializeToString(),
+        timeout=30)
+    time.sleep(0.3)
+    cri.stack.kill("gateway", signal.SIGTERM)
+    result = cri.go.wait(slow)
+    assert result.code == OK, result
+    assert api_pb2.ExecSyncResponse.FromString(result.response).stdout == b"done\n"
+    cri.stack.start_one("gateway")
+    # grpc-go redialled at the GOAWAY, found no socket, and backs off (1 s at first): a
+    # call made meanwhile waits for the connection, as the kubelet's next retry would.
+    again = cri.go.call(RT + "Version", api_pb2.VersionRequest().SerializeToString(), 20,
+                        wait_for_ready=True)
+    assert again.code == OK, again
+    assert again.dials == 2, again
+    assert frames(cri.go).get("received_GOAWAY", 0) == 1

@@ -111,11 +111,11 @@ class GoClient:
         return call_id
 
     def start(self, method: str, request: bytes = b"", timeout: float = 30.0,
-              stream: bool = False, max_messages: int = 0) -> str:
+              stream: bool = False, max_messages: int = 0, wait_for_ready: bool = False) -> str:
         """Begin a call (method as "/runtime.v1.RuntimeService/Version"); its id."""
         return self._send({"method": method, "request": request.hex(),
                            "timeout_ms": int(timeout * 1000), "stream": stream,
-                           "max_messages": max_messages})
+                           "max_messages": max_messages, "wait_for_ready": wait_for_ready})
 
     def cancel(self, call_id: str) -> None:
         self.wait(self._send({"cancel": call_id}))
@@ -130,9 +130,11 @@ class GoClient:
                 raise RuntimeError(f"the grpc-go client died: {self.proc.stderr.read()}")
             return self._results.pop(call_id)
 
-    def call(self, method: str, request: bytes = b"", timeout: float = 30.0) -> GoResult:
+    def call(self, method: str, request: bytes = b"", timeout: float = 30.0,
+             wait_for_ready: bool = False) -> GoResult:
         """A unary call, waited for."""
-        return self.wait(self.start(method, request, timeout), timeout + 30)
+        return self.wait(self.start(method, request, timeout, wait_for_ready=wait_for_ready),
+                         timeout + 30)
 
     def stats(self) -> GoResult:
         """Dials so far, and HTTP/2 frames sent and received by type."""

@@ -15,6 +15,9 @@
 //	{"id": "c", "cancel": "b"}                 cancel call b (its own result follows)
 //	{"id": "d", "stats": true}                 dials and frames seen so far
 //
+// "wait_for_ready": true makes a call wait for a connection (grpc.WaitForReady) instead
+// of failing at once while grpc-go is between connections.
+//
 // The socket is wrapped to count frames both ways (PING, PING ACK, GOAWAY, ...), so a
 // test sees keepalive pings leave and their answers arrive.
 package main
@@ -59,6 +62,8 @@ type request struct {
 	MaxMessages int    `json:"max_messages"`
 	Cancel      string `json:"cancel"`
 	Stats       bool   `json:"stats"`
+	// WaitForReady: wait for a connection instead of failing fast while there is none.
+	WaitForReady bool `json:"wait_for_ready"`
 }
 
 type result struct {
@@ -250,15 +255,17 @@ func call(ctx context.Context, conn *grpc.ClientConn, req request,
 		return r
 	}
 	start := time.Now()
+	options := []grpc.CallOption{grpc.WaitForReady(req.WaitForReady)}
 	if !req.Stream {
 		answer := &raw{}
-		err = conn.Invoke(ctx, req.Method, &raw{body}, answer)
+		err = conn.Invoke(ctx, req.Method, &raw{body}, answer, options...)
 		if err == nil {
 			r.Response = hex.EncodeToString(answer.b)
 		}
 	} else {
 		var stream grpc.ClientStream
-		stream, err = conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, req.Method)
+		stream, err = conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, req.Method,
+			options...)
 		if err == nil {
 			err = stream.SendMsg(&raw{body})
 		}
@@ -269,6 +276,9 @@ func call(ctx context.Context, conn *grpc.ClientConn, req request,
 			message := &raw{}
 			if err = stream.RecvMsg(message); err != nil {
 				break
+			}
+			if req.MaxMessages > 0 && len(r.Messages) >= req.MaxMessages {
+				continue // already cancelled: what was buffered before is dropped
 			}
 			r.Messages = append(r.Messages, hex.EncodeToString(message.b))
 			if req.MaxMessages > 0 && len(r.Messages) >= req.MaxMessages {
