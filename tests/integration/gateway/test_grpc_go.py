@@ -113,8 +113,10 @@ class Cri:
                   api_pb2.StartContainerResponse)
 
     def status(self, cid: str) -> api_pb2.ContainerStatus:
-        return self.call(RT + "ContainerStatus", api_pb2.ContainerStatusRequest(
-            container_id=cid), api_pb2.ContainerStatusResponse).status
+        status: api_pb2.ContainerStatus = self.call(
+            RT + "ContainerStatus", api_pb2.ContainerStatusRequest(container_id=cid),
+            api_pb2.ContainerStatusResponse).status
+        return status
 
     def wait_state(self, cid: str, state: int, timeout: float = 20) -> api_pb2.ContainerStatus:
         end = time.monotonic() + timeout
@@ -259,6 +261,32 @@ def test_large_answers_at_once_share_the_window(cri: Cri, sleeper: str) -> None:
         assert result.code == OK, result
         out = api_pb2.ExecSyncResponse.FromString(result.response).stdout
         assert out == (b"%d%d%d\n" % (n, n, n)) * (size // 4), (n, len(out))
+
+
+def test_deadline_while_the_answer_waits_for_window(cri: Cri, sleeper: str) -> None:
+    """An 8 MiB answer to a client that reads nothing: we stop at its window; its deadline
+    then resets the stream (RST_STREAM) while we wait. Nothing else is harmed."""
+    size = 8 * 1024 * KIB
+    before = frames(cri.go)
+    stuck = cri.go.start(RT + "ExecSync", api_pb2.ExecSyncRequest(
+        container_id=sleeper, cmd=["sh", "-c", f"yes | head -c {size}"]).SerializeToString(),
+        timeout=1.5, stream=True, hold=2.5)
+    # Meanwhile the connection serves others (the stuck stream holds only its own window).
+    meanwhile = cri.call(RT + "ExecSync", api_pb2.ExecSyncRequest(
+        container_id=sleeper, cmd=["sh", "-c", "sleep 1; echo meanwhile"]),
+        api_pb2.ExecSyncResponse)
+    assert meanwhile.stdout == b"meanwhile\n"
+    result = cri.go.wait(stuck)
+    assert result.code == DEADLINE_EXCEEDED, result
+    after = frames(cri.go)
+    received = after["received_DATA_bytes"] - before.get("received_DATA_bytes", 0)
+    assert received < size, "the whole answer came: the window never stopped it"
+    quick = cri.call(RT + "ExecSync", api_pb2.ExecSyncRequest(
+        container_id=sleeper, cmd=["echo", "whole"]), api_pb2.ExecSyncResponse)
+    assert quick.stdout == b"whole\n"
+    assert cri.go.stats().dials == 1
+    log = cri.stack.log("gateway")
+    assert "Traceback" not in log and "crashed" not in log, log[-2000:]
 
 
 def test_list_answers_over_64_kib(cri: Cri, pulled: str) -> None:

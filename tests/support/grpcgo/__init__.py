@@ -111,11 +111,17 @@ class GoClient:
         return call_id
 
     def start(self, method: str, request: bytes = b"", timeout: float = 30.0,
-              stream: bool = False, max_messages: int = 0, wait_for_ready: bool = False) -> str:
-        """Begin a call (method as "/runtime.v1.RuntimeService/Version"); its id."""
+              stream: bool = False, max_messages: int = 0, wait_for_ready: bool = False,
+              hold: float = 0.0) -> str:
+        """Begin a call (method as "/runtime.v1.RuntimeService/Version"); its id.
+
+        `stream` reads the answer as a stream of messages (a unary method's one message
+        too); `hold` seconds pass before the first read, and grpc-go returns no stream
+        credit meanwhile."""
         return self._send({"method": method, "request": request.hex(),
                            "timeout_ms": int(timeout * 1000), "stream": stream,
-                           "max_messages": max_messages, "wait_for_ready": wait_for_ready})
+                           "max_messages": max_messages, "wait_for_ready": wait_for_ready,
+                           "hold_ms": int(hold * 1000)})
 
     def cancel(self, call_id: str) -> None:
         self.wait(self._send({"cancel": call_id}))

@@ -12,6 +12,7 @@
 //	{"id": "b", "method": "...", "stream": true, "max_messages": 3}
 //	                                           server streaming, read until 3 messages
 //	                                           (then cancelled), the end, or the timeout
+//	                                           ("hold_ms": 500 first waits, reading nothing)
 //	{"id": "c", "cancel": "b"}                 cancel call b (its own result follows)
 //	{"id": "d", "stats": true}                 dials and frames seen so far
 //
@@ -62,6 +63,7 @@ type request struct {
 	MaxMessages int    `json:"max_messages"`
 	Cancel      string `json:"cancel"`
 	Stats       bool   `json:"stats"`
+	HoldMs      int    `json:"hold_ms"`
 	// WaitForReady: wait for a connection instead of failing fast while there is none.
 	WaitForReady bool `json:"wait_for_ready"`
 }
@@ -122,6 +124,7 @@ func (c *counter) feed(p []byte) {
 			}
 			c.counts[c.prefix+name]++
 			c.left = int(c.head[0])<<16 | int(c.head[1])<<8 | int(c.head[2])
+			c.counts[c.prefix+name+"_bytes"] += int64(c.left)
 			c.head = c.head[:0]
 		}
 	}
@@ -271,6 +274,11 @@ func call(ctx context.Context, conn *grpc.ClientConn, req request,
 		}
 		if err == nil {
 			err = stream.CloseSend()
+		}
+		if err == nil && req.HoldMs > 0 {
+			// Not reading: grpc-go gives no stream credit back, so the server's answer
+			// stops at the stream's window until we read (or the deadline resets it).
+			time.Sleep(time.Duration(req.HoldMs) * time.Millisecond)
 		}
 		for err == nil {
 			message := &raw{}
