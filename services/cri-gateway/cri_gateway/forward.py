@@ -101,7 +101,8 @@ class Gateway:
         self.default_timeout = default_timeout
         self.metrics = metrics
         self.routes = ROUTES if routes is None else routes
-        # Calls being served, for a graceful shutdown; once closing, new calls are refused.
+        # Unary calls being served, for a graceful shutdown; once closing, new calls are
+        # refused.
         self.inflight = 0
         self.closing = False
         self._idle: asyncio.Event | None = None
@@ -125,7 +126,13 @@ class Gateway:
         request_id = call.metadata("x-request-id") or os.urandom(8).hex()
         start = time.perf_counter()
         code = Status.OK
-        self.inflight += 1
+        # A server stream (GetContainerEvents) has no end of its own: the kubelet holds
+        # one open as long as it runs. Counted as in flight, it made every graceful
+        # shutdown wait the whole SHUTDOWN_TIMEOUT, refusing the kubelet's calls all the
+        # while; it is cut by `GrpcServer.close` once the unary calls are done, and the
+        # kubelet subscribes again to the next gateway.
+        counted = 0 if path in SERVER_STREAMING else 1
+        self.inflight += counted
         with RequestContext(request_id, rpc=rpc):
             try:
                 if self.closing:
@@ -145,7 +152,7 @@ class Gateway:
                 log.exception("rpc crashed")
                 raise GRPCError(Status.INTERNAL, f"crib gateway: {type(exc).__name__}: {exc}") from None
             finally:
-                self.inflight -= 1
+                self.inflight -= counted
                 if self.inflight == 0 and self._idle is not None:
                     self._idle.set()
                 elapsed = time.perf_counter() - start

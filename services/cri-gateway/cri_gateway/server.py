@@ -11,6 +11,8 @@ and drops the rest:
   GOAWAY from the client ends the connection once its calls are answered, PRIORITY and
   unknown frame types ignored (as the RFC requires), PUSH_PROMISE from a client is a
   connection error;
+- shutdown in two GOAWAYs (section 6.8): `stop_accepting` sends the first, so clients
+  open their next calls elsewhere while the calls in flight finish; `close` the last;
 - request headers decoded by `hpack` (its dynamic table must follow the client's);
 - answers encoded without the dynamic table (literal fields, "without indexing"), so the
   headers every answer shares are bytes built once (`_RESPONSE_HEADERS`);
@@ -55,6 +57,7 @@ SETTINGS_MAX_FRAME_SIZE = 0x5
 DEFAULT_WINDOW = 65_535
 DEFAULT_MAX_FRAME = 16_384
 MAX_WINDOW = 2**31 - 1
+MAX_STREAM_ID = 2**31 - 1  # a stream identifier is 31 bits (section 5.1.1)
 # What we let a client send before our WINDOW_UPDATEs: the largest request the gateway
 # accepts (16 MiB by default) fits without waiting for credit; credit is returned once
 # half of it is used.
@@ -188,7 +191,8 @@ class _Connection(asyncio.Protocol):
         self.pending: list[bytes] = []
         # A header block cut into HEADERS + CONTINUATION: (stream id, flags, fragments).
         self.continuing: tuple[int, int, list[bytes]] | None = None
-        self.going_away = False
+        self.going_away = False  # the client sent GOAWAY
+        self.told_to_go = False  # we sent the first GOAWAY of a graceful shutdown
 
     # -------------------------------------------------------------- transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -219,7 +223,18 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"".join(self.pending))
         self.pending.clear()
 
+    def go_away(self) -> None:
+        """The first GOAWAY of a graceful shutdown (RFC 9113 section 6.8): NO_ERROR with
+        the largest stream id, so nothing the client already sent is refused. Without
+        it a grpc-go client (the kubelet) keeps sending new calls on this connection
+        while we drain, each answered UNAVAILABLE "shutting down"; with it grpc-go
+        opens its next calls on a new connection, to the gateway that comes next."""
+        if self.transport is not None and not self.told_to_go:
+            self.told_to_go = True
+            self.write(_frame(GOAWAY, 0, 0, struct.pack(">II", MAX_STREAM_ID, NO_ERROR)))
+
     def close(self, error: int = NO_ERROR) -> None:
+        """The last GOAWAY (naming the last stream we took), then the end."""
         if self.transport is None:
             return
         self.write(_frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, error)))
@@ -492,9 +507,12 @@ class GrpcServer:
         self._server = await loop.create_unix_server(lambda: _Connection(self), path)
 
     def stop_accepting(self) -> None:
-        """No new connections (calls on open ones still reach the handler)."""
+        """No new connections, and every open one told to go away (`_Connection.go_away`):
+        calls in flight, and calls already on their way, still reach the handler."""
         if self._server is not None:
             self._server.close()
+        for connection in list(self.connections):
+            connection.go_away()
 
     def close(self) -> None:
         """End every connection (GOAWAY, then close); calls still running are cancelled."""

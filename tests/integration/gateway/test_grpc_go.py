@@ -11,6 +11,7 @@ answers checked with the independent `cri_api` stubs; only the transport is grpc
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ RT = "/runtime.v1.RuntimeService/"
 IMG = "/runtime.v1.ImageService/"
 KIB = 1024
 # grpc-go's Code values (google.golang.org/grpc/codes).
-OK, CANCELLED, DEADLINE_EXCEEDED, NOT_FOUND, UNIMPLEMENTED = 0, 1, 4, 5, 12
+OK, CANCELLED, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED, UNAVAILABLE = \
+    0, 1, 4, 5, 8, 12, 14
 # grpc-go will not ping more often than every 10 s (internal.KeepaliveMinPingTime), so
 # the keepalive connection must live past that to see one.
 KEEPALIVE_HOLD = 12.0
@@ -419,6 +421,23 @@ def test_unknown_method_is_unimplemented(cri: Cri) -> None:
         assert result.message, result
 
 
+def test_request_over_the_limit_is_refused_while_still_sent(go_binary: Any,
+                                                             crib: Stack) -> None:
+    """A 24 MiB request (a client with a higher send limit than the kubelet's 16 MiB):
+    RESOURCE_EXHAUSTED from its length prefix while grpc-go is still sending the rest,
+    then RST_STREAM(NO_ERROR); grpc-go takes the status and the connection goes on."""
+    client = GoClient(go_binary, crib.cri_socket, max_send_mib=64)
+    try:
+        huge = api_pb2.ExecSyncRequest(container_id="x" * 64, cmd=["x" * (24 * 1024 * KIB)])
+        result = client.call(RT + "ExecSync", huge.SerializeToString())
+        assert result.code == RESOURCE_EXHAUSTED, result
+        assert "exceeds" in result.message or "limit" in result.message, result
+        after = client.call(RT + "Version", api_pb2.VersionRequest().SerializeToString())
+        assert after.code == OK and after.dials == 1, after
+    finally:
+        client.close()
+
+
 def test_error_status_and_message(cri: Cri) -> None:
     missing = "f" * 64
     result = cri.go.call(RT + "ContainerStatus", api_pb2.ContainerStatusRequest(
@@ -459,21 +478,36 @@ def test_connection_kept_open_with_keepalive_pings(
 
 # ------------------------------------------------------------------ restart (last: it redials)
 def test_gateway_restart_drains_then_grpc_go_redials(cri: Cri, sleeper: str) -> None:
-    """SIGTERM: the call in flight is answered, the GOAWAY is taken by grpc-go, and once
-    a new gateway listens, the same ClientConn dials it again (as the kubelet's does)."""
+    """SIGTERM with a unary call in flight and an events stream open, as the kubelet's:
+    the call is answered; GOAWAY sends grpc-go's next calls to a new connection (not into
+    the draining gateway, which would refuse them); the stream does not hold the drain;
+    the same ClientConn dials the next gateway, as the kubelet's does."""
+    before = frames(cri.go).get("received_GOAWAY", 0)
     slow = cri.go.start(RT + "ExecSync", api_pb2.ExecSyncRequest(
         container_id=sleeper, cmd=["sh", "-c", "sleep 1; echo done"]).SerializeToString(),
         timeout=30)
+    watch = cri.go.start(RT + "GetContainerEvents", api_pb2.GetEventsRequest()
+                         .SerializeToString(), timeout=60, stream=True)
     time.sleep(0.3)
-    cri.stack.kill("gateway", signal.SIGTERM)
+    began = time.monotonic()
+    stopper = threading.Thread(target=cri.stack.kill, args=("gateway", signal.SIGTERM))
+    stopper.start()
+    time.sleep(0.2)
+    # Made while the old gateway drains: it must wait for the next one (grpc-go's
+    # wait-for-ready), not be refused "shutting down" on the old connection.
+    during = cri.go.start(RT + "Version", api_pb2.VersionRequest().SerializeToString(),
+                          timeout=30, wait_for_ready=True)
+    stopper.join(30)
+    stopped_in = time.monotonic() - began
+    cri.stack.start_one("gateway")  # first: the module's cleanup needs a gateway
     result = cri.go.wait(slow)
     assert result.code == OK, result
     assert api_pb2.ExecSyncResponse.FromString(result.response).stdout == b"done\n"
-    cri.stack.start_one("gateway")
-    # grpc-go redialled at the GOAWAY, found no socket, and backs off (1 s at first): a
-    # call made meanwhile waits for the connection, as the kubelet's next retry would.
-    again = cri.go.call(RT + "Version", api_pb2.VersionRequest().SerializeToString(), 20,
-                        wait_for_ready=True)
+    stream = cri.go.wait(watch)
+    assert stream.code == UNAVAILABLE, stream  # cut at the close: the kubelet resubscribes
+    # The slow call's second, not the 10 s SHUTDOWN_TIMEOUT the open stream once held.
+    assert stopped_in < 5, stopped_in
+    again = cri.go.wait(during)
     assert again.code == OK, again
     assert again.dials == 2, again
-    assert frames(cri.go).get("received_GOAWAY", 0) == 1
+    assert frames(cri.go).get("received_GOAWAY", 0) - before == 2  # first, and last

@@ -81,8 +81,9 @@ class GoResult:
 class GoClient:
     """main.go's program on one grpc-go connection; calls run concurrently in it."""
 
-    def __init__(self, binary: Path, socket: Path, keepalive_ms: int = 0) -> None:
-        argv = [str(binary), f"--socket={socket}"]
+    def __init__(self, binary: Path, socket: Path, keepalive_ms: int = 0,
+                 max_send_mib: int = 16) -> None:
+        argv = [str(binary), f"--socket={socket}", f"--max-send-mib={max_send_mib}"]
         if keepalive_ms:
             argv.append(f"--keepalive-ms={keepalive_ms}")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

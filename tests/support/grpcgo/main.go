@@ -158,6 +158,7 @@ func main() {
 	socket := flag.String("socket", "", "the gateway's UNIX socket")
 	keepaliveMs := flag.Int("keepalive-ms", 0, "keepalive.ClientParameters.Time (0: off)")
 	keepaliveTimeoutMs := flag.Int("keepalive-timeout-ms", 5000, "keepalive Timeout")
+	maxSendMiB := flag.Int("max-send-mib", 16, "largest request (the kubelet's is 16 MiB)")
 	flag.Parse()
 
 	var dials int64
@@ -176,7 +177,7 @@ func main() {
 	// The kubelet's remote runtime client: 16 MiB messages both ways, its own dialer.
 	options := []grpc.DialOption{grpc.WithInsecure(), grpc.WithContextDialer(dialer),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20),
-			grpc.MaxCallSendMsgSize(16<<20), grpc.ForceCodec(rawCodec{}))}
+			grpc.MaxCallSendMsgSize(*maxSendMiB<<20), grpc.ForceCodec(rawCodec{}))}
 	if *keepaliveMs > 0 {
 		// grpc-go raises Time to its 10 s floor (internal.KeepaliveMinPingTime).
 		options = append(options, grpc.WithKeepaliveParams(keepalive.ClientParameters{

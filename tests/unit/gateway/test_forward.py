@@ -23,7 +23,9 @@ from structlog.testing import capture_logs
 
 from crib_common.client import DaemonClient
 from crib_common.cri.runtime.v1 import (
+    ContainerEventResponse,
     ContainerStatusRequest,
+    GetEventsRequest,
     ImageSpec,
     ImageStatusRequest,
     ImageStatusResponse,
@@ -43,6 +45,9 @@ RT = "/runtime.v1.RuntimeService/"
 IM = "/runtime.v1.ImageService/"
 
 
+_EVENTS_END = asyncio.Event()
+
+
 def _runtimed() -> web.Application:
     cri = CriTable()
 
@@ -53,6 +58,11 @@ def _runtimed() -> web.Application:
     @cri.unary(RT + "ContainerStatus", ContainerStatusRequest)
     async def status(r: ContainerStatusRequest) -> VersionResponse:
         raise NotFound(f"container {r.container_id!r} not found")
+
+    @cri.stream(RT + "GetContainerEvents", GetEventsRequest)
+    async def events(_r: GetEventsRequest) -> AsyncIterator[ContainerEventResponse]:
+        yield ContainerEventResponse(container_id="c1")
+        await _EVENTS_END.wait()  # as the real one: no end of its own (the test ends it)
 
     async def health() -> Health:
         return Health(service="runtimed")
@@ -227,3 +237,25 @@ async def test_status_rejects_malformed_request(env: Env) -> None:
     with pytest.raises(GRPCError) as info:
         await env.call(RT + "Status", b"\xff\xff")
     assert info.value.status is Status.INVALID_ARGUMENT
+
+
+async def test_an_open_stream_does_not_hold_the_drain(env: Env) -> None:
+    """The kubelet keeps GetContainerEvents open all its life: a graceful shutdown waits
+    for the unary calls in flight only, or it would always take its whole timeout."""
+    _EVENTS_END.clear()
+    async with env.channel.request(RT + "GetContainerEvents", Cardinality.UNARY_STREAM,
+                                   bytes, bytes, timeout=30) as stream:
+        await stream.send_message(bytes(GetEventsRequest()), end=True)
+        first = await stream.recv_message()
+        assert first is not None
+        assert ContainerEventResponse().parse(first).container_id == "c1"
+        assert env.gateway.inflight == 0
+        await asyncio.wait_for(env.gateway.wait_idle(), 1)
+        slow = asyncio.ensure_future(env.call(
+            IM + "ImageStatus", bytes(ImageStatusRequest(image=ImageSpec(image="slow")))))
+        await asyncio.sleep(0.2)
+        assert env.gateway.inflight == 1  # a unary call does hold it
+        await asyncio.wait_for(env.gateway.wait_idle(), 5)
+        ImageStatusResponse().parse(await asyncio.wait_for(slow, 5))
+        await stream.cancel()
+    _EVENTS_END.set()

@@ -270,3 +270,47 @@ async def test_bad_preface_ends_the_connection(served: tuple[Path, Handler]) -> 
     assert data[-17 + 3] == 7  # GOAWAY frame type
     assert struct.unpack(">I", data[-4:])[0] == 1  # PROTOCOL_ERROR
     writer.close()
+
+
+
+async def _raw_frames(reader: asyncio.StreamReader, until_ended: set[int]
+                      ) -> list[tuple[int, int, int, bytes]]:
+    """Frames (type, flags, stream, payload) read off the wire, h2 bypassed, until every
+    stream of `until_ended` has ended. h2 itself cannot read past a GOAWAY: it closes
+    the whole connection on one (python-hyper/h2 issue 1181)."""
+    frames: list[tuple[int, int, int, bytes]] = []
+    async with asyncio.timeout(5):
+        while until_ended - {sid for kind, flags, sid, _ in frames if flags & 0x1
+                             and kind in (0, 1)}:
+            head = await reader.readexactly(9)
+            length = int.from_bytes(head[:3], "big")
+            payload = await reader.readexactly(length)
+            frames.append((head[3], head[4], int.from_bytes(head[5:], "big"), payload))
+    return frames
+
+
+async def test_stop_accepting_sends_a_graceful_goaway(tmp_path: Path) -> None:
+    """The first GOAWAY of a graceful shutdown (RFC 9113 section 6.8): NO_ERROR, last
+    stream 2^31-1, then the call in flight and one already sent are still answered."""
+    handler = Handler()
+    server = GrpcServer(handler, max_request=1000)
+    path = tmp_path / "cri.sock"
+    await server.start(str(path))
+    try:
+        client = await _client(path)
+        slow = client.call("/t/Slow", _message(b""), extra=[("grpc-timeout", "300m")])
+        await client.until(h2.events.SettingsAcknowledged, 0)  # the preamble is read
+        await asyncio.wait_for(handler.started.wait(), 5)
+        server.stop_accepting()
+        echo = client.call("/t/Echo", _message(b"still"))  # crossed the GOAWAY
+        frames = await _raw_frames(client.reader, {slow, echo})
+        goaways = [struct.unpack(">II", p) for kind, _, _, p in frames if kind == 7]
+        assert goaways == [(2**31 - 1, 0)]
+        assert frames[0][0] == 7  # told before anything else
+        assert b"".join(p for kind, _, sid, p in frames
+                        if kind == 0 and sid == echo) == _message(b"still")
+        trailers = [p for kind, flags, sid, p in frames if kind == 1 and sid == slow]
+        assert trailers and b"grpc-status" in trailers[-1]
+    finally:
+        server.close()
+        await server.wait_closed()
