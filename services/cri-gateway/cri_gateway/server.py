@@ -228,7 +228,10 @@ class _Connection(asyncio.Protocol):
         the largest stream id, so nothing the client already sent is refused. Without
         it a grpc-go client (the kubelet) keeps sending new calls on this connection
         while we drain, each answered UNAVAILABLE "shutting down"; with it grpc-go
-        opens its next calls on a new connection, to the gateway that comes next."""
+        opens its next calls on a new connection, to the gateway that comes next (and
+        grpcio does the same). Clients built on python-hyper/h2 (grpclib's, crib's CLI)
+        close the connection at any GOAWAY (h2 issue 1181): their calls in flight then
+        fail where the drain used to answer them; the kubelet is the client served."""
         if self.transport is not None and not self.told_to_go:
             self.told_to_go = True
             self.write(_frame(GOAWAY, 0, 0, struct.pack(">II", MAX_STREAM_ID, NO_ERROR)))
