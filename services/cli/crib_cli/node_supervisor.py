@@ -165,9 +165,13 @@ class Supervisor:
     def run(self) -> int:
         while not self.stopping:
             now = time.monotonic()
+            forked = False
             for slot in self.slots.values():
                 if slot.pid == 0 and slot.fork_at is not None and slot.fork_at <= now:
                     self._fork(slot)
+                    forked = True
+            if forked:
+                _drop_file_pages()
             self._wait(self._next_timeout())
             self._reap_ended()
         return self._stop_all()
@@ -298,6 +302,31 @@ def _trim_heap() -> None:
     would otherwise be inherited, and counted, by every daemon."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# <asm-generic/mman-common.h>
+MADV_DONTNEED = 4
+
+
+def _drop_file_pages() -> None:
+    """Unmap from crib-node the library pages it touched while importing and never uses
+    again (OpenSSL's start-up, pydantic-core, ...): a forked daemon maps its own as it
+    needs them, but while crib-node keeps them they count in its PSS, in full where no
+    daemon maps them. Only read-only file mappings with no private (copied) page: their
+    pages come back from the page cache, unchanged, on the next touch."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        start = end = 0
+        candidate = False
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                head = line.split(maxsplit=5)
+                if not head[0].endswith(":"):  # a mapping's first line: range, perms, ...
+                    start, end = (int(x, 16) for x in head[0].split("-"))
+                    candidate = len(head) > 5 and head[5].startswith("/") and "w" not in head[1]
+                elif candidate and head[0] == "Anonymous:" and head[1] == "0":
+                    libc.madvise(start, end - start, MADV_DONTNEED)
 
 
 def restart_delay(quick_deaths: int) -> float:
