@@ -91,3 +91,23 @@ def test_preload_loads_every_daemon_without_a_thread() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=False)
     assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr[-2000:]
+
+
+def test_library_pages_are_dropped_and_the_process_still_runs() -> None:
+    # In a fresh interpreter, as crib-node after its imports: the library pages it mapped
+    # leave its PSS, and what it runs next (code in those libraries) works unchanged.
+    code = (
+        "import hashlib, json; from crib_cli import node_supervisor as ns; ns.preload()\n"
+        "def file_pss():\n"
+        "    for line in open('/proc/self/smaps_rollup'):\n"
+        "        if line.startswith('Pss_File:'): return int(line.split()[1])\n"
+        "before = file_pss(); ns._drop_file_pages(); after = file_pss()\n"
+        "digest = hashlib.sha256(json.dumps({'a': 1}).encode()).hexdigest()\n"
+        "print(before, after, digest[:8])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, digest = out.stdout.split()
+    assert int(after) < int(before) / 2, out.stdout
+    assert digest == "f9d86028"  # sha256 of {"a": 1}, computed with the pages dropped
