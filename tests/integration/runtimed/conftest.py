@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -146,6 +147,34 @@ def cri(crib: Stack) -> Iterator[Cri]:
             pass
         client.close()
         shutil.rmtree(client.logs, ignore_errors=True)
+
+
+def separate_processes() -> Iterator[Stack]:
+    """A module's stack with each daemon as its own process, for modules that restart
+    runtimed with a failpoint in its environment (crib-node forks every daemon with its
+    own environment). Such a module overrides `crib` with it:
+    `crib = pytest.fixture(scope="module", name="crib")(separate_processes)`."""
+    with Stack.running(launcher="process") as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def started(stack: Stack, image: str) -> Iterator[Cri]:
+    """`stack` started, with a client that has pulled `image`; after, every pod removed
+    and the stack cleaned up (for modules that build a stack of their own)."""
+    client: Cri | None = None
+    try:
+        stack.start()
+        client = Cri(stack)
+        client.img.PullImage(api_pb2.PullImageRequest(
+            image=api_pb2.ImageSpec(image=image)), timeout=120)
+        yield client
+    finally:
+        if client is not None:
+            with contextlib.suppress(grpc.RpcError):
+                client.remove_all_pods()
+            client.close()
+        stack.cleanup()
 
 
 @pytest.fixture(scope="module")

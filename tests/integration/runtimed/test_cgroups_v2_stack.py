@@ -25,7 +25,7 @@ from cri_api.v1 import api_pb2
 from tests.support.images import wait_until
 from tests.support.stack import Stack
 
-from .conftest import Cri
+from .conftest import Cri, started
 
 pytestmark = pytest.mark.integration
 
@@ -43,21 +43,8 @@ def v2cri(busybox_image: str) -> Iterator[tuple[Cri, Stack, str]]:
         pytest.skip("needs unshare(1) and the hybrid cgroup2 at /sys/fs/cgroup/unified")
     stack = Stack.create("process")  # a wrapper per daemon: separate processes
     stack.wrappers["runtimed"] = WRAPPER
-    client: Cri | None = None
-    try:
-        stack.start()
-        client = Cri(stack)
-        client.img.PullImage(api_pb2.PullImageRequest(
-            image=api_pb2.ImageSpec(image=busybox_image)), timeout=120)
+    with started(stack, busybox_image) as client:
         yield client, stack, busybox_image
-    finally:
-        if client is not None:
-            try:
-                client.remove_all_pods()
-            except grpc.RpcError:
-                pass
-            client.close()
-        stack.cleanup()
 
 
 def _host_path(cgroup: str) -> Path:

@@ -28,7 +28,7 @@ from cri_api.v1 import api_pb2
 
 from tests.support.stack import BIN, Stack
 
-from .conftest import Cri, leftovers
+from .conftest import Cri, leftovers, started
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +37,8 @@ pytestmark = pytest.mark.integration
 def own(busybox_image: str) -> Iterator[tuple[Cri, Stack, str]]:
     stack = Stack.create(launcher="process")
     stack.own_cgroups.add("runtimed")
-    client: Cri | None = None
-    try:
-        stack.start()
-        client = Cri(stack)
-        client.img.PullImage(api_pb2.PullImageRequest(
-            image=api_pb2.ImageSpec(image=busybox_image)), timeout=120)
+    with started(stack, busybox_image) as client:
         yield client, stack, busybox_image
-    finally:
-        if client is not None:
-            try:
-                client.remove_all_pods()
-            except grpc.RpcError:
-                pass
-            client.close()
-        stack.cleanup()
 
 
 def _cgroups_of(pid: int) -> dict[str, str]:

@@ -5,7 +5,6 @@ nothing left behind once the pods are removed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,18 +13,12 @@ from cri_api.v1 import api_pb2
 
 from tests.support.stack import Stack
 
-from .conftest import Cri, leftovers
+from .conftest import Cri, leftovers, separate_processes
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def crib() -> Iterator[Stack]:
-    """Overrides conftest's stack: runtimed is restarted with a failpoint in its
-    environment, so each daemon runs as its own process (crib-node forks them all with
-    its own environment)."""
-    with Stack.running(launcher="process") as stack:
-        yield stack
+crib = pytest.fixture(scope="module", name="crib")(separate_processes)
 
 
 def _restart(stack: Stack, crash_at: str = "") -> None:

@@ -17,18 +17,12 @@ from cri_api.v1 import api_pb2
 
 from tests.support.stack import Stack
 
-from .conftest import Cri, leftovers
+from .conftest import Cri, leftovers, separate_processes
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def crib() -> Iterator[Stack]:
-    """Overrides conftest's stack: runtimed is killed and restarted with failpoints in its
-    environment, so each daemon runs as its own process (crib-node forks them all with
-    its own environment)."""
-    with Stack.running(launcher="process") as stack:
-        yield stack
+crib = pytest.fixture(scope="module", name="crib")(separate_processes)
 
 # The kubelet's shape: one range of 65536 from container ID 0 (KEP-127), at a host
 # offset nothing else on this machine uses.
