@@ -35,6 +35,8 @@ import structlog
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from crib_common.protowire import varint
+
 __all__ = ["CallStream", "GrpcServer", "encode_grpc_message", "parse_grpc_timeout"]
 
 log = structlog.get_logger("crib.gateway")
@@ -77,13 +79,8 @@ def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
     limit = (1 << prefix_bits) - 1
     if value < limit:
         return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    # The rest in 7-bit groups, low first, the high bit saying "more": a varint.
+    return bytes((first | limit,)) + varint(value - limit)
 
 
 def _literal(name: bytes, value: bytes) -> bytes:

@@ -22,6 +22,8 @@ from typing import Any
 
 from crib_common.errors import FailedPrecondition
 
+from ..oci.devices import node_type
+
 __all__ = ["CdiRegistry"]
 
 _HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
@@ -141,11 +143,8 @@ def _device(node: dict[str, Any], name: str) -> dict[str, Any]:
             st = os.stat(host)
         except OSError as exc:
             raise FailedPrecondition(f"CDI device {name}: {host}: {exc.strerror}") from None
-        if stat.S_ISCHR(st.st_mode):
-            kind = "c"
-        elif stat.S_ISBLK(st.st_mode):
-            kind = "b"
-        else:
+        kind = node_type(st.st_mode)
+        if kind is None:
             raise FailedPrecondition(f"CDI device {name}: {host} is not a device node")
         dev["type"] = dev["type"] or kind
         dev["major"] = os.major(st.st_rdev) if dev["major"] is None else dev["major"]

@@ -11,7 +11,17 @@ from typing import Any
 
 from crib_common.errors import InvalidArgument
 
-__all__ = ["DEFAULT_ALLOW", "device", "host_devices"]
+__all__ = ["DEFAULT_ALLOW", "device", "host_devices", "node_type"]
+
+
+def node_type(mode: int) -> str | None:
+    """The OCI `linux.devices` type of a device node's st_mode: "c" or "b"; None for
+    anything else."""
+    if stat.S_ISCHR(mode):
+        return "c"
+    if stat.S_ISBLK(mode):
+        return "b"
+    return None
 
 
 def device(path: str, dest: str, perms: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -19,11 +29,8 @@ def device(path: str, dest: str, perms: str) -> tuple[dict[str, Any], dict[str, 
         st = os.stat(path)
     except OSError as exc:
         raise InvalidArgument(f"device {path}: {exc.strerror}") from None
-    if stat.S_ISCHR(st.st_mode):
-        kind = "c"
-    elif stat.S_ISBLK(st.st_mode):
-        kind = "b"
-    else:
+    kind = node_type(st.st_mode)
+    if kind is None:
         raise InvalidArgument(f"{path} is not a device")
     major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
     perms = perms or "rwm"
