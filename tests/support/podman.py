@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.stack import rmdir_tree
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/crib-compose")
 PROJECT = "crib-compose-test"
@@ -289,7 +291,7 @@ class ComposeStack:
         self._unmount_under(self.workdir)
         for made in self.podman_made:
             if made.is_relative_to("/sys/fs/cgroup"):
-                _rmdir_tree(made)
+                rmdir_tree(made)
             else:
                 shutil.rmtree(made, ignore_errors=True)
         with contextlib.suppress(subprocess.SubprocessError, OSError):
@@ -318,7 +320,7 @@ class ComposeStack:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
         for top in tops:
-            _rmdir_tree(top)
+            rmdir_tree(top)
 
     @staticmethod
     def _unmount_under(root: Path) -> None:
@@ -333,18 +335,6 @@ class ComposeStack:
 def _podman_host_paths() -> list[Path]:
     cgroups = [c / "libpod_parent" for c in Path("/sys/fs/cgroup").iterdir() if c.is_dir()]
     return [*cgroups, Path("/var/lib/containers")]
-
-
-def _rmdir_tree(top: Path) -> None:
-    """Remove an (empty) cgroup directory and its children, deepest first."""
-    if not top.is_dir():
-        return
-    for cg in sorted((p for p in top.rglob("*") if p.is_dir()),
-                     key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            cg.rmdir()
-    with contextlib.suppress(OSError):
-        top.rmdir()
 
 
 def _mounts_under(root: Path) -> list[str]:

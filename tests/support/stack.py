@@ -338,15 +338,7 @@ class Stack:
         # Rules of pods a test never removed (their CNI chains carry the network name).
         iptables.remove_matching([f"crib-{self.bridge}", f"10.213.{self.net_index}."])
         for ctrl in Path("/sys/fs/cgroup").iterdir():
-            cg = ctrl / self.cgroup_parent.lstrip("/")
-            if cg.is_dir():
-                # Leaf cgroups first; a cgroup directory is removed with rmdir.
-                for sub in sorted(cg.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                    if sub.is_dir():
-                        with contextlib.suppress(OSError):
-                            sub.rmdir()
-                with contextlib.suppress(OSError):
-                    cg.rmdir()
+            rmdir_tree(ctrl / self.cgroup_parent.lstrip("/"))
         # Anything still mounted under the stack (snapshots, netns pins) goes first.
         mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
         for target in sorted((m for m in mounts if m.startswith(str(self.root))), reverse=True):
@@ -412,6 +404,19 @@ def _conmons_of(root: Path) -> set[int]:
 
 # Net indices this process holds, each by a bound abstract UNIX socket.
 _NET_LOCKS: dict[int, socket.socket] = {}
+
+
+def rmdir_tree(top: Path) -> None:
+    """Remove an (empty) cgroup directory and its children, leaves first (a cgroup
+    directory is removed with rmdir); one still holding a process stays."""
+    if not top.is_dir():
+        return
+    for cg in sorted((p for p in top.rglob("*") if p.is_dir()),
+                     key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            cg.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 def default_launcher() -> str:

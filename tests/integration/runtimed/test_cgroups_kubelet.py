@@ -20,6 +20,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from tests.support.images import wait_until
+from tests.support.stack import rmdir_tree
 
 from .conftest import Cri
 
@@ -69,12 +70,7 @@ def kubelet_pod_cgroup(memory_limit: int) -> Iterator[str]:
                 for pid in procs.read_text().split():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
-            for sub in sorted((p for p in top.rglob("*") if p.is_dir()),
-                              key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    sub.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+            rmdir_tree(top)
             for a in reversed(made_ancestors):
                 with contextlib.suppress(OSError):
                     (h / a).rmdir()

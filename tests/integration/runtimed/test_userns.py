@@ -5,7 +5,6 @@ every refusal."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from tests.support.namespaces import owner_userns
 from tests.support.stack import Stack
 
 from .conftest import Cri, leftovers, separate_processes
@@ -108,20 +108,6 @@ def _ns_inode(path: str) -> int:
     return os.stat(path).st_ino
 
 
-def _owner_userns(pin: str) -> int:
-    """The inode of the user namespace owning the namespace pinned at `pin`
-    (ioctl_ns(2) NS_GET_USERNS, _IO(0xb7, 0x1))."""
-    fd = os.open(pin, os.O_RDONLY)
-    try:
-        owner = fcntl.ioctl(fd, 0xB701)
-        try:
-            return os.fstat(owner).st_ino
-        finally:
-            os.close(owner)
-    finally:
-        os.close(fd)
-
-
 def _ns_still_held(stack: Stack, kind: str, inode: int) -> list[str]:
     """What of this stack still holds namespace `kind:[inode]`: a pin (a bind mount of
     it under the stack's root, named by its root in mountinfo) or a process of ours in
@@ -162,7 +148,7 @@ def test_pod_sees_its_mapping_owns_its_image_and_leaves_nothing(
     user_ino, net_ino = _ns_inode(str(userns_pin)), _ns_inode(info["netns"])
     # The pod's network, IPC and UTS namespaces are owned by its user namespace.
     for pin in (info["netns"], info["ipc"], info["uts"]):
-        assert _owner_userns(pin) == user_ino, pin
+        assert owner_userns(pin) == user_ino, pin
     try:
         u, g = _maps()
         out = _run(cri, sid, config, image, "look", " ; ".join([

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -14,23 +13,9 @@ from crib_common.errors import InvalidArgument
 from crib_common.models.netd import PodNetworkCreate
 from crib_common.nsholder import IdMapping, spawn_holder
 from netd.netns import NamespaceManager, is_pinned_netns, is_user_namespace
+from tests.support.namespaces import owner_userns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
-
-# ioctl_ns(2): NS_GET_USERNS, _IO(0xb7, 0x1)
-NS_GET_USERNS = 0xB701
-
-
-def _owner_inode(pin: Path) -> int:
-    fd = os.open(pin, os.O_RDONLY)
-    try:
-        owner = fcntl.ioctl(fd, NS_GET_USERNS)
-        try:
-            return os.fstat(owner).st_ino
-        finally:
-            os.close(owner)
-    finally:
-        os.close(fd)
 
 
 async def test_netns_is_made_inside_the_user_namespace(tmp_path: Path) -> None:
@@ -46,7 +31,7 @@ async def test_netns_is_made_inside_the_user_namespace(tmp_path: Path) -> None:
         try:
             path = await manager.create("pod1", userns)
             assert is_pinned_netns(path)
-            assert _owner_inode(path) == os.stat(userns).st_ino
+            assert owner_userns(path) == os.stat(userns).st_ino
             # lo is up in it (asked over netlink inside; our /sys shows the host's).
             out = subprocess.run(["nsenter", f"--net={path}", "ip", "-o", "link", "show",
                                   "lo"], capture_output=True, text=True, check=True).stdout
