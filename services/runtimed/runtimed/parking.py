@@ -27,6 +27,9 @@ PARK_TTL = 300.0
 class Parking:
     def __init__(self) -> None:
         self._parked: dict[str, asyncio.Future[str]] = {}
+        # The TTL of each create that finished while parked; cancelled when its caller
+        # (or a retry) collects it, so a collected create is not held for PARK_TTL.
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
 
     async def run(self, name: str, make: Callable[[], Awaitable[str]]) -> str:
         """`make()` shielded from the caller's cancellation, shared by every call with the
@@ -37,18 +40,29 @@ class Parking:
             self._parked[name] = task
 
             def finished(t: asyncio.Future[str]) -> None:
+                if self._parked.get(name) is not t:
+                    return
                 if t.cancelled() or t.exception() is not None:
-                    if self._parked.get(name) is t:
-                        del self._parked[name]
+                    del self._parked[name]
                 else:
-                    asyncio.get_running_loop().call_later(
-                        PARK_TTL, lambda: self._parked.get(name) is t
-                        and self._parked.pop(name))
+                    self._expiry[name] = asyncio.get_running_loop().call_later(
+                        PARK_TTL, self._forget, name, t)
 
             task.add_done_callback(finished)
         else:
             log.info("collecting parked create", name=name)
         result = await asyncio.shield(task)
-        if self._parked.get(name) is task:
-            del self._parked[name]
+        self._forget(name, task)
         return result
+
+    def _forget(self, name: str, task: asyncio.Future[str]) -> None:
+        """Drop `name`'s create, if it is still `task`'s, and its TTL."""
+        if self._parked.get(name) is not task:
+            return
+        del self._parked[name]
+        expiry = self._expiry.pop(name, None)
+        if expiry is not None:
+            expiry.cancel()
+
+    def __len__(self) -> int:
+        return len(self._parked)

@@ -97,11 +97,12 @@ def test_library_pages_are_dropped_and_the_process_still_runs() -> None:
     # In a fresh interpreter, as crib-node after its imports: the library pages it mapped
     # leave its PSS, and what it runs next (code in those libraries) works unchanged.
     code = (
-        "import hashlib, json; from crib_cli import node_supervisor as ns; ns.preload()\n"
+        "import hashlib, json; from crib_cli import node_memory as nm, node_supervisor as ns\n"
+        "ns.preload()\n"
         "def file_pss():\n"
         "    for line in open('/proc/self/smaps_rollup'):\n"
         "        if line.startswith('Pss_File:'): return int(line.split()[1])\n"
-        "before = file_pss(); ns._drop_file_pages(); after = file_pss()\n"
+        "before = file_pss(); nm.drop_file_pages(); after = file_pss()\n"
         "digest = hashlib.sha256(json.dumps({'a': 1}).encode()).hexdigest()\n"
         "print(before, after, digest[:8])\n"
     )
@@ -111,3 +112,32 @@ def test_library_pages_are_dropped_and_the_process_still_runs() -> None:
     before, after, digest = out.stdout.split()
     assert int(after) < int(before) / 2, out.stdout
     assert digest == "f9d86028"  # sha256 of {"a": 1}, computed with the pages dropped
+
+
+def test_free_blocks_are_plugged_before_forking() -> None:
+    # In a fresh interpreter, as crib-node before it forks: holes made on purpose in the
+    # small-object pools and in malloc's heap are taken, and the process still runs.
+    code = (
+        "import ctypes, gc, json; from crib_cli import node_memory as nm\n"
+        "gc.disable()\n"
+        "small = [{'k': i} for i in range(40000)]; del small[::2]\n"
+        "big = [bytes(4000 + i) for i in range(2000)]; del big[::2]\n"
+        "gc.freeze(); gc.enable(); gc.collect()\n"
+        "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = nm._MallInfo2\n"
+        "def heap_free():\n"
+        "    info = libc.mallinfo2(); return info.fordblks - info.keepcost\n"
+        "before = sum(nm.free_small_blocks().values()); nm.trim_heap(); heap_before = heap_free()\n"
+        "nm.plug_free_blocks()\n"
+        "left = nm.free_small_blocks(); heap_after = heap_free()\n"
+        "worst = max(count * size for size, count in left.items())\n"
+        "check = json.loads(json.dumps([{'k': i} for i in range(10000)]))[-1]['k']\n"
+        "print(before, worst, heap_before, heap_after, check)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, worst, heap_before, heap_after, check = map(int, out.stdout.split())
+    assert before > 10000, out.stdout  # the holes were there and were seen
+    assert worst <= 16 * 1024, out.stdout  # at most one pool's worth free in any size
+    assert heap_before > 1_000_000 and heap_after < 64 * 1024, out.stdout
+    assert check == 9999
