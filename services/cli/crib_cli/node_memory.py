@@ -69,6 +69,8 @@ def _plug_small_blocks() -> None:
     """Allocate every free block of the pools in use, never to be freed. The allocator
     fills a pool in use before it opens another, so as many blocks of a size as are free
     fill exactly the holes."""
+    if os.environ.get("PYTHONMALLOC", "pymalloc") != "pymalloc" or sys.flags.dev_mode:
+        return  # another allocator, or pymalloc with debug hooks (blocks of other sizes)
     malloc = ctypes.pythonapi.PyObject_Malloc
     malloc.argtypes = [ctypes.c_size_t]
     malloc.restype = None  # the address is not kept: no object for it, no new hole
