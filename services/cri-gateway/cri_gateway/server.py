@@ -122,7 +122,7 @@ class CallStream:
     """One call: its request headers and body, and the way back (`forward.Call`)."""
 
     __slots__ = ("_conn", "id", "path", "headers", "body", "ended", "reset", "refused",
-                 "headers_sent", "send_window", "received", "task", "deadline")
+                 "headers_sent", "partial", "send_window", "received", "task", "deadline")
 
     def __init__(self, conn: _Connection, stream_id: int, headers: dict[str, str],
                  send_window: int) -> None:
@@ -135,6 +135,7 @@ class CallStream:
         self.reset = False
         self.refused = False  # a declared size over the limit: the rest is not kept
         self.headers_sent = False
+        self.partial = False  # a message begun and not wholly sent (waiting for window)
         self.send_window = send_window
         self.received = 0  # DATA bytes not yet given back as stream credit
         self.task: asyncio.Task[None] | None = None
@@ -162,7 +163,9 @@ class CallStream:
         if self.reset:
             raise _Reset()
         await self.send_initial_metadata()
+        self.partial = True
         await self._conn.send_data(self, _MESSAGE_HEAD.pack(False, len(message)) + message)
+        self.partial = False
 
 
 Handler = Callable[[str, CallStream], Awaitable[None]]
@@ -434,6 +437,15 @@ class _Connection(asyncio.Protocol):
     def _finish(self, stream: CallStream, status: Status, message: str) -> None:
         self.streams.pop(stream.id, None)
         if stream.reset or self.transport is None:
+            return
+        if stream.partial:
+            # Cut mid-message (a deadline while the answer waited for window): a status
+            # after a truncated message reads as a broken answer ("unexpected EOF",
+            # INTERNAL), so the stream is reset. A client whose deadline has passed
+            # reports DEADLINE_EXCEEDED for a CANCEL (grpc-go's handleRSTStream).
+            self.write(_frame(RST_STREAM, 0, stream.id, struct.pack(">I", CANCEL)))
+            if self.going_away and not self.streams:
+                self.close()
             return
         if status is Status.OK:
             trailers = _GRPC_OK

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import h2.config
+import h2.errors
 import h2.connection
 import h2.events
 import h2.settings
@@ -231,6 +232,24 @@ async def test_deadline_from_grpc_timeout(served: tuple[Path, Handler]) -> None:
     events = await client.until(h2.events.StreamEnded, sid)
     assert _trailers(events)["grpc-status"] == str(Status.DEADLINE_EXCEEDED.value)
     assert handler.cancelled.is_set()
+
+
+async def test_deadline_mid_message_resets_the_stream(served: tuple[Path, Handler]) -> None:
+    """A deadline while the answer waits for the client's window: the message is cut, so
+    the stream is reset (CANCEL), not ended with a status after a truncated message
+    (which grpc-go reads as INTERNAL "unexpected EOF"). The connection still serves."""
+    client = await _client(served[0], window=1000)
+    sid = client.call("/t/Big", _message(b""), extra=[("grpc-timeout", "200m")])
+    events = await client.until(h2.events.StreamReset, sid, auto_window=False)
+    reset = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert reset[0].error_code == h2.errors.ErrorCodes.CANCEL
+    assert len(_data(events)) == 1000
+    assert not any(isinstance(e, (h2.events.TrailersReceived, h2.events.StreamEnded))
+                   for e in events), events
+    client.h2.increment_flow_control_window(200_000)
+    client.flush()
+    sid = client.call("/t/Echo", _message(b"after"))
+    assert _data(await client.until(h2.events.StreamEnded, sid)) == _message(b"after")
 
 
 async def test_oversized_request_is_answered_from_its_prefix(
