@@ -83,14 +83,20 @@ def test_only_a_live_process_named_for_the_daemon_is_adopted() -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
+def _fresh(code: str) -> list[str]:
+    """Run `code` in a fresh interpreter; the words it printed."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
 def test_preload_loads_every_daemon_without_a_thread() -> None:
     # In a fresh interpreter: this test process may hold threads of earlier tests.
     code = ("import sys; from crib_cli import node_supervisor as ns; ns.preload(); "
             "missing = [m for m in ns.MAINS.values() if m not in sys.modules]; "
             "print('missing', missing) if missing else print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr[-2000:]
+    assert _fresh(code) == ["ok"]
 
 
 def test_library_pages_are_dropped_and_the_process_still_runs() -> None:
@@ -106,11 +112,8 @@ def test_library_pages_are_dropped_and_the_process_still_runs() -> None:
         "digest = hashlib.sha256(json.dumps({'a': 1}).encode()).hexdigest()\n"
         "print(before, after, digest[:8])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    before, after, digest = out.stdout.split()
-    assert int(after) < int(before) / 2, out.stdout
+    before, after, digest = out = _fresh(code)
+    assert int(after) < int(before) / 2, out
     assert digest == "f9d86028"  # sha256 of {"a": 1}, computed with the pages dropped
 
 
@@ -133,11 +136,9 @@ def test_free_blocks_are_plugged_before_forking() -> None:
         "check = json.loads(json.dumps([{'k': i} for i in range(10000)]))[-1]['k']\n"
         "print(before, worst, heap_before, heap_after, check)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    before, worst, heap_before, heap_after, check = map(int, out.stdout.split())
-    assert before > 10000, out.stdout  # the holes were there and were seen
-    assert worst <= 16 * 1024, out.stdout  # at most one pool's worth free in any size
-    assert heap_before > 1_000_000 and heap_after < 64 * 1024, out.stdout
+    out = _fresh(code)
+    before, worst, heap_before, heap_after, check = map(int, out)
+    assert before > 10000, out  # the holes were there and were seen
+    assert worst <= 16 * 1024, out  # at most one pool's worth free in any size
+    assert heap_before > 1_000_000 and heap_after < 64 * 1024, out
     assert check == 9999
