@@ -63,8 +63,8 @@ class LinuxHost:
         return lost_pins(pins)
 
     def write_pod_files(self, pod_dir: Path, hostname: str, dns: Any, ips: list[str],
-                        host_network: bool) -> None:
-        write_pod_files(pod_dir, hostname, dns, ips, host_network)
+                        host_network: bool, owner: tuple[int, int] | None = None) -> None:
+        write_pod_files(pod_dir, hostname, dns, ips, host_network, owner)
 
     def mount_shm(self, target: Path) -> None:
         mount_shm(target)

@@ -52,7 +52,9 @@ class Host(Protocol):
     def lost_pins(self, pins: dict[str, str]) -> list[str]:
         """The kinds of `pins` ({"ipc": path}) whose namespace is no longer held there."""
     def write_pod_files(self, pod_dir: Path, hostname: str, dns: Any, ips: list[str],
-                        host_network: bool) -> None: ...
+                        host_network: bool, owner: tuple[int, int] | None = None) -> None:
+        """hostname, resolv.conf, hosts; `owner` (host uid, gid): a pod user namespace's
+        root, who owns them then."""
     def mount_shm(self, target: Path) -> None: ...
     # cgroups: `cgroup_path` is always the path under the cgroup root (a systemd slice
     # expanded, `cgroups.pod_cgroup_path`), the same on v1 and v2.

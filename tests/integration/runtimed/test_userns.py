@@ -154,6 +154,7 @@ def test_pod_sees_its_mapping_owns_its_image_and_leaves_nothing(
         out = _run(cri, sid, config, image, "look", " ; ".join([
             "cat /proc/self/uid_map /proc/self/gid_map", "id -u", "id -g",
             "stat -c '%u:%g %n' / /bin/busybox /etc/passwd",
+            "stat -c '%u:%g %n' /etc/hostname /etc/resolv.conf /etc/hosts",
             "touch /made-here"]),
             mounts=[api_pb2.Mount(container_path="/plain", host_path=str(host_dir)),
                     api_pb2.Mount(container_path="/mapped", host_path=str(host_dir),
@@ -165,6 +166,8 @@ def test_pod_sees_its_mapping_owns_its_image_and_leaves_nothing(
         # The image's files are the container's root's, though on disk they are the
         # host's root's: the lower layers are ID-mapped, not chowned.
         assert [line[0] for line in lines[4:7]] == ["0:0"] * 3, out
+        # The pod's own files are its root's too (chowned to the mapping's root).
+        assert [line[0] for line in lines[7:10]] == ["0:0"] * 3, out
         cid = cri.rt.ListContainers(api_pb2.ListContainersRequest(
             filter=api_pb2.ContainerFilter(pod_sandbox_id=sid))).containers[0].id
         rootfs = Path(str(_verbose_info(cri, cid)["bundle"])) / "rootfs"

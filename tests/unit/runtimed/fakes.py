@@ -334,7 +334,7 @@ class FakeHost:
         shutil.rmtree(ns_dir, ignore_errors=True)
 
     def write_pod_files(self, pod_dir: Path, hostname: str, dns: Any, ips: list[str],
-                        host_network: bool) -> None:
+                        host_network: bool, owner: tuple[int, int] | None = None) -> None:
         self.steps.hit("host.write_pod_files")
         for name, text in (("hostname", hostname + "\n"), ("hosts", "127.0.0.1 localhost\n"),
                            ("resolv.conf", "nameserver 127.0.0.53\n")):

@@ -136,7 +136,8 @@ class Sandboxes:
                 ns_dir, ipc=not meta.host_ipc, uts=not meta.host_network,
                 hostname=meta.hostname))
             ips = await self._network(rec, dns, "")
-        node.host.write_pod_files(pod_dir, meta.hostname, dns, ips, meta.host_network)
+        node.host.write_pod_files(pod_dir, meta.hostname, dns, ips, meta.host_network,
+                                  userns.root if userns is not None else None)
         if not meta.host_ipc:
             node.host.mount_shm(pod_dir / "shm")
         await start_infra(node, rec, rt)

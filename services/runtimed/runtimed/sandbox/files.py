@@ -17,10 +17,12 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 SHM_SIZE = 64 * 1024 * 1024
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     tmp.write_text(text)
     os.chmod(tmp, 0o644)
+    if owner is not None:
+        os.chown(tmp, *owner)
     os.replace(tmp, path)
 
 
@@ -64,11 +66,14 @@ def hosts_file(hostname: str, ips: list[str], host_network: bool) -> str:
 
 
 def write_pod_files(pod_dir: Path, hostname: str, dns: DnsConfig | None, ips: list[str],
-                    host_network: bool) -> None:
+                    host_network: bool, owner: tuple[int, int] | None = None) -> None:
+    """The pod's hostname, resolv.conf and hosts. `owner`: the host uid and gid of a pod
+    user namespace's root, whose containers then see them as root's (as the kubelet
+    chowns its own etc-hosts) instead of the overflow ID's."""
     pod_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(pod_dir / "hostname", (hostname or os.uname().nodename) + "\n")
-    _atomic_write(pod_dir / "resolv.conf", resolv_conf(dns))
-    _atomic_write(pod_dir / "hosts", hosts_file(hostname, ips, host_network))
+    _atomic_write(pod_dir / "hostname", (hostname or os.uname().nodename) + "\n", owner)
+    _atomic_write(pod_dir / "resolv.conf", resolv_conf(dns), owner)
+    _atomic_write(pod_dir / "hosts", hosts_file(hostname, ips, host_network), owner)
 
 
 def mount_shm(target: Path) -> None:
