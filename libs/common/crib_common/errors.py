@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from grpclib.const import Status
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from .models.base import JsonModel
 
 __all__ = [
     "AlreadyExists",
@@ -111,7 +113,7 @@ class Internal(CribError):
     grpc_status = Status.INTERNAL
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(JsonModel):
     """The JSON body of every non-2xx answer of a crib daemon."""
 
     model_config = ConfigDict(extra="ignore")

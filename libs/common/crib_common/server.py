@@ -39,6 +39,7 @@ from .version import __version__
 from .errors import CribError, DeadlineExceeded, Internal, InvalidArgument, Unimplemented
 from .frames import FrameServer, frame_socket, unpack_request
 from .logging import RequestContext
+from .models.base import JsonModel
 
 if TYPE_CHECKING:
     # betterproto (and the CRI wire helpers over it) are loaded by the first `CriTable`:
@@ -81,7 +82,7 @@ M = TypeVar("M", bound=BaseModel)
 P = TypeVar("P", bound="betterproto.Message")
 
 
-class Health(BaseModel):
+class Health(JsonModel):
     """What `/healthz` answers; `ready` false carries a reason and message."""
 
     service: str
@@ -207,7 +208,7 @@ class RouteTable:
         }
 
 
-class _ErrorModel(BaseModel):
+class _ErrorModel(JsonModel):
     kind: str
     message: str
 

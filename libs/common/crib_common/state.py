@@ -27,12 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from .models.base import JsonModel
 
 __all__ = ["Record", "StateStore", "StateVersionError"]
 
 
-class Record(BaseModel):
+class Record(JsonModel):
     """Base of persisted records: ignore unknown fields, so a newer daemon's rows load."""
 
     model_config = ConfigDict(extra="ignore")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from .base import JsonModel
 
 __all__ = [
     "DroppedImage",
@@ -35,7 +37,7 @@ _Peer = ConfigDict(extra="ignore")
 _Operator = ConfigDict(extra="forbid")
 
 
-class ImageInfo(BaseModel):
+class ImageInfo(JsonModel):
     """One stored image. `config` is the OCI image config JSON (with its `config` object
     holding Entrypoint, Cmd, Env, WorkingDir, User, StopSignal, Volumes, ...)."""
 
@@ -53,7 +55,7 @@ class ImageInfo(BaseModel):
     missing: dict[str, str] = Field(default_factory=dict)
 
 
-class DroppedImage(BaseModel):
+class DroppedImage(JsonModel):
     """An image recovery could not keep (an unpacked layer was gone)."""
 
     model_config = _Peer
@@ -65,7 +67,7 @@ class DroppedImage(BaseModel):
     dropped_at: int = 0  # unix nanoseconds
 
 
-class RecoveryReport(BaseModel):
+class RecoveryReport(JsonModel):
     """What imaged's last recovery did (`counts`), the images it dropped (kept until
     cleared, over restarts) and the images it kept with blobs missing."""
 
@@ -75,7 +77,7 @@ class RecoveryReport(BaseModel):
     incomplete: list[ImageInfo] = Field(default_factory=list)
 
 
-class Mount(BaseModel):
+class Mount(JsonModel):
     """A mount description as containerd's snapshotters give it (`mount -t type -o options
     source target`)."""
 
@@ -85,7 +87,7 @@ class Mount(BaseModel):
     options: list[str] = Field(default_factory=list)
 
 
-class SnapshotCreate(BaseModel):
+class SnapshotCreate(JsonModel):
     """Prepare a writable snapshot `key` (runtimed uses the container ID) of `image`
     (a reference, an ID or a unique ID prefix)."""
 
@@ -95,7 +97,7 @@ class SnapshotCreate(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class Snapshot(BaseModel):
+class Snapshot(JsonModel):
     model_config = _Peer
     key: str
     image_id: str
@@ -107,7 +109,7 @@ class Snapshot(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class SnapshotUsage(BaseModel):
+class SnapshotUsage(JsonModel):
     """Disk used by the writable layer of a snapshot."""
 
     model_config = _Peer
@@ -119,7 +121,7 @@ class SnapshotUsage(BaseModel):
     mountpoint: str = ""
 
 
-class PullPod(BaseModel):
+class PullPod(JsonModel):
     """The pod a pull is for (CRI `PullImageRequest.sandbox_config.metadata`, or the pod
     whose pause image runtimed pulls)."""
 
@@ -129,7 +131,7 @@ class PullPod(BaseModel):
     uid: str = ""
 
 
-class PullRequest(BaseModel):
+class PullRequest(JsonModel):
     """Operator pull (`POST /v1/images/pull`); credentials as CRI's AuthConfig.
     `requester` says who asks (shown in `GET /v1/pulls`): "rest" for a plain API call,
     "cli" for `crib pull`, "pause" for runtimed's pause image (with `pod`).
@@ -148,7 +150,7 @@ class PullRequest(BaseModel):
     pod: PullPod | None = None
 
 
-class PullRequester(BaseModel):
+class PullRequester(JsonModel):
     """Who started a pull: "cri" (the kubelet or another CRI client), "cli", "rest",
     "pause" (runtimed, for a pod's infra container) or "repair" (imaged itself, fetching
     blobs recovery found missing)."""
@@ -158,7 +160,7 @@ class PullRequester(BaseModel):
     pod: PullPod | None = None
 
 
-class PullLayer(BaseModel):
+class PullLayer(JsonModel):
     """One layer of an in-flight pull. `state`: waiting | downloading | verifying |
     unpacking | done | exists (already unpacked here) | shared (another pull, `shared_with`,
     does the work this layer waits on; `done` shows its bytes)."""
@@ -171,7 +173,7 @@ class PullLayer(BaseModel):
     shared_with: str = ""
 
 
-class PullInfo(BaseModel):
+class PullInfo(JsonModel):
     """One row of imaged's pull table (`GET /v1/pulls`). `state`: resolving | pulling |
     done | failed. Bytes: `size` is what the layers weigh, `done` what is here of them
     (layers already present count whole); `rate` (bytes/s over the last seconds) and
@@ -196,7 +198,7 @@ class PullInfo(BaseModel):
     error: str = ""
 
 
-class PullWatchEvent(BaseModel):
+class PullWatchEvent(JsonModel):
     """One line of the pull progress stream (`GET /v1/pulls/events`, NDJSON). `type`:
     "pull" (a pull's state, throttled; the last one of each pull has state done or
     failed), "idle" (no pull is in flight any more), "lagged" (this watcher fell too far
@@ -207,7 +209,7 @@ class PullWatchEvent(BaseModel):
     pull: PullInfo | None = None
 
 
-class LayerProgress(BaseModel):
+class LayerProgress(JsonModel):
     model_config = _Peer
     digest: str
     size: int = 0
@@ -216,7 +218,7 @@ class LayerProgress(BaseModel):
     status: str = "waiting"
 
 
-class PullEvent(BaseModel):
+class PullEvent(JsonModel):
     """One line of the NDJSON pull stream; the last has status "done" or "error"."""
 
     model_config = _Peer
@@ -230,19 +232,19 @@ class PullEvent(BaseModel):
     pull: PullInfo | None = None
 
 
-class RemoveResult(BaseModel):
+class RemoveResult(JsonModel):
     model_config = _Peer
     removed: list[str] = Field(default_factory=list)
 
 
-class PruneResult(BaseModel):
+class PruneResult(JsonModel):
     model_config = _Peer
     images: list[str] = Field(default_factory=list)
     blobs: int = 0
     layers: int = 0
 
 
-class ImageFsUsage(BaseModel):
+class ImageFsUsage(JsonModel):
     """What the image store occupies (as CRI ImageFsInfo's FilesystemUsage)."""
 
     model_config = _Peer

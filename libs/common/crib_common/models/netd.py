@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from .base import JsonModel
 
 __all__ = [
     "CniConfigView",
@@ -20,7 +22,7 @@ __all__ = [
 _Peer = ConfigDict(extra="ignore")
 
 
-class PortMapping(BaseModel):
+class PortMapping(JsonModel):
     """CNI `portMappings` capability entry (CONVENTIONS.md)."""
 
     model_config = _Peer
@@ -30,14 +32,14 @@ class PortMapping(BaseModel):
     host_ip: str = ""
 
 
-class DnsConfig(BaseModel):
+class DnsConfig(JsonModel):
     model_config = _Peer
     servers: list[str] = Field(default_factory=list)
     searches: list[str] = Field(default_factory=list)
     options: list[str] = Field(default_factory=list)
 
 
-class PodNetworkCreate(BaseModel):
+class PodNetworkCreate(JsonModel):
     """Create the pod's network namespace (pinned, survives netd restarts) and attach it
     through the CNI configuration (ADD). Idempotent per `pod_id`."""
 
@@ -55,7 +57,7 @@ class PodNetworkCreate(BaseModel):
     userns_path: str = ""
 
 
-class PodIP(BaseModel):
+class PodIP(JsonModel):
     model_config = _Peer
     ip: str  # address without prefix length
     family: int = 4  # 4 or 6
@@ -63,7 +65,7 @@ class PodIP(BaseModel):
     gateway: str = ""
 
 
-class PodNetwork(BaseModel):
+class PodNetwork(JsonModel):
     """A pod's namespace and attachment."""
 
     model_config = _Peer
@@ -88,7 +90,7 @@ class PodNetwork(BaseModel):
     netns_present: bool = True
 
 
-class NetworkNamespace(BaseModel):
+class NetworkNamespace(JsonModel):
     """A pinned network namespace under netd's netns_dir."""
 
     model_config = _Peer
@@ -100,7 +102,7 @@ class NetworkNamespace(BaseModel):
     attached: bool = False
 
 
-class CniConfigView(BaseModel):
+class CniConfigView(JsonModel):
     """The CNI configuration in force, as netd reads it now."""
 
     model_config = _Peer
@@ -118,7 +120,7 @@ class CniConfigView(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
-class GcReport(BaseModel):
+class GcReport(JsonModel):
     """What `POST /v1/gc` did."""
 
     model_config = _Peer

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel
 
+from crib_common.models.base import JsonModel
 from crib_common.server import RouteTable, json_response
 
 from ..daemon import Runtimed
 
 
-class NriPlugin(BaseModel):
+class NriPlugin(JsonModel):
     """One active plugin: `<index>-<name>`, external or started by runtimed, its pid and
     the events it subscribed to."""
 
@@ -22,7 +22,7 @@ class NriPlugin(BaseModel):
     events: list[str]
 
 
-class NriStatus(BaseModel):
+class NriStatus(JsonModel):
     enabled: bool
     socket: str
     plugins: list[NriPlugin]

@@ -5,15 +5,15 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel
 
+from crib_common.models.base import JsonModel
 from crib_common.server import RouteTable, json_response
 
 from ..daemon import Runtimed
 from ..store.records import ContainerRecord, SandboxRecord
 
 
-class SweepReport(BaseModel):
+class SweepReport(JsonModel):
     """What a sweep removed, by kind, and whether netd and imaged both answered (if not,
     what they hold is swept once they do)."""
 

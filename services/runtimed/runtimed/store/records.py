@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from crib_common.models.base import JsonModel
 from crib_common.state import Record
 
 __all__ = [
@@ -48,7 +49,7 @@ CONTAINER_KIND = "container"
 _Inner = ConfigDict(extra="ignore")
 
 
-class SandboxMeta(BaseModel):
+class SandboxMeta(JsonModel):
     """Written once by RunPodSandbox."""
 
     model_config = _Inner
@@ -115,7 +116,7 @@ class SandboxMeta(BaseModel):
         return self.shared_pid or bool(self.pause_image)
 
 
-class SandboxStatusRec(BaseModel):
+class SandboxStatusRec(JsonModel):
     model_config = _Inner
     state: Literal["creating", "ready", "notready"] = "creating"
     ips: list[str] = Field(default_factory=list)
@@ -139,7 +140,7 @@ class SandboxRecord(Record):
 ContainerState = Literal["creating", "created", "running", "exited", "unknown"]
 
 
-class ContainerMeta(BaseModel):
+class ContainerMeta(JsonModel):
     """Written once by CreateContainer."""
 
     model_config = _Inner
@@ -176,7 +177,7 @@ class ContainerMeta(BaseModel):
     monitor_cgroup: str = ""
 
 
-class ContainerStatusRec(BaseModel):
+class ContainerStatusRec(JsonModel):
     model_config = _Inner
     state: ContainerState = "creating"
     pid: int = 0
