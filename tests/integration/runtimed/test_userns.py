@@ -14,7 +14,10 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from tests.support.images import Entry, Image, ImageConfig, Layer, push_image
+from tests.support.images import busybox_image as build_busybox_image
 from tests.support.namespaces import owner_userns
+from tests.support.registry import Registry
 from tests.support.stack import Stack
 
 from .conftest import Cri, leftovers, separate_processes
@@ -390,3 +393,30 @@ def test_the_conformance_suites_pod(cri: Cri, image: str, handler: str) -> None:
         assert out.split() == ["0", "1000", "100000"]
     finally:
         cri.remove_pod(sid)
+
+
+@pytest.fixture(scope="module")
+def tall_image(cri: Cri, registry: Registry) -> str:
+    """The busybox image with 80 more layers of one file each: its ID-mapped lower
+    layers, one mount each, must still fit in overlayfs's one page of options."""
+    base = build_busybox_image()
+    layers = [*base.layers, *(Layer.from_entries([Entry.file(f"layers/{n}", f"{n}\n")])
+                              for n in range(80))]
+    ref = push_image(registry, "crib-test/tall", "v1",
+                     Image(layers, ImageConfig(cmd=["/bin/sh"]))).reference
+    cri.img.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)),
+                      timeout=120)
+    return ref
+
+
+def test_image_of_many_layers(cri: Cri, tall_image: str) -> None:
+    config = _pod_config(cri, _userns())
+    sid, _ = cri.run_pod(config)
+    try:
+        out = _run(cri, sid, config, tall_image, "tall",
+                   "cat /layers/0 /layers/79; stat -c '%u:%g' /layers/79")
+        assert out.split() == ["0", "79", "0:0"], out
+    finally:
+        cri.remove_pod(sid)
+    left = leftovers(cri.stack)
+    assert not left.get("mounts"), left

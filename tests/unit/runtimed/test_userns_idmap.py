@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from crib_common.nsholder import HolderError, IdMapping, NamespaceHolder, format_map, \
     spawn_holder
-from runtimed.sandbox.idmapped import closed_ancestor
+from runtimed.sandbox.idmapped import _working_directory, closed_ancestor
 from runtimed.sandbox.namespaces import umount
 from runtimed.userns import idmap
 from runtimed.userns.idmap import IdmapError, idmapped_bind
@@ -201,3 +202,27 @@ def test_overlay_over_idmapped_layers(tmp_path: Path) -> None:
         assert os.stat(lower / "f").st_uid == 0  # nothing chowned in the layer
     finally:
         umount(pin)
+
+
+def test_working_directory_is_the_threads_own(tmp_path: Path) -> None:
+    """The overlay over ID-mapped layers is mounted from the clones' directory, with
+    relative names: only the mounting thread moves there, and comes back."""
+    here = os.getcwd()
+    seen: dict[str, str] = {}
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def mount_thread() -> None:
+        with _working_directory(tmp_path):
+            seen["inside"] = os.getcwd()
+            entered.set()
+            leave.wait(5)
+        seen["after"] = os.getcwd()
+
+    thread = threading.Thread(target=mount_thread)
+    thread.start()
+    assert entered.wait(5)
+    seen["main meanwhile"] = os.getcwd()
+    leave.set()
+    thread.join(5)
+    assert seen == {"inside": str(tmp_path), "main meanwhile": here, "after": here}

@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from crib_common.errors import Internal, InvalidArgument
@@ -32,6 +32,7 @@ from .namespaces import _libc, umount, unpin_namespaces
 __all__ = ["idmapped_clone", "mount_overlay_idmapped", "pod_namespaces", "probe_idmap"]
 
 # <linux/sched.h>, <sys/mount.h>
+_CLONE_FS = 0x00000200
 _CLONE_NEWUTS = 0x04000000
 _MS_BIND = 4096
 # The mapping the start-up probe ID-maps with: any range works; this one is out of the
@@ -163,14 +164,18 @@ def mount_overlay_idmapped(mounts: list[Mount], target: Path, userns_path: str,
                         layer = work / f"l{i}"
                         idmapped_clone(lower, layer, userns_path)
                         attached.append(layer)
-                        mapped.append(str(layer))
+                        mapped.append(layer.name)  # relative to `work`: see below
                     options.append("lowerdir=" + ":".join(mapped))
                     continue
                 if key == "upperdir":
                     os.chown(value, *root)
                 options.append(opt)
             out.append(Mount(type=m.type, source=m.source, options=options))
-        mount_all(out, target)
+        # The layers by their names in `work`, from there: mount(2) takes one page of
+        # options, and the clones' full paths (under the bundle) passed it at about 35
+        # layers; names keep 127 layers within a few hundred bytes.
+        with _working_directory(work):
+            mount_all(out, target)
     finally:
         # Never a recursive removal here: a layer that stayed attached would take the
         # shared layer store's files with it. Empty directories only.
@@ -180,6 +185,27 @@ def mount_overlay_idmapped(mounts: list[Mount], target: Path, userns_path: str,
         for leftover in [*sorted(work.glob("l*"), reverse=True), work]:
             with contextlib.suppress(OSError):
                 leftover.rmdir()
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """`path` as the working directory of this thread alone for the block (overlayfs
+    resolves relative layer paths from the mounting thread's): CLONE_FS unshared first,
+    so the rest of runtimed, and what it spawns meanwhile, keep theirs."""
+    if _libc.unshare(_CLONE_FS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        before = os.open(".", flags)
+    except OSError:  # the working directory is gone: back to / after
+        before = os.open("/", flags)
+    try:
+        os.chdir(path)
+        yield
+    finally:
+        os.fchdir(before)
+        os.close(before)
 
 
 # ---------------------------------------------------------------- start-up probe
