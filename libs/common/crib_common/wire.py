@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import betterproto
 
 from .errors import InvalidArgument
+from .protowire import WireError, read_varint
 from .protowire import varint as _varint
 
 __all__ = ["check_wire", "decode_message", "encode_message"]
@@ -51,45 +52,24 @@ def check_wire(data: bytes | memoryview, cls: type[betterproto.Message]) -> None
     """
     try:
         _check_message(memoryview(data), cls, cls.__name__, 0)
-    except _WireError as exc:
+    except WireError as exc:
         raise InvalidArgument(f"malformed {cls.__name__}: {exc}") from None
-
-
-class _WireError(Exception):
-    pass
-
-
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    end = len(buf)
-    while True:
-        if pos >= end:
-            raise _WireError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise _WireError("varint longer than 10 bytes")
 
 
 def _check_message(buf: memoryview, cls: type[betterproto.Message], path: str,
                    depth: int) -> None:
     if depth > _MAX_DEPTH:
-        raise _WireError(f"nested deeper than {_MAX_DEPTH} at {path}")
+        raise WireError(f"nested deeper than {_MAX_DEPTH} at {path}")
     meta: Any = cls._betterproto  # type: ignore[arg-type]  # classproperty typing
     pos = 0
     end = len(buf)
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if number == 0:
-            raise _WireError(f"field number 0 at {path}")
+            raise WireError(f"field number 0 at {path}")
         if wire == _VARINT:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos)
             chunk = None
         elif wire == _I64:
             pos += 8
@@ -98,13 +78,13 @@ def _check_message(buf: memoryview, cls: type[betterproto.Message], path: str,
             pos += 4
             chunk = None
         elif wire == _LEN:
-            size, pos = _read_varint(buf, pos)
+            size, pos = read_varint(buf, pos)
             chunk = buf[pos:pos + size]
             pos += size
         else:
-            raise _WireError(f"invalid wire type {wire} for field {number} at {path}")
+            raise WireError(f"invalid wire type {wire} for field {number} at {path}")
         if pos > end:
-            raise _WireError(f"field {number} runs past the end of {path}")
+            raise WireError(f"field {number} runs past the end of {path}")
         name = meta.field_name_by_number.get(number)
         if name is None:
             continue  # unknown field: a newer peer's addition
@@ -115,7 +95,7 @@ def _check_message(buf: memoryview, cls: type[betterproto.Message], path: str,
         # hand the handler a list where it expects a number).
         packed = wire == _LEN and expected != _LEN and meta.default_gen[name] is list
         if wire != expected and not packed:
-            raise _WireError(f"{field_path}: wire type {wire}, expected {expected}")
+            raise WireError(f"{field_path}: wire type {wire}, expected {expected}")
         if fm.proto_type == "enum":
             enum_cls = meta.cls_by_field[name]
             values = _packed_varints(chunk) if packed else [value]
@@ -135,7 +115,7 @@ def _packed_varints(chunk: memoryview | None) -> list[int]:
         return values
     pos = 0
     while pos < len(chunk):
-        value, pos = _read_varint(chunk, pos)
+        value, pos = read_varint(chunk, pos)
         values.append(value)
     return values
 
@@ -145,14 +125,14 @@ def _check_enum(enum_cls: Any, raw: int, path: str) -> None:
     try:
         enum_cls(value)
     except ValueError:
-        raise _WireError(f"{path}: {value} is not a {enum_cls.__name__} value") from None
+        raise WireError(f"{path}: {value} is not a {enum_cls.__name__} value") from None
 
 
 def _check_utf8(chunk: memoryview, path: str) -> None:
     try:
         bytes(chunk).decode("utf-8")
     except UnicodeDecodeError:
-        raise _WireError(f"{path}: string is not valid UTF-8") from None
+        raise WireError(f"{path}: string is not valid UTF-8") from None
 
 
 def _check_map_entry(chunk: memoryview, cls: type[betterproto.Message], name: str,
@@ -161,27 +141,27 @@ def _check_map_entry(chunk: memoryview, cls: type[betterproto.Message], name: st
     meta: Any = cls._betterproto  # type: ignore[arg-type]  # classproperty typing
     pos = 0
     while pos < len(chunk):
-        key, pos = _read_varint(chunk, pos)
+        key, pos = read_varint(chunk, pos)
         number, wire = key >> 3, key & 7
         if wire == _VARINT:
-            value, pos = _read_varint(chunk, pos)
+            value, pos = read_varint(chunk, pos)
             sub = None
         elif wire == _LEN:
-            size, pos = _read_varint(chunk, pos)
+            size, pos = read_varint(chunk, pos)
             sub = chunk[pos:pos + size]
             pos += size
         elif wire in (_I64, _I32):
             pos += 8 if wire == _I64 else 4
             sub = None
         else:
-            raise _WireError(f"invalid wire type {wire} in map entry at {path}")
+            raise WireError(f"invalid wire type {wire} in map entry at {path}")
         if pos > len(chunk):
-            raise _WireError(f"map entry runs past its end at {path}")
+            raise WireError(f"map entry runs past its end at {path}")
         kind = key_type if number == 1 else value_type if number == 2 else None
         if kind is None:
             continue
         if wire != _WIRE_OF.get(kind, wire):
-            raise _WireError(f"{path}: map entry field {number} has wire type {wire}")
+            raise WireError(f"{path}: map entry field {number} has wire type {wire}")
         if kind == "string" and sub is not None:
             _check_utf8(sub, path)
         elif kind == "message" and sub is not None:
@@ -365,7 +345,7 @@ def decode_message(cls: type[P], data: bytes) -> P:
     """`cls().parse(data)`, faster; the wire format is expected checked (`check_wire`)."""
     try:
         return _decode(cls, memoryview(data))
-    except (_Fallback, _WireError, IndexError, struct.error, ValueError):
+    except (_Fallback, IndexError, struct.error, ValueError):  # ValueError: WireError too
         return cls().parse(data)
 
 
@@ -414,14 +394,14 @@ def _decode(cls: type[P], buf: memoryview) -> P:
     while pos < end:
         start = pos
         raw: Any
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == _VARINT:
-            raw, pos = _read_varint(buf, pos)
+            raw, pos = read_varint(buf, pos)
         elif wire == _I64:
             raw, pos = bytes(buf[pos:pos + 8]), pos + 8
         elif wire == _LEN:
-            size, pos = _read_varint(buf, pos)
+            size, pos = read_varint(buf, pos)
             raw, pos = buf[pos:pos + size], pos + size
         elif wire == _I32:
             raw, pos = bytes(buf[pos:pos + 4]), pos + 4
@@ -453,7 +433,7 @@ def _decode(cls: type[P], buf: memoryview) -> P:
                     value.append(_scalar_value(kind, _I32 if width == 4 else _I64, item,
                                                sub_cls))
                 else:
-                    item, p = _read_varint(chunk, p)
+                    item, p = read_varint(chunk, p)
                     value.append(_scalar_value(kind, _VARINT, item, sub_cls))
         elif kind == "message":
             if not (isinstance(sub_cls, type) and issubclass(sub_cls, betterproto.Message)):

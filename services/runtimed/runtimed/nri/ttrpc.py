@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from crib_common.protowire import field as pb_field
-from crib_common.protowire import varint
+from crib_common.protowire import read_varint, varint
 
 from .mux import Mux
 
@@ -93,13 +93,13 @@ def _scan(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """(field number, wire type, value) of each field of a protobuf message."""
     pos, end = 0, len(data)
     while pos < end:
-        key, pos = _read_varint(data, pos)
+        key, pos = read_varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(data, pos)
+            value, pos = read_varint(data, pos)
             yield number, wire, value
         elif wire == 2:
-            length, pos = _read_varint(data, pos)
+            length, pos = read_varint(data, pos)
             if pos + length > end:
                 raise ValueError("truncated length-delimited field")
             yield number, wire, data[pos:pos + length]
@@ -112,19 +112,6 @@ def _scan(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
             raise ValueError(f"unsupported wire type {wire}")
     if pos != end:
         raise ValueError("truncated field")
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("bad varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def _signed(value: int, bits: int) -> int:
