@@ -31,7 +31,7 @@ from cri_api.v1 import api_pb2
 from bench.bench_runtime import LOG_ROOT, TRAPPER, _container_config, _pod_config, _timed
 from bench.harness import Row, Stats, image_stub, report, runtime_stub
 from tests.support.images import busybox_image, push_image
-from tests.support.nri_plugin import TestPlugin, ThreadedPlugin, mask
+from tests.support.nri_plugin import NodeStub, TestPlugin, ThreadedPlugin, mask
 from tests.support.registry import Registry
 from tests.support.stack import Stack
 
@@ -72,18 +72,10 @@ def event_round_trips(n: int) -> dict[str, Stats]:
     plugin costs apart from the machine's load."""
     import asyncio
     import tempfile
-    from collections.abc import Callable
 
     from crib_common.settings import NriSection
     from runtimed.nri import Nri
     from runtimed.store.records import ContainerMeta, ContainerRecord, SandboxMeta, SandboxRecord
-
-    class _Node:
-        def __init__(self) -> None:
-            self.sandboxes: dict[str, SandboxRecord] = {}
-            self.containers: dict[str, ContainerRecord] = {}
-            self.on_drop: list[Callable[[str], None]] = []
-            self.runtimes: dict[str, Any] = {}
 
     spec = {"process": {"args": ["sh", "-c", TRAPPER], "env": [f"K{i}=v" for i in range(8)]},
             "mounts": [{"destination": f"/m{i}", "type": "bind", "source": "/s",
@@ -93,7 +85,7 @@ def event_round_trips(n: int) -> dict[str, Stats]:
                       "resources": {"cpu": {"shares": 2}, "memory": {"limit": 1 << 28}}}}
 
     async def run(root: str) -> dict[str, Stats]:
-        nri = Nri(_Node(), NriSection(socket=f"{root}/nri.sock",  # type: ignore[arg-type]
+        nri = Nri(NodeStub(), NriSection(socket=f"{root}/nri.sock",  # type: ignore[arg-type]
                                       plugin_dir=f"{root}/none"))
         await nri.start()
         plugin = TestPlugin(nri.cfg.socket, "bench", "50", EVERYTHING, raw=True)

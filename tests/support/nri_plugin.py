@@ -68,6 +68,17 @@ def mask(*methods: str) -> int:
     return out
 
 
+class NodeStub:
+    """What runtimed's `Nri` reads of its node, empty: the records (by ID) and the drop
+    callbacks, for driving `Nri` alone (unit tests, bench/bench_nri.py)."""
+
+    def __init__(self) -> None:
+        self.sandboxes: dict[str, Any] = {}
+        self.containers: dict[str, Any] = {}
+        self.on_drop: list[Callable[[str], None]] = []
+        self.runtimes: dict[str, Any] = {}
+
+
 class PluginFailure(Exception):
     """Raised by a reply function: the plugin answers with this gRPC status."""
 
@@ -92,42 +103,30 @@ def _bytes_field(num: int, value: bytes) -> bytes:
     return _uvarint(num << 3 | 2) + _uvarint(len(value)) + value
 
 
+def _read_uvarint(data: bytes, i: int) -> tuple[int, int]:
+    """The varint at `i`, and the position after it."""
+    value = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i
+
+
 def _parse(data: bytes) -> dict[int, list[Any]]:
     """Fields of a protobuf message: number -> values (varints as int, else bytes)."""
     out: dict[int, list[Any]] = {}
     i = 0
     while i < len(data):
-        key = 0
-        shift = 0
-        while True:
-            b = data[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        key, i = _read_uvarint(data, i)
         num, wt = key >> 3, key & 7
         if wt == 0:
-            val = 0
-            shift = 0
-            while True:
-                b = data[i]
-                i += 1
-                val |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            val, i = _read_uvarint(data, i)
             out.setdefault(num, []).append(val)
         elif wt == 2:
-            ln = 0
-            shift = 0
-            while True:
-                b = data[i]
-                i += 1
-                ln |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            ln, i = _read_uvarint(data, i)
             out.setdefault(num, []).append(data[i:i + ln])
             i += ln
         else:

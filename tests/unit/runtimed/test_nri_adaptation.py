@@ -5,7 +5,7 @@ RemoveContainer, the synchronisation gate, a hanging plugin dropped."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +15,7 @@ from crib_common.errors import FailedPrecondition
 from crib_common.settings import NriSection
 from runtimed.nri import Nri
 from runtimed.store.records import ContainerMeta, ContainerRecord, SandboxMeta, SandboxRecord
-from tests.support.nri_plugin import PluginFailure, TestPlugin, mask
-
-
-class _Node:
-    """What `Nri` reads of the node: the records and the drop callbacks."""
-
-    def __init__(self) -> None:
-        self.sandboxes: dict[str, SandboxRecord] = {}
-        self.containers: dict[str, ContainerRecord] = {}
-        self.on_drop: list[Callable[[str], None]] = []
-        self.runtimes: dict[str, Any] = {}
+from tests.support.nri_plugin import NodeStub, PluginFailure, TestPlugin, mask
 
 
 def _pod(pid: str = "p1") -> SandboxRecord:
@@ -46,7 +36,7 @@ def _ctr(cid: str, state: str = "running") -> ContainerRecord:
 async def nri(tmp_path: Path) -> AsyncIterator[Nri]:
     cfg = NriSection(socket=tmp_path / "nri.sock", plugin_dir=tmp_path / "none",
                      request_timeout=0.5, registration_timeout=1.0)
-    service = Nri(_Node(), cfg)  # type: ignore[arg-type]
+    service = Nri(NodeStub(), cfg)  # type: ignore[arg-type]
     await service.start()
     try:
         yield service
