@@ -47,6 +47,15 @@ def _userns(mode: int = api_pb2.POD, uids: list[api_pb2.IDMapping] | None = None
         mode=mode, uids=u if uids is None else uids, gids=g if gids is None else gids))
 
 
+def _plain_and_mapped(host_dir: Path) -> list[api_pb2.Mount]:
+    """`host_dir` bound twice: plainly at /plain, ID-mapped with the pod's mappings at
+    /mapped."""
+    u, g = _maps()
+    return [api_pb2.Mount(container_path="/plain", host_path=str(host_dir)),
+            api_pb2.Mount(container_path="/mapped", host_path=str(host_dir),
+                          uidMappings=u, gidMappings=g)]
+
+
 def _pod_config(cri: Cri, ns: api_pb2.NamespaceOption) -> api_pb2.PodSandboxConfig:
     return cri.pod_config(linux=api_pb2.LinuxPodSandboxConfig(
         security_context=api_pb2.LinuxSandboxSecurityContext(namespace_options=ns)))
@@ -153,15 +162,12 @@ def test_pod_sees_its_mapping_owns_its_image_and_leaves_nothing(
     for pin in (info["netns"], info["ipc"], info["uts"]):
         assert owner_userns(pin) == user_ino, pin
     try:
-        u, g = _maps()
         out = _run(cri, sid, config, image, "look", " ; ".join([
             "cat /proc/self/uid_map /proc/self/gid_map", "id -u", "id -g",
             "stat -c '%u:%g %n' / /bin/busybox /etc/passwd",
             "stat -c '%u:%g %n' /etc/hostname /etc/resolv.conf /etc/hosts",
             "touch /made-here"]),
-            mounts=[api_pb2.Mount(container_path="/plain", host_path=str(host_dir)),
-                    api_pb2.Mount(container_path="/mapped", host_path=str(host_dir),
-                                  uidMappings=u, gidMappings=g)])
+            mounts=_plain_and_mapped(host_dir))
         lines = [line.split() for line in out.splitlines()]
         assert lines[0] == ["0", str(HOST_UID), str(LENGTH)]
         assert lines[1] == ["0", str(HOST_GID), str(LENGTH)]
@@ -194,7 +200,6 @@ def test_host_files_through_plain_and_idmapped_binds(cri: Cri, image: str, handl
     is owned on the host by the mapped IDs. An ID-mapped bind (the kubelet's volumes):
     the host's root is the container's, and what the pod writes keeps container IDs on
     disk."""
-    u, g = _maps()
     config = _pod_config(cri, _userns())
     sid, _ = cri.run_pod(config, handler=handler)
     try:
@@ -204,9 +209,7 @@ def test_host_files_through_plain_and_idmapped_binds(cri: Cri, image: str, handl
             "touch /plain/by-root /mapped/by-root-mapped",
             "touch /plain/by-1000 /mapped/by-1000-mapped",
             "chown 1000:2000 /plain/by-1000 /mapped/by-1000-mapped"]),
-            mounts=[api_pb2.Mount(container_path="/plain", host_path=str(host_dir)),
-                    api_pb2.Mount(container_path="/mapped", host_path=str(host_dir),
-                                  uidMappings=u, gidMappings=g)])
+            mounts=_plain_and_mapped(host_dir))
         lines = out.splitlines()
         assert lines[0] == f"{_overflow_id('uid')}:{_overflow_id('gid')}"
         assert lines[1] == "0:0"
